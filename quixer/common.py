@@ -1,0 +1,205 @@
+"""Plumbing every stage shares: one-line user errors, logging, atomic writes, hashes, seeds.
+
+Stage scripts stay thin by calling :func:`run_cli`, which turns a :class:`UserError` into a
+single line on stderr and exit status 2 (no traceback), and by writing every output through
+the ``atomic_*`` helpers so a killed run never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger("quixer")
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, reported as one line without a traceback."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr with the time; INFO by default, DEBUG with ``--verbose``."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
+    """Run a stage's ``main(argv)``; a :class:`UserError` exits 2 with ``error: <message>``."""
+    try:
+        code = main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(int(code or 0))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    The rename is atomic on POSIX, so readers see either the old file or the whole new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (if imported) for a deterministic run."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def resolve_device(name: str = "auto") -> "torch.device":  # noqa: F821 (torch imported lazily)
+    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is a clear error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but torch sees no CUDA GPU (use --device cpu or auto)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UserError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def check_output_dir(out_dir: str | os.PathLike, signature: dict, force: bool = False) -> bool:
+    """Decide what to do with a stage's output directory before any work is done.
+
+    Returns True when ``out_dir`` already holds a finished run with the same ``signature``
+    (parameters + input hashes), so the stage can skip. A directory holding a different run,
+    or files that are not a run of ours, is a :class:`UserError` unless ``force``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a directory")
+    if not out_dir.exists() or not any(out_dir.iterdir()) or force:
+        return False
+    meta_path = out_dir / "metadata.json"
+    if not meta_path.exists():
+        raise UserError(f"{out_dir}: not empty and holds no metadata.json of ours; choose another output directory or pass --force")
+    old = read_json(meta_path).get("signature")
+    if old == json.loads(json.dumps(signature, default=_json_default)):
+        return True
+    raise UserError(f"{out_dir}: holds a different run (other parameters or input); pass --force to replace it or choose another output directory")
+
+
+@contextlib.contextmanager
+def staged_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty sibling temp directory; on success it replaces ``out_dir`` as a whole.
+
+    A failure or kill leaves ``out_dir`` as it was (at worst a hidden ``.name.tmp-*`` sibling).
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / "d")
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
