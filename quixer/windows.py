@@ -212,30 +212,39 @@ def iter_windows(fasta: Path, cfg: WindowConfig, group_split: dict[str, str] | N
             yield fixed or _window_split(cfg, acc, offset), acc, offset, window_kmers(seq, offset, cfg)
 
 
-# --------------------------------------------------------------------------- stage-1 directory
-def prepare_autoregressive_data(fasta: str | os.PathLike, output_dir: str | os.PathLike, cfg: WindowConfig, force: bool = False) -> dict:
-    """Write the stage-1 directory; returns its metadata. Skips when it is already up to date."""
-    cfg.validate()
-    fasta, output_dir = Path(fasta), Path(output_dir)
+def plan_splits(fasta: Path, cfg: WindowConfig) -> tuple[_Scan, dict[str, str] | None]:
+    """Pass 1 and the split plan: group -> split (None with ``--split_by window``)."""
+    scan = scan_fasta(fasta, cfg)
+    if cfg.split_by == "window":
+        log.warning("--split_by window: overlapping windows and shared exons leak between splits; "
+                    "numbers from this split overstate generalisation")
+        return scan, None
+    group_windows: dict[str, int] = Counter()
+    for _, group, n in scan.kept:
+        group_windows[group] += n
+    return scan, assign_groups(group_windows, cfg.seed)
+
+
+def check_fasta_path(fasta: str | os.PathLike) -> Path:
+    fasta = Path(fasta)
     if not fasta.exists():
         raise UserError(f"{fasta}: file not found")
     if fasta.is_dir():
         raise UserError(f"{fasta}: is a directory, expected a FASTA file")
+    return fasta
+
+
+# --------------------------------------------------------------------------- stage-1 directory
+def prepare_autoregressive_data(fasta: str | os.PathLike, output_dir: str | os.PathLike, cfg: WindowConfig, force: bool = False) -> dict:
+    """Write the stage-1 directory; returns its metadata. Skips when it is already up to date."""
+    cfg.validate()
+    fasta, output_dir = check_fasta_path(fasta), Path(output_dir)
     signature = {"config": asdict(cfg), "input_sha256": sha256_file(fasta)}
     if check_output_dir(output_dir, signature, force):
         log.info("%s is up to date (same input and parameters); nothing to do", output_dir)
         return read_json(output_dir / "metadata.json")
 
-    scan = scan_fasta(fasta, cfg)
-    group_windows: dict[str, int] = Counter()
-    for _, group, n in scan.kept:
-        group_windows[group] += n
-    if cfg.split_by == "window":
-        log.warning("--split_by window: overlapping windows and shared exons leak between splits; "
-                    "numbers from this split overstate generalisation")
-        group_split = None
-    else:
-        group_split = assign_groups(group_windows, cfg.seed)
+    scan, group_split = plan_splits(fasta, cfg)
 
     counts = {s: {"windows": 0, "sequences": 0} for s in SPLITS}
     with staged_output_dir(output_dir) as tmp:
