@@ -1,0 +1,128 @@
+"""Classical baselines: sizes of the presets, real training through the shared loop, and the
+dispatch of the reference predictors from train_classical_baselines.py."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+try:
+    from tests.token_fixtures import make_token_dir
+except ImportError:  # tests/ on sys.path instead of the repository root
+    from token_fixtures import make_token_dir
+
+import train_classical_baselines
+from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model, resolve_classical_args
+from quixer.common import UserError
+
+RESULT_KEYS = {"model", "parameters", "test_loss", "test_perplexity", "test_top1", "test_top5",
+               "train_seconds", "sequences_per_second"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory) -> Path:
+    return make_token_dir(tmp_path_factory.mktemp("tokens"), sizes=(2000, 300, 300), max_records=300)
+
+
+def sized(model: str, preset: str, vocab: int = 512, n_tokens: int = 31) -> torch.nn.Module:
+    args = argparse.Namespace(model=model, preset=preset, embedding_dim=None, hidden_dim=None, num_layers=None,
+                              num_heads=None, lr=None, dropout=None)
+    resolve_classical_args(args)
+    return build_classical_model(model, vocab, n_tokens, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
+                                 num_layers=args.num_layers, num_heads=args.num_heads, dropout=args.dropout)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_preset_sizes_at_vocab_512():
+    counts = {(p, m): n_params(sized(m, p)) for p in PRESETS for m in NEURAL_MODELS}
+    print(json.dumps({f"{p}/{m}": c for (p, m), c in counts.items()}))
+    assert counts["default", "lstm"] == 219_136          # ~200k
+    assert counts["default", "transformer"] == 532_096   # ~500k
+    assert counts["default", "fnet"] == 400_000
+    # LSTM 2 layers, hidden = embedding: 512 E + 2 * 4 (2E^2 + 2E) ... + (E + 1) 512
+    for e in (96, 128):
+        lstm = sized("lstm", f"paper{e}")
+        expected = 512 * e + (4 * e * (e + e) + 8 * e) * 2 + (e + 1) * 512
+        assert n_params(lstm) == expected and lstm.lstm.num_layers == 2
+        tf = sized("transformer", f"paper{e}")
+        assert len(tf.encoder.layers) == 1 and tf.encoder.layers[0].self_attn.num_heads == 1
+        assert tf.encoder.layers[0].linear1.out_features == 4 * e
+        assert len(sized("fnet", f"paper{e}").ffs) == 2
+
+
+def test_transformer_is_causal_and_reads_every_input():
+    torch.manual_seed(0)
+    model = sized("transformer", "paper96", vocab=64, n_tokens=10).eval()
+    h = torch.randn(2, 10, 96)
+    changed = h.clone()
+    changed[:, 6] += 1.0
+    enc = lambda z: model.encoder(z, mask=model.causal_mask, is_causal=True)  # noqa: E731
+    a, b = enc(h), enc(changed)
+    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-6), "a later token leaked into earlier positions"
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+    for name in NEURAL_MODELS:
+        m = sized(name, "default", vocab=64, n_tokens=10).eval()
+        x = torch.randint(0, 64, (3, 10))
+        y = x.clone()
+        y[:, 0] = (y[:, 0] + 1) % 64
+        with torch.no_grad():
+            assert m(x).shape == (3, 64)
+            assert not torch.allclose(m(x), m(y)), f"{name} ignores the first input token"
+
+
+def test_transformer_learns_real_data(tokens, tmp_path):
+    out = tmp_path / "tf"
+    train_classical_baselines.main(["--model", "transformer", "--preset", "paper96", "--data_dir", str(tokens),
+                                    "--output_dir", str(out), "--epochs", "2", "--batch_size", "64",
+                                    "--lr", "0.005", "--device", "cpu"])
+    results = json.loads((out / "results.json").read_text())
+    assert RESULT_KEYS <= set(results) and "postselection" not in results
+    assert results["model"] == "transformer" and results["parameters"] == n_params(sized("transformer", "paper96", 256, 7))
+    assert math.isclose(results["test_perplexity"], math.exp(results["test_loss"]))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    print([round(m["val_loss"], 3) for m in metrics], results["test_loss"])
+    assert metrics[1]["val_loss"] < metrics[0]["val_loss"]
+    # uniform is ln 256 = 5.55; the next token shares 3 of 4 bases with the last input token
+    assert results["test_loss"] < 4.0 and results["test_top5"] > 0.5
+
+
+def test_lstm_and_fnet_defaults_and_output_dirs(tokens, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["--data_dir", str(tokens), "--epochs", "1", "--max_train_batches", "3", "--device", "cpu"]
+    train_classical_baselines.main(["--model", "lstm", "--preset", "paper96", *common])
+    config = json.loads((tmp_path / "runs" / "lstm_paper96" / "config.json").read_text())
+    assert (config["embedding_dim"], config["hidden_dim"], config["num_layers"]) == (96, 96, 2)
+    assert (config["lr"], config["dropout"]) == (0.002, 0.3)  # the model's own defaults
+    train_classical_baselines.main(["--model", "fnet", "--hidden_dim", "64", "--dropout", "0.0", *common])
+    config = json.loads((tmp_path / "runs" / "fnet" / "config.json").read_text())
+    assert (config["embedding_dim"], config["hidden_dim"], config["dropout"]) == (128, 64, 0.0)
+    assert json.loads((tmp_path / "runs" / "fnet" / "results.json").read_text())["epochs_run"] == 1
+    with pytest.raises(UserError, match="not divisible"):
+        train_classical_baselines.main(["--model", "transformer", "--embedding_dim", "30", "--num_heads", "4",
+                                        "--output_dir", str(tmp_path / "bad"), *common])
+
+
+def test_reference_models_dispatch(tokens, tmp_path):
+    for name in ("uniform", "ngram"):
+        train_classical_baselines.main(["--model", name, "--data_dir", str(tokens),
+                                        "--output_dir", str(tmp_path / name), "--max_order", "3"])
+    uniform = json.loads((tmp_path / "uniform" / "results.json").read_text())
+    ngram = json.loads((tmp_path / "ngram" / "results.json").read_text())
+    assert uniform["model"] == "uniform" and math.isclose(uniform["test_perplexity"], 256.0)
+    assert ngram["model"] == "ngram" and ngram["test_loss"] < 3.0
+    assert not (tmp_path / "ngram" / "last.pt").exists()  # no gradient training

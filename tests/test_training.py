@@ -1,0 +1,280 @@
+"""The one training loop, through train_quixer_hybrid.py, on small real token data.
+
+Real Quixer training steps (tiny: 2 qubits, degree 2, 2 ansatz layers, E=16) on windows of
+real transcripts; metrics checked against an independent evaluation, resume against an
+unbroken run, layerwise freezing against the initial weights, DDP with two CPU processes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+try:
+    from tests.token_fixtures import make_token_dir
+except ImportError:  # tests/ on sys.path instead of the repository root
+    from token_fixtures import make_token_dir
+
+import train_quixer_hybrid
+from quixer.common import UserError, seed_everything
+from quixer.data import load_token_data, load_split
+from quixer.training import (
+    active_layers_at,
+    build_quixer,
+    parse_args,
+    quixer_parser,
+    run_config,
+    train_quixer,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_KEYS = {"model", "parameters", "test_loss", "test_perplexity", "test_top1", "test_top5",
+               "train_seconds", "sequences_per_second", "postselection", "val_loss", "epochs_run"}
+METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_perplexity", "val_top1", "val_top5",
+               "epoch_seconds", "lr", "postselection"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a busy 2-core machine make tiny models ~20x slower; restore afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory) -> Path:
+    return make_token_dir(tmp_path_factory.mktemp("tokens"), with_centers=True)
+
+
+def tiny(data: Path, out: Path, *extra) -> list[str]:
+    return ["--data_dir", str(data), "--output_dir", str(out), "--qubits", "2", "--degree", "2",
+            "--ansatz_layers", "2", "--embedding_dim", "16", "--device", "cpu", "--batch_size", "32",
+            "--lr", "0.01", "--seed", "7", *map(str, extra)]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def run_interrupted(argv: list[str], after_epoch: int) -> None:
+    """Run the trainer and 'kill' it right after epoch ``after_epoch`` was checkpointed."""
+    def callback(epoch: int, record: dict) -> None:
+        if epoch == after_epoch:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_quixer(parse_args(quixer_parser(), argv), epoch_callback=callback)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def independent_eval(run: Path, data_dir: Path, split: str) -> dict:
+    """Plain-torch metrics of best.pt on one split (no code shared with quixer.training.evaluate)."""
+    args = parse_args(quixer_parser(), ["--config", str(run / "config.json")])
+    model = build_quixer(load_token_data(data_dir), args)
+    model.load_state_dict(torch.load(run / "best.pt", weights_only=True)["model"])
+    model.eval()
+    seq, _ = load_split(data_dir, split)
+    with torch.no_grad():
+        logits, post = model(seq[:, :-1])
+    y = seq[:, -1]
+    ranks = (logits > logits.gather(1, y[:, None])).sum(1)
+    return {"loss": float(F.cross_entropy(logits, y)), "top1": float((logits.argmax(1) == y).float().mean()),
+            "top5": float((ranks < 5).float().mean()), "postselection": float(post.mean())}
+
+
+def test_quixer_run_writes_consistent_files(tokens, tmp_path):
+    out = tmp_path / "run"
+    assert train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 3)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert RESULT_KEYS <= set(results)
+    assert results["model"] == "quixer" and results["epochs_run"] == 3
+    assert results["parameters"] == 8850  # 4096 + 272 + 7 (LCU, complex) + 3 + 8 + 112 + 4352
+    assert math.isclose(results["test_perplexity"], math.exp(results["test_loss"]), rel_tol=1e-9)
+    assert 0 < results["postselection"] <= 1 + 1e-6
+    assert results["sequences_per_second"] > 0 and results["train_seconds"] > 0
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert all(METRIC_KEYS <= set(m) for m in metrics)
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] - 0.1, "Quixer did not learn on real data"
+    assert metrics[0]["lr"] == 0.01 and metrics[1]["lr"] < 0.01  # cosine decay over the run
+    best_epoch = min(metrics, key=lambda m: m["val_loss"])["epoch"]
+    assert results["best_epoch"] == best_epoch
+    assert math.isclose(results["val_loss"], metrics[best_epoch - 1]["val_loss"], rel_tol=1e-6)
+    ref = independent_eval(out, tokens, "test")
+    for key in ("loss", "top1", "top5", "postselection"):
+        assert math.isclose(results[f"test_{key}" if key != "postselection" else key], ref[key],
+                            rel_tol=1e-5, abs_tol=1e-6), key
+    config = json.loads((out / "config.json").read_text())
+    assert config == json.loads(json.dumps(run_config(parse_args(quixer_parser(), tiny(tokens, out, "--epochs", 3)))))
+
+
+def test_resume_reproduces_unbroken_run(tokens, tmp_path):
+    argv = lambda out, *extra: tiny(tokens, out, "--epochs", 2, "--dropout", 0.2, *extra)  # noqa: E731
+    unbroken = tmp_path / "unbroken"
+    train_quixer_hybrid.main(argv(unbroken))
+    broken = tmp_path / "broken"
+    run_interrupted(argv(broken), after_epoch=1)
+    assert not (broken / "results.json").exists() and len(read_metrics(broken)) == 1
+    # as if killed after writing epoch 2's metrics line but before its checkpoint
+    with open(broken / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"epoch": 2, "train_loss": -1.0}) + "\n")
+    train_quixer_hybrid.main(argv(broken, "--resume"))
+
+    a = torch.load(unbroken / "last.pt", weights_only=True)
+    b = torch.load(broken / "last.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (unbroken, broken))
+    for key in ("test_loss", "test_top1", "test_top5", "postselection", "val_loss", "best_epoch", "epochs_run"):
+        assert ra[key] == rb[key], key
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("epoch_seconds", "sequences_per_second")} for m in ms]  # noqa: E731
+    assert strip(read_metrics(unbroken)) == strip(read_metrics(broken))
+
+
+def test_output_dir_guard(tokens, tmp_path):
+    out = tmp_path / "run"
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2))
+    with pytest.raises(UserError, match="different run.*lr"):
+        train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, "--lr", 0.02))
+    with pytest.raises(UserError, match="different run"):
+        train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, "--lr", 0.02, "--resume"))
+    with pytest.raises(UserError, match="already holds this run"):
+        train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2))
+    before = (out / "results.json").read_text()
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, "--resume"))  # finished: no-op
+    assert (out / "results.json").read_text() == before
+    other = tmp_path / "not_a_run"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="no config.json"):
+        train_quixer_hybrid.main(tiny(tokens, other, "--epochs", 1))
+
+
+def test_layer_schedule():
+    assert [active_layers_at(e, 50, 4) for e in (0, 11, 12, 24, 25, 36, 37, 49)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert [active_layers_at(e, 2, 4) for e in (0, 1)] == [2, 4]  # fewer epochs than layers
+    assert [active_layers_at(e, 3, 1) for e in range(3)] == [1, 1, 1]
+
+
+def test_layerwise_training_leaves_inactive_layers_untouched(tokens, tmp_path):
+    out = tmp_path / "layerwise"
+    argv = tiny(tokens, out, "--epochs", 2, "--use_layerwise_training", "--max_train_batches", 6,
+                "--init_strategy", "xavier")
+    run_interrupted(argv, after_epoch=1)  # epoch 1 trains layer 1 only
+    args = parse_args(quixer_parser(), argv)
+    seed_everything(args.seed)
+    init = build_quixer(load_token_data(tokens), args).state_dict()
+    after1 = torch.load(out / "last.pt", weights_only=True)["model"]
+    per_layer = 4 * args.qubits
+    for name in ("embedding_to_angles.weight", "embedding_to_angles.bias"):
+        assert torch.equal(after1[name][per_layer:], init[name][per_layer:]), f"{name}: inactive layer changed"
+        assert not torch.equal(after1[name][:per_layer], init[name][:per_layer]), f"{name}: active layer frozen"
+    assert not torch.equal(after1["embedding.weight"], init["embedding.weight"])
+
+    train_quixer_hybrid.main(argv + ["--resume"])
+    assert [m["active_layers"] for m in read_metrics(out)] == [1, 2]
+    final = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert not torch.equal(final["embedding_to_angles.weight"][per_layer:], init["embedding_to_angles.weight"][per_layer:])
+
+
+def test_config_file_and_explicit_flags(tokens, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"lr": 0.5, "qubits": 3, "init_strategy": "uniform", "use_layerwise_training": True}))
+    args = parse_args(quixer_parser(), ["--config", str(cfg), "--lr", "0.01"])
+    assert (args.lr, args.qubits, args.init_strategy, args.use_layerwise_training) == (0.01, 3, "uniform", True)
+    cfg.write_text(json.dumps({"learning_rate": 0.5}))
+    with pytest.raises(UserError, match="unknown flag.*learning_rate"):
+        parse_args(quixer_parser(), ["--config", str(cfg)])
+    cfg.write_text(json.dumps({"init_strategy": "zeros"}))
+    with pytest.raises(UserError, match="init_strategy must be one of"):
+        parse_args(quixer_parser(), ["--config", str(cfg)])
+    cfg.write_text(json.dumps({"qubits": 2.5}))
+    with pytest.raises(UserError, match="qubits must be int"):
+        parse_args(quixer_parser(), ["--config", str(cfg)])
+
+
+def test_bad_inputs_are_one_line_errors(tokens, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "train_quixer_hybrid.py"), "--task", "classification",
+                           "--data_dir", str(tokens), "--output_dir", str(tmp_path / "x")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --task 'classification' is not supported: the only task is 'autoregressive'"]
+    assert not (tmp_path / "x").exists()
+
+    with pytest.raises(UserError, match="token directory not found"):
+        train_quixer_hybrid.main(tiny(tmp_path / "missing", tmp_path / "y"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in ("train", "val", "test"):
+        seq = torch.randint(0, 10, (6, 5))
+        labels = seq[:, -1].clone()
+        if split == "val":
+            labels[3] += 1
+        torch.save({"sequences": seq, "labels": labels}, bad / f"{split}.pt")
+    with pytest.raises(UserError, match=r"val.pt: labels differ from sequences\[:, -1\] in 1 rows"):
+        load_token_data(bad)
+    torch.save({"sequences": torch.arange(5)}, bad / "val.pt")
+    with pytest.raises(UserError, match="2-D tensor"):
+        load_token_data(bad)
+    (bad / "val.pt").unlink()
+    with pytest.raises(UserError, match="val.pt: split file not found"):
+        load_token_data(bad)
+    torch.save({"sequences": torch.randint(0, 10, (6, 5))}, bad / "val.pt")
+    torch.save({"cluster_centers": torch.zeros(8, 3)}, bad / "cluster_centers.pt")
+    with pytest.raises(UserError, match="out of range for a vocabulary of 8"):
+        load_token_data(bad)
+    (bad / "cluster_centers.pt").unlink()
+    assert load_token_data(bad).vocab_source == "max token id + 1"
+    with pytest.raises(UserError, match="--lr must be > 0"):
+        train_quixer_hybrid.main(tiny(tokens, tmp_path / "z", "--lr", 0))
+
+
+def test_ddp_two_cpu_processes(tokens, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         str(REPO / "train_quixer_hybrid.py"), *tiny(tokens, out, "--epochs", 1, "--max_train_batches", 4)],
+        capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["epochs_run"] == 1
+    assert len(read_metrics(out)) == 1
+    assert proc.stderr.count("INFO test: loss") == 1  # only rank 0 reports and writes
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl", "results.json"]
+    assert len(torch.load(out / "last.pt", weights_only=True)["rng"]) == 2
+    # metrics summed over the two shards (160 windows, uneven batches) equal a one-process evaluation
+    ref = independent_eval(out, tokens, "test")
+    assert math.isclose(results["test_loss"], ref["loss"], rel_tol=1e-5)
+    assert math.isclose(results["test_top5"], ref["top5"], abs_tol=1e-9)
+
+
+def test_early_stopping_follows_patience(tokens, tmp_path):
+    out = tmp_path / "early"
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 6, "--patience", 1, "--lr", 0.2, "--max_train_batches", 8))
+    results = json.loads((out / "results.json").read_text())
+    metrics = read_metrics(out)
+    best, expected_stop = float("inf"), len(metrics)
+    for m in metrics:  # the first epoch without a new best ends the run when patience is 1
+        if m["val_loss"] < best:
+            best = m["val_loss"]
+        else:
+            expected_stop = m["epoch"]
+            break
+    assert results["epochs_run"] == len(metrics) == expected_stop
+    assert results["stopped_early"] == (expected_stop < 6)

@@ -1,0 +1,75 @@
+"""tune_quixer_hybrid.py: a resumable Optuna study of tiny real Quixer trials, and the
+best_config.json -> train_quixer_hybrid.py --config round trip."""
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+
+try:
+    from tests.token_fixtures import make_token_dir
+except ImportError:  # tests/ on sys.path instead of the repository root
+    from token_fixtures import make_token_dir
+
+import train_quixer_hybrid
+import tune_quixer_hybrid
+from quixer.common import UserError
+
+TINY_SPACE = {
+    "qubits": None,  # not searched: --qubits 2 below
+    "degree": {"low": 1, "high": 2},
+    "ansatz_layers": {"low": 1, "high": 2},
+    "embedding_dim": {"choices": [8, 16]},
+    "lr": {"low": 0.001, "high": 0.02, "log": True},
+    "dropout": {"low": 0.0, "high": 0.2},
+    "init_strategy": {"choices": ["small_gaussian", "centroid"]},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_study_resumes_and_best_config_round_trips(tmp_path):
+    tokens = make_token_dir(tmp_path / "tokens", sizes=(320, 96, 96), with_centers=True)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(TINY_SPACE))
+    out = tmp_path / "tune"
+    argv = ["--data_dir", str(tokens), "--output_dir", str(out), "--epochs_per_trial", "2", "--search_space",
+            str(space), "--max_train_batches", "4", "--batch_size", "16", "--device", "cpu", "--seed", "3", "--qubits", "2"]
+    assert tune_quixer_hybrid.main(argv + ["--n_trials", "2"]) == 0
+    assert (out / "study.db").exists()
+    assert tune_quixer_hybrid.main(argv + ["--n_trials", "3"]) == 0  # continues the same study
+    study = optuna.load_study(study_name="quixer", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 3  # no repeated draws
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert sorted(t.intermediate_values) == [1, 2]  # validation loss reported per epoch
+        assert json.loads((out / "trials" / f"trial_{t.number:04d}" / "results.json").read_text())["epochs_run"] == 2
+    best = json.loads((out / "best_config.json").read_text())
+    assert {k: best[k] for k in study.best_params} == study.best_params
+    assert "qubits" not in study.best_params and best["qubits"] == 2
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert summary["best_trial"] == study.best_trial.number
+
+    run = tmp_path / "tuned"
+    train_quixer_hybrid.main(["--config", str(out / "best_config.json"), "--output_dir", str(run),
+                              "--epochs", "1", "--max_train_batches", "2", "--device", "cpu"])
+    config = json.loads((run / "config.json").read_text())
+    for key, value in best.items():
+        assert config[key] == value, key
+    assert json.loads((run / "results.json").read_text())["epochs_run"] == 1
+
+    space.write_text(json.dumps({**TINY_SPACE, "degree": {"low": 1, "high": 3}}))
+    with pytest.raises(UserError, match="another search space"):
+        tune_quixer_hybrid.main(argv + ["--n_trials", "4"])
+    space.write_text(json.dumps({"depth": {"low": 1, "high": 2}}))
+    with pytest.raises(UserError, match="unknown parameter"):
+        tune_quixer_hybrid.main(argv + ["--n_trials", "4"])
