@@ -28,7 +28,8 @@ import sys
 from typing import Sequence
 
 from quixer.common import run_cli, setup_logging
-from quixer.training import DEFAULT_QUIXER_DATA_DIR, add_quixer_model_args, add_training_args, tune_quixer
+from quixer.training import DEFAULT_QUIXER_DATA_DIR, add_quixer_model_args, add_training_args
+from quixer.tuning import tune_quixer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
