@@ -1,0 +1,251 @@
+"""Reference predictors: exact formulas against slow pure-Python recomputations."""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from quixer.common import UserError
+from quixer.reference import (
+    REFERENCE_MODELS,
+    UNIGRAM_ALPHAS,
+    KneserNeyModel,
+    kn_discounts,
+    run_reference,
+    target_rank,
+)
+
+RESULT_KEYS = {
+    "model", "parameters", "test_loss", "test_perplexity", "test_top1", "test_top5", "train_seconds",
+    "sequences_per_second", "val_loss", "val_perplexity", "val_top1", "val_top5",
+}
+
+# A tiny hand-made window set over V = 5 (token 4 never occurs: it must still get mass).
+TINY = np.array(
+    [
+        [0, 1, 2, 0, 1, 3],
+        [1, 2, 0, 1, 2, 0],
+        [0, 0, 1, 2, 3, 1],
+        [2, 0, 1, 2, 0, 1],
+        [3, 1, 2, 0, 1, 2],
+        [0, 1, 3, 0, 1, 2],
+    ]
+)
+TINY_V = 5
+
+
+def save_splits(directory, splits: dict[str, np.ndarray], n_centers: int | None = None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, seq in splits.items():
+        t = torch.as_tensor(np.asarray(seq), dtype=torch.int64)
+        torch.save({"sequences": t, "labels": t[:, -1].clone()}, directory / f"{name}.pt")
+    if n_centers is not None:
+        torch.save({"cluster_centers": torch.zeros(n_centers, 3)}, directory / "cluster_centers.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# A slow, explicit implementation of interpolated modified Kneser-Ney (dicts and loops).
+
+
+def slow_discounts(counts: list[int]) -> tuple[float, float, float]:
+    n1, n2, n3, n4 = (sum(1 for c in counts if c == k) for k in (1, 2, 3, 4))
+    if n1 == 0 or n2 == 0:
+        return (0.5, 1.0, 1.5)
+    y = n1 / (n1 + 2 * n2)
+    d = [1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, (3 - 4 * y * n4 / n3) if n3 else 2 - 3 * y * n3 / n2]
+    return tuple(min(max(v, 0.05), k - 0.05) for k, v in zip((1, 2, 3), d))
+
+
+class SlowKN:
+    def __init__(self, windows: np.ndarray, vocab_size: int, order: int, positions: str):
+        self.V, self.order = vocab_size, order
+        w = windows.tolist()
+        width = len(w[0])
+        cols = range(width) if positions == "all" else [width - 1]
+        # raw[L][(h, w)] = number of positions whose L previous tokens are h and whose token is w
+        self.raw = [Counter() for _ in range(order)]
+        left = [defaultdict(set) for _ in range(order)]  # left[L][(h, w)] = {tokens seen before h}
+        for row in w:
+            for i in cols:
+                for L in range(order):
+                    if i - L < 0:
+                        continue
+                    h = tuple(row[i - L:i])
+                    self.raw[L][(h, row[i])] += 1
+                    if L + 1 < order and i - L - 1 >= 0:
+                        left[L][(h, row[i])].add(row[i - L - 1])
+        self.cont = [Counter({k: len(v) for k, v in left[L].items()}) for L in range(order)]
+
+    def prob(self, context: list[int], w: int, L: int | None = None) -> float:
+        top = self.order - 1
+        L = top if L is None else L
+        if L < 0:
+            return 1.0 / self.V
+        counts = self.raw[L] if L == top else self.cont[L]
+        h = tuple(context[len(context) - L:]) if L else ()
+        row = {tok: c for (hh, tok), c in counts.items() if hh == h and c > 0}
+        total = sum(row.values())
+        lower = self.prob(context, w, L - 1)
+        if total == 0:
+            return lower
+        d = slow_discounts(list(counts.values()))
+        disc = lambda c: d[min(c, 3) - 1]  # noqa: E731
+        gamma = sum(disc(c) for c in row.values()) / total
+        c = row.get(w, 0)
+        return (max(c - disc(c), 0.0) if c else 0.0) / total + gamma * lower
+
+
+def test_discounts_by_hand():
+    # n1 = 3, n2 = 2, n3 = 1, n4 = 1 -> Y = 3/7, D1 = 3/7, D2 = 19/14, D3+ = 9/7
+    d = kn_discounts(np.array([1, 1, 1, 2, 2, 3, 4, 9]))
+    assert d == pytest.approx((3 / 7, 19 / 14, 9 / 7))
+    assert kn_discounts(np.array([5, 7, 9])) == (0.5, 1.0, 1.5)  # no singletons: fallback
+    assert kn_discounts(np.array([1] + [2] * 10))[0] == pytest.approx(0.05)  # 1 - 20/21, clipped up
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+@pytest.mark.parametrize("block", [None, 1])
+def test_ngram_matches_slow_reference(positions, block):
+    max_order = 4
+    model = KneserNeyModel(TINY_V, max_order, block=block).fit(TINY, positions=positions)
+    rng = np.random.default_rng(1)
+    contexts = np.concatenate([TINY[:, 1:5], rng.integers(0, TINY_V, (6, 4))])  # seen and unseen contexts
+    for order in range(1, max_order + 1):
+        slow = SlowKN(TINY, TINY_V, order, positions)
+        fast = model.predict_proba(contexts, order)
+        expected = np.array([[slow.prob(list(c), w) for w in range(TINY_V)] for c in contexts])
+        np.testing.assert_allclose(fast, expected, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(fast.sum(axis=1), 1.0, rtol=1e-12)
+        assert (fast > 0).all()
+
+
+@pytest.mark.parametrize("block", [None, 2])
+def test_distribution_sums_to_one_on_random_contexts(block):
+    rng = np.random.default_rng(0)
+    V = 37
+    train = rng.integers(0, V, (300, 10))
+    train[:, 1:] = (train[:, :-1] + rng.integers(0, 3, (300, 9))) % V  # some structure
+    model = KneserNeyModel(V, 5, block=block).fit(train, positions="all")
+    contexts = np.concatenate([train[:50, -4:], rng.integers(0, V, (50, 4))])
+    for order, proba in model.iter_orders(contexts):
+        assert proba.shape == (100, V)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+        assert proba.min() > 0, order
+
+
+def test_block_sizes_agree():
+    """One sort for all orders, one per order, blocks of 2, and blocks forced by int64 overflow
+    (V = 2000: (V+1)^5 > 2^62 at order 7) must give the same distributions."""
+    rng = np.random.default_rng(3)
+    for V, max_order in ((20, 6), (2000, 7)):
+        train = rng.integers(0, V, (300, 9))
+        train[:, 1:] = (train[:, :-1] + rng.integers(0, 3, (300, 8))) % V  # repeated contexts
+        contexts = np.concatenate([train[:40, -7:], rng.integers(0, V, (24, 7))])
+        models = [KneserNeyModel(V, max_order, block=b).fit(train) for b in (None, 1, 2)]
+        assert models[0].block_start.count(True) == (1 if V == 20 else 2)
+        for order in range(1, max_order + 1):
+            expected = models[0].predict_proba(contexts, order)
+            for m in models[1:]:
+                np.testing.assert_allclose(m.predict_proba(contexts, order), expected, rtol=1e-12)
+                assert m.parameters(order) == models[0].parameters(order)
+
+
+def test_target_rank_breaks_ties_by_token_id():
+    proba = np.array([[0.1, 0.3, 0.3, 0.1, 0.2], [0.2] * 5])
+    order = np.argsort(-proba, axis=1, kind="stable")
+    for t in range(5):
+        targets = np.array([t, t])
+        expected = [int(np.flatnonzero(order[r] == t)[0]) for r in range(2)]
+        assert target_rank(proba, targets).tolist() == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# run_reference on files
+
+
+def markov_windows(rng, n: int, width: int, trans: np.ndarray) -> np.ndarray:
+    """Windows from an order-2 chain: token t depends on the two tokens before it."""
+    V = trans.shape[0]
+    cum = trans.cumsum(axis=-1)
+    out = np.empty((n, width), dtype=np.int64)
+    out[:, :2] = rng.integers(0, V, (n, 2))
+    for i in range(2, width):
+        u = rng.random(n)[:, None]
+        out[:, i] = np.minimum((u > cum[out[:, i - 2], out[:, i - 1]]).sum(axis=1), V - 1)
+    return out
+
+
+def test_markov_chain_order_is_recovered(tmp_path):
+    rng = np.random.default_rng(7)
+    V = 8
+    trans = rng.dirichlet(np.full(V, 0.3), size=(V, V))
+    splits = {s: markov_windows(rng, n, 16, trans) for s, n in (("train", 2000), ("val", 1500), ("test", 1500))}
+    save_splits(tmp_path / "tok", splits)
+    ngram = run_reference("ngram", tmp_path / "tok", tmp_path / "runs" / "ngram", max_order=5)
+    unigram = run_reference("unigram", tmp_path / "tok", tmp_path / "runs" / "unigram")
+    assert ngram["order"] == 3
+    assert ngram["positions"] == "all"  # 15x the counts of "last" on the same windows
+    assert ngram["test_top1"] > unigram["test_top1"] + 0.15
+    assert ngram["test_loss"] < unigram["test_loss"] - 0.3
+    # the true chain's cross-entropy is a floor the estimate approaches from above
+    test = splits["test"]
+    true_ce = -np.log(trans[test[:, -3], test[:, -2], test[:, -1]]).mean()
+    assert true_ce - 0.02 < ngram["test_loss"] < true_ce + 0.1
+
+
+def test_uniform_and_unigram_exact(tmp_path):
+    rng = np.random.default_rng(5)
+    V = 12  # from cluster_centers.pt: ids 10 and 11 never occur, they still count
+    splits = {
+        "train": rng.integers(0, 10, (200, 6)) ** 2 % 10,  # skewed frequencies
+        "val": rng.integers(0, 10, (80, 6)),
+        "test": rng.integers(0, 10, (90, 6)),
+    }
+    save_splits(tmp_path / "tok", splits, n_centers=V)
+    uni = run_reference("uniform", tmp_path / "tok", tmp_path / "u")
+    assert uni["test_perplexity"] == pytest.approx(V, rel=1e-12)
+    assert uni["test_loss"] == pytest.approx(math.log(V), rel=1e-12)
+    assert uni["parameters"] == 0
+    assert uni["test_top1"] == pytest.approx(np.mean(splits["test"][:, -1] == 0))  # ties -> token 0
+
+    res = run_reference("unigram", tmp_path / "tok", tmp_path / "g")
+    counts = Counter(splits["train"][:, -1].tolist())
+    n = len(splits["train"])
+
+    def ce(alpha, targets):
+        return -sum(math.log((counts[t] + alpha) / (n + alpha * V)) for t in targets.tolist()) / len(targets)
+
+    best_alpha = min(UNIGRAM_ALPHAS, key=lambda a: ce(a, splits["val"][:, -1]))
+    assert res["alpha"] == best_alpha
+    assert res["test_perplexity"] == pytest.approx(math.exp(ce(best_alpha, splits["test"][:, -1])), rel=1e-12)
+    assert res["parameters"] == V - 1
+    most = max(range(V), key=lambda t: (counts[t], -t))
+    assert res["test_top1"] == pytest.approx(np.mean(splits["test"][:, -1] == most))
+
+
+def test_files_written_and_errors(tmp_path):
+    rng = np.random.default_rng(2)
+    splits = {s: rng.integers(0, 6, (40, 8)) for s in ("train", "val", "test")}
+    save_splits(tmp_path / "tok", splits)
+    for name in REFERENCE_MODELS:
+        out = tmp_path / "runs" / name
+        res = run_reference(name, tmp_path / "tok", out, max_order=3)
+        on_disk = json.loads((out / "results.json").read_text())
+        assert RESULT_KEYS <= set(on_disk)
+        assert on_disk["model"] == name and on_disk["test_loss"] == pytest.approx(res["test_loss"])
+        config = json.loads((out / "config.json").read_text())
+        assert config["model"] == name and config["vocab_size"] == 6 and config["data"] == str(tmp_path / "tok")
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(UserError, match="unknown reference model"):
+        run_reference("bigram", tmp_path / "tok", tmp_path / "x")
+    capped = run_reference("ngram", tmp_path / "tok", tmp_path / "x", max_order=20)  # W = 8
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["max_order"] == 8
+    assert len(capped["val_loss_by_order"]["all"]) == 8
+    with pytest.raises(UserError, match="max_order"):
+        run_reference("ngram", tmp_path / "tok", tmp_path / "x", max_order=0)
+    with pytest.raises(UserError, match="not found"):
+        run_reference("ngram", tmp_path / "missing", tmp_path / "x")

@@ -1,0 +1,161 @@
+"""The results report over real reference runs on real RNA k-mer tokens plus one trained-looking run."""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from quixer.common import UserError
+from quixer.reference import REFERENCE_MODELS, run_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+FASTAS = [ROOT / "data" / "sample_rna.fasta.gz", ROOT.parent / "shared" / "data" / "grch38_chrX_refseq_rna.fasta.gz"]
+K, W, STRIDE = 6, 32, 16
+BASE = {"A": 0, "C": 1, "G": 2, "T": 3}
+
+
+def read_records(n: int) -> list[str]:
+    """The first ``n`` records of the project's real RNA FASTA (gzip, simple parsing)."""
+    path = next((p for p in FASTAS if p.is_file()), None)
+    if path is None:
+        pytest.skip("no real RNA FASTA found")
+    records: list[list[str]] = []
+    with gzip.open(path, "rt") as fh:
+        for line in fh:
+            if line.startswith(">"):
+                if len(records) == n:
+                    break
+                records.append([])
+            elif records:
+                records[-1].append(line.strip().upper())
+    return ["".join(r) for r in records]
+
+
+def windows_of(seq: str) -> list[list[int]]:
+    """Overlapping 6-mer windows of W k-mers; each k-mer's token is its first 4 bases (256 ids)."""
+    out = []
+    for start in range(0, len(seq) - (W + K - 1) + 1, STRIDE):
+        span = seq[start:start + W + K - 1]
+        if any(b not in BASE for b in span):
+            continue
+        out.append([sum(BASE[b] << (2 * (3 - j)) for j, b in enumerate(span[i:i + 4])) for i in range(W)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    """runs/{uniform,unigram,ngram} fitted on real tokens, runs/quixer_tiny hand-written, runs/unfinished."""
+    root = tmp_path_factory.mktemp("report")
+    splits: dict[str, list[list[int]]] = {"train": [], "val": [], "test": []}
+    for i, seq in enumerate(read_records(15)):  # split by record, never by window
+        splits["train" if i % 5 < 3 else "val" if i % 5 == 3 else "test"].extend(windows_of(seq))
+    tokens = root / "tokens"
+    tokens.mkdir()
+    for name, rows in splits.items():
+        assert len(rows) > 20, name
+        t = torch.tensor(rows, dtype=torch.int64)
+        torch.save({"sequences": t, "labels": t[:, -1].clone()}, tokens / f"{name}.pt")
+    torch.save({"cluster_centers": torch.zeros(256, 4)}, tokens / "cluster_centers.pt")
+    runs = root / "runs"
+    for name in REFERENCE_MODELS:
+        run_reference(name, tokens, runs / name, max_order=4)
+
+    trained = runs / "quixer_tiny"
+    trained.mkdir()
+    lines = [json.dumps({"epoch": e, "train_loss": 5.5 - 0.8 * e, "val_loss": 5.6 - 0.7 * e,
+                         "val_perplexity": math.exp(5.6 - 0.7 * e), "val_top1": 0.05 * e, "val_top5": 0.2 * e,
+                         "epoch_seconds": 3.0, "lr": 1e-3}) for e in range(1, 5)]
+    (trained / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"epoch\": 5, \"train_lo")  # cut-off last line
+    (trained / "results.json").write_text(json.dumps({
+        "model": "quixer", "parameters": 4321, "test_loss": 2.5, "test_perplexity": math.exp(2.5), "test_top1": 0.2345,
+        "test_top5": 0.6789, "train_seconds": 125.0, "sequences_per_second": 987.6, "postselection": 0.25,
+    }))
+    (trained / "config.json").write_text(json.dumps({"model": "quixer", "data_dir": str(tokens)}))
+    (runs / "unfinished").mkdir()
+    (runs / "unfinished" / "config.json").write_text("{}")
+    return runs
+
+
+def check_png(path: Path, min_w: int = 600, min_h: int = 400) -> None:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.width >= min_w and im.height >= min_h, im.size
+        arr = np.asarray(im.convert("L"))
+    assert arr.std() > 5  # not a blank canvas
+
+
+def test_report_files_and_numbers(runs_dir, tmp_path, capsys):
+    from report_results import main
+
+    out = tmp_path / "report"
+    assert main([str(runs_dir), "--output_dir", str(out), "--title", "real chrX tokens"]) == 0
+    captured = capsys.readouterr()
+    assert "unfinished: no results.json" in captured.err  # skipped with a warning
+    for name in ("results.json", "results.md", "learning_curves.png", "test_accuracy.png", "test_perplexity.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.tmp"))
+    for png in ("learning_curves.png", "test_accuracy.png", "test_perplexity.png"):
+        check_png(out / png)
+
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["run"] for r in rows] == ["uniform", "unigram", "ngram", "quixer_tiny"]
+    for row in rows:
+        src = json.loads((runs_dir / row["run"] / "results.json").read_text())
+        for key in ("model", "parameters", "test_top1", "test_top5", "test_perplexity", "test_loss", "train_seconds",
+                    "sequences_per_second"):
+            assert row[key] == src[key], (row["run"], key)
+        assert row["data"] == str(runs_dir.parent / "tokens")
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["uniform"]["test_perplexity"] == pytest.approx(256)
+    assert by_run["ngram"]["test_top1"] > by_run["unigram"]["test_top1"] + 0.2  # 3 of the 4 bases are known
+    assert by_run["quixer_tiny"]["postselection"] == 0.25
+
+    md = (out / "results.md").read_text()
+    assert md.startswith("## real chrX tokens")
+    assert captured.out == md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + 4
+    ng = by_run["ngram"]
+    assert (f"| ngram (reference) | ngram | {ng['parameters']:,} | {100 * ng['test_top1']:.2f} % | "
+            f"{100 * ng['test_top5']:.2f} % | {ng['test_perplexity']:.2f} |") in md
+    assert "| quixer | quixer_tiny | 4,321 | 23.45 % | 67.89 % | 12.18 | 2.5000 | 2.1 min | 988 | 25.00 % |" in md
+
+
+def test_report_references_only_default_output(runs_dir, tmp_path):
+    from quixer.report import write_report
+
+    only = tmp_path / "refs"
+    for name in REFERENCE_MODELS:
+        (only / name).mkdir(parents=True)
+        for f in ("results.json", "config.json"):
+            (only / name / f).write_bytes((runs_dir / name / f).read_bytes())
+    report = write_report(only)  # output defaults to the runs dir itself
+    assert [r["model"] for r in report["rows"]] == list(REFERENCE_MODELS)
+    for png in ("learning_curves.png", "test_accuracy.png", "test_perplexity.png"):
+        check_png(only / png)
+    assert "Data" not in report["markdown"] and "Postselection" not in report["markdown"]
+    # a second report over the same directory ignores its own output files
+    assert len(write_report(only)["rows"]) == 3
+
+
+def test_no_results_is_one_line_error(tmp_path):
+    from quixer.report import write_report
+
+    (tmp_path / "empty" / "run1").mkdir(parents=True)
+    with pytest.raises(UserError, match="no <run>/results.json"):
+        write_report(tmp_path / "empty")
+    proc = subprocess.run([sys.executable, str(ROOT / "report_results.py"), str(tmp_path / "missing")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: runs directory not found"
+    assert "Traceback" not in proc.stderr
