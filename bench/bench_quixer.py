@@ -1,0 +1,212 @@
+"""Time the Quixer model: one training step and one eval batch, fast or naive simulation.
+
+Prints one JSON line: seconds_per_step (median of forward + cross-entropy + backward + Adam
+step), eval_seconds_per_batch (median over eval batches under no_grad, once the per-vocabulary
+unitary cache exists; eval_first_batch_seconds includes building it), sequences_per_second,
+parameters, peak_memory_mb (CUDA: max allocated; CPU: peak resident set, reset before each
+measured call where Linux allows) and the configuration. Defaults are the paper's: 6 qubits,
+degree 3, 4 ansatz layers, window 32, embedding 512, vocabulary 512, batch 32.
+
+``--impl both`` runs the fast and the naive simulation step by step in alternation on the same
+batches, so that both see the same machine load, and adds their speed ratios. On a CPU shared
+with other jobs, pass ``--threads 1``.
+
+    python bench/bench_quixer.py --steps 10                 # fast simulation
+    python bench/bench_quixer.py --steps 3 --impl naive     # gate by gate, official cost structure
+    python bench/bench_quixer.py --steps 5 --impl both --threads 1   # interleaved, with speedups
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from bench.naive_quixer import NaiveQuixer  # noqa: E402
+from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging  # noqa: E402
+from quixer.model import Quixer  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per batch")
+    p.add_argument("--qubits", type=int, default=6, help="qubits per token circuit")
+    p.add_argument("--degree", type=int, default=3, help="QSVT polynomial degree")
+    p.add_argument("--ansatz-layers", type=int, default=4, help="ansatz-14 layers per token circuit")
+    p.add_argument("--window", type=int, default=32, help="input tokens per sequence (n_tokens)")
+    p.add_argument("--embed-dim", type=int, default=512, help="token embedding dimension")
+    p.add_argument("--vocab", type=int, default=512, help="vocabulary size")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout on the embeddings (training steps)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps and timed eval batches")
+    p.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--impl", choices=("fast", "naive", "both"), default="fast",
+                   help="fast: quixer.model; naive: gate by gate, token circuits re-run per power; both: alternate")
+    p.add_argument("--compile", action="store_true",
+                   help="wrap the model in torch.compile (experimental: on CPU it compiles for minutes and "
+                        "recompiles, making steps slower)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default); use 1 on a machine shared with other jobs, "
+                        "where OpenMP threads waiting for each other make every small op slow")
+    p.add_argument("--seed", type=int, default=0, help="seed for parameters and random token batches")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    args = p.parse_args(argv)
+    for name in ("batch_size", "degree", "ansatz_layers", "window", "embed_dim", "vocab", "steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.qubits < 2:
+        raise UserError("--qubits must be >= 2")
+    if args.warmup < 0 or args.threads < 0:
+        raise UserError("--warmup and --threads must be >= 0")
+    if not 0 <= args.dropout < 1:
+        raise UserError("--dropout must be in [0, 1)")
+    return args
+
+
+class PeakMemory:
+    """Peak memory of one call: CUDA max allocated, or the process's peak RSS (VmHWM) on CPU.
+
+    On Linux, freed heap memory is first handed back (glibc ``malloc_trim``) and writing 5 to
+    /proc/self/clear_refs resets VmHWM, so each call is measured on its own (the figure includes
+    the process's baseline: torch, the model, the optimiser state). Where that is not possible
+    the figure is the process's peak so far.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        try:
+            import ctypes
+
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self._trim = None
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        if self._trim is not None:
+            self._trim(0)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def read_mb(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return peak_rss_mb()
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = Quixer(n_qubits=args.qubits, n_tokens=args.window, qsvt_polynomial_degree=args.degree,
+                   n_ansatz_layers=args.ansatz_layers, vocabulary_size=args.vocab,
+                   embedding_dimension=args.embed_dim, dropout=args.dropout)
+    model.initialize("small_gaussian", generator=torch.Generator().manual_seed(args.seed))
+    model.to(device)
+    impls = ["fast", "naive"] if args.impl == "both" else [args.impl]
+    runners = {"fast": model, "naive": NaiveQuixer(model)}
+    if args.compile:
+        runners = {k: torch.compile(v) for k, v in runners.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    peak = PeakMemory(device)
+
+    def batch():
+        x = torch.randint(0, args.vocab, (args.batch_size, args.window + 1), generator=gen).to(device)
+        return x[:, :-1], x[:, -1]
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    def train_step(runner, x, y):
+        logits, _ = runner(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    results = {name: {"train": [], "eval": [], "peak": 0.0} for name in impls}
+    model.train()
+    for i in range(args.warmup + args.steps):
+        x, y = batch()
+        for name in impls if i % 2 == 0 else impls[::-1]:  # alternate who goes first
+            peak.reset()
+            seconds = timed(lambda: train_step(runners[name], x, y))
+            results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
+            if i >= args.warmup:
+                results[name]["train"].append(seconds)
+    model.eval()
+    with torch.no_grad():
+        for i in range(args.steps + 1):
+            x, _ = batch()
+            for name in impls if i % 2 == 0 else impls[::-1]:
+                peak.reset()
+                results[name]["eval"].append(timed(lambda: runners[name](x)))
+                results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
+
+    def summary(name: str) -> dict:
+        r = results[name]
+        step, evaluation = statistics.median(r["train"]), statistics.median(r["eval"][1:])
+        return {"impl": name,
+                "seconds_per_step": round(step, 6),
+                "eval_seconds_per_batch": round(evaluation, 6),
+                "eval_first_batch_seconds": round(r["eval"][0], 6),
+                "sequences_per_second": round(args.batch_size / step, 2),
+                "eval_sequences_per_second": round(args.batch_size / evaluation, 2),
+                "peak_memory_mb": round(r["peak"], 1)}
+
+    out = summary(impls[0])
+    if args.impl == "both":
+        naive = summary("naive")
+        out["naive"] = naive
+        out["speedup_train"] = round(naive["seconds_per_step"] / out["seconds_per_step"], 2)
+        out["speedup_eval"] = round(naive["eval_seconds_per_batch"] / out["eval_seconds_per_batch"], 2)
+    out.update({
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "config": {"batch_size": args.batch_size, "qubits": args.qubits, "degree": args.degree,
+                   "ansatz_layers": args.ansatz_layers, "window": args.window, "embed_dim": args.embed_dim,
+                   "vocab": args.vocab, "dropout": args.dropout, "steps": args.steps, "warmup": args.warmup,
+                   "compile": args.compile, "seed": args.seed},
+    })
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    print(json.dumps(run_benchmark(args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

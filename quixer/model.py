@@ -1,0 +1,657 @@
+"""The Quixer quantum transformer (arXiv:2406.04305), simulated exactly in plain torch.
+
+Quixer mixes the tokens of a window with quantum primitives. Each token id becomes a
+parameterised circuit ("ansatz 14" of Sim et al. 2019) on ``n`` qubits, i.e. a unitary
+``U_w``. A linear combination of unitaries (LCU) forms ``M = sum_w b_w U_w`` with trainable
+complex ``b`` (L1-normalised), and the quantum singular value transformation (QSVT) applies a
+trainable real polynomial: ``|psi> = sum_k c_k M^k |0> / ||c||_1``. On hardware that state is
+reached only after postselection, with probability ``<psi|psi>``; here it is normalised,
+passed through one more trainable circuit (the quantum feed-forward), and <X>, <Y>, <Z> on
+every qubit feed a small classical head that outputs the next-token logits.
+
+The maths is that of the official implementation (github.com/CQCL/Quixer,
+``quixer/quixer_model.py``, torchquantum): same gate order, same parameter names (see
+:data:`OFFICIAL_PARAMETER_NAMES`), qubit 0 the most significant bit of a basis index. The
+simulation is organised for speed on small, op-bound tensors:
+
+* real arithmetic, with the ``B * W`` circuit instances on the last (contiguous) axis; every
+  RY or CRX gate is one "butterfly" (gather the partner rows, multiply, add): three
+  vectorised ops per gate for all instances at once (:class:`CircuitPlan`);
+* gate coefficients (cos/sin of the angles) are computed once per forward, not per power;
+* a hand-written adjoint backward (:class:`_CircuitFunction`): the real form of each gate is
+  orthogonal, so states are recovered by applying its transpose instead of being stored, and
+  each angle gradient is one product and one matvec;
+* in eval mode without autograd a token's unitary depends only on its id: the per-vocabulary
+  unitaries are cached (keyed on the parameters) and ``M`` is one weighted ``embedding_bag``
+  over them, after which each power is one matrix-vector product.
+
+Differences from the official code, on purpose: the returned postselection probability is
+per sequence and squared (``<psi|psi>``; the official code returns the batch mean of the
+norm), and the unused tail of ``quantum_feedforward_parameters`` (it holds ``4 n L``
+numbers but its one-layer circuit reads the first ``4 n``) is not kept.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Official parameter names -> shape, as a function of the hyper-parameters (n qubits, W tokens,
+# degree d, L ansatz layers, vocabulary V, embedding E). Buffers of the torchquantum device
+# (``torchquantum_device.state`` / ``.states``) also appear in official checkpoints and are ignored.
+OFFICIAL_PARAMETER_NAMES = {
+    "embedding.weight": lambda n, W, d, L, V, E: (V, E),
+    "embedding_to_angles.weight": lambda n, W, d, L, V, E: (4 * n * L, E),
+    "embedding_to_angles.bias": lambda n, W, d, L, V, E: (4 * n * L,),
+    "qsvt_polynomial_coefficients": lambda n, W, d, L, V, E: (d + 1,),
+    "lcu_coefficients": lambda n, W, d, L, V, E: (W,),
+    "quantum_feedforward_parameters": lambda n, W, d, L, V, E: (4 * n * L,),
+    "output_feedforward.0.weight": lambda n, W, d, L, V, E: (E, 3 * n),
+    "output_feedforward.0.bias": lambda n, W, d, L, V, E: (E,),
+    "output_feedforward.2.weight": lambda n, W, d, L, V, E: (V, E),
+    "output_feedforward.2.bias": lambda n, W, d, L, V, E: (V,),
+}
+# Names used by the first public version of the official file, accepted as aliases.
+_LEGACY_PREFIXES = {
+    "emb2rot.": "embedding_to_angles.",
+    "output_ff.": "output_feedforward.",
+    "poly_coeffs": "qsvt_polynomial_coefficients",
+    "mix_coeffs": "lcu_coefficients",
+    "qff_params": "quantum_feedforward_parameters",
+}
+_IGNORED_OFFICIAL_PREFIXES = ("torchquantum_device.", "q_device.")
+
+
+# --------------------------------------------------------------------------------------------
+# The circuits: ansatz 14 as a gate list, simulated on real tensors
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate: ``kind`` is "ry" (wires = (qubit,)) or "crx" (wires = (control, target));
+    ``param`` is the index of its angle in the circuit's angle vector."""
+
+    kind: str
+    wires: tuple[int, ...]
+    param: int
+
+
+def ansatz14_gates(n_qubits: int, n_layers: int) -> list[Gate]:
+    """Ansatz 14 of Sim et al. (2019) in the official gate and angle order (4 n angles/layer).
+
+    Per layer: RY on every qubit; CRX(i -> i+1 mod n) for i = n-1 .. 0; RY on every qubit;
+    CRX(i -> i-1 mod n) for i = n-1, 0, 1, .., n-2.
+    """
+    n = n_qubits
+    gates: list[Gate] = []
+    for _ in range(n_layers):
+        order = (
+            [("ry", (q,)) for q in range(n)]
+            + [("crx", (q, (q + 1) % n)) for q in range(n - 1, -1, -1)]
+            + [("ry", (q,)) for q in range(n)]
+            + [("crx", (q, (q - 1) % n)) for q in [n - 1] + list(range(n - 1))]
+        )
+        offset = len(gates)
+        gates.extend([Gate(kind, wires, offset + i) for i, (kind, wires) in enumerate(order)])
+    return gates
+
+
+class CircuitPlan:
+    """Static data for simulating a gate list on real-valued state tensors.
+
+    A batch of states is a real tensor ``[..., 2, 2, .., 2, N]``: axis ``-(n+2)`` holds the real
+    and imaginary parts, the next ``n`` axes the qubits (qubit 0 first, i.e. the most
+    significant bit of a basis index), the last axis the ``N`` circuit instances. Viewed as
+    ``[..., R, N]`` (``R = 2^(n+1)`` rows), every gate is a "butterfly" on whole rows:
+    ``X' = A * X + B * X[partner]``, where ``partner`` pairs each row with the row differing in
+    the gate's bit(s) and ``A``, ``B`` are per-instance coefficients (:func:`gate_coefficients`).
+    With the instances last, each of these ops is one contiguous, vectorised pass.
+    """
+
+    def __init__(self, gates: list[Gate], n_qubits: int):
+        if n_qubits < 2:
+            raise ValueError("Quixer needs at least 2 qubits (the CRX ring needs two wires)")
+        for g in gates:
+            if g.kind not in ("ry", "crx") or len(set(g.wires)) != len(g.wires):
+                raise ValueError(f"unsupported gate {g}")
+        self.n_qubits = n = n_qubits
+        self.rows = 2 ** (n + 1)
+        self.gates = gates
+        self.params = torch.tensor([g.param for g in gates], dtype=torch.long)
+        self.ry_params = torch.tensor([g.param for g in gates if g.kind == "ry"], dtype=torch.long)
+        self.crx_params = torch.tensor([g.param for g in gates if g.kind == "crx"], dtype=torch.long)
+        # RY on q pairs rows differing in bit q; CRX (-i sin on the target) also swaps re and im.
+        row = torch.arange(self.rows).view(2, *[2] * n)
+        self.partners = torch.stack([row.flip(1 + g.wires[0]) if g.kind == "ry" else row.flip(0, 1 + g.wires[1])
+                                     for g in gates]).reshape(len(gates), self.rows)
+        # d(gate)/d(theta) = 1/2 K * (gate output)[partner]: K = -1/+1 by the qubit's bit (RY),
+        # +1 / -1 on real / imaginary rows where the control is 1, else 0 (CRX).
+        bits = (torch.arange(2**n)[:, None] >> torch.arange(n - 1, -1, -1)) & 1  # [2^n, n], qubit 0 first
+        reim = torch.tensor([[1.0], [-1.0]])
+        self.derivative_patterns = torch.stack([
+            (2.0 * bits[:, g.wires[0]] - 1).expand(2, -1) if g.kind == "ry" else reim * bits[:, g.wires[0]]
+            for g in gates]).reshape(len(gates), self.rows)
+        self._moved: dict = {}
+
+    def tables(self, device: torch.device, dtype: torch.dtype):
+        """Per gate: partner rows ``[R]`` and derivative pattern ``[1, R]``; and params ``[G]``."""
+        key = (str(device), dtype)
+        if key not in self._moved:
+            self._moved[key] = (self.partners.to(device).unbind(0),
+                                self.derivative_patterns.to(device, dtype).unsqueeze(1).unbind(0),
+                                self.params.to(device))
+        return self._moved[key]
+
+
+def gate_coefficients(plan: CircuitPlan, angles: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-gate butterfly coefficients ``(A, B)`` for ``N`` instances with angles ``[N, P]``.
+
+    With half-angles ``c = cos(theta/2)``, ``s = sin(theta/2)``:
+
+    - RY on q = [[c, -s], [s, c]]: ``A = c``; ``B = -s`` where q is 0, ``+s`` where q is 1.
+    - CRX (control k, target t) applies RX = [[c, -i s], [-i s, c]] where k is 1; ``-i s``
+      takes the partner's imaginary part into the real part and minus its real part into the
+      imaginary part: ``A = 1`` where k is 0 and ``c`` where k is 1; ``B = 0`` where k is 0,
+      ``+s`` on real and ``-s`` on imaginary rows where k is 1.
+
+    The coefficients are tiny (a few ``N``-vectors per gate), shaped to broadcast against the
+    state layout of :class:`CircuitPlan`; they are computed once and reused for every power.
+    """
+    n, n_inst = plan.n_qubits, angles.shape[0]
+    half = angles.t() / 2
+    cos, sin = torch.cos(half), torch.sin(half)  # [P, N]
+    ry_a = ry_b = crx_a = crx_b = ()
+    if len(plan.ry_params):
+        index = plan.ry_params.to(angles.device)
+        c, s = cos[index], sin[index]
+        ry_a, ry_b = c.unbind(0), torch.stack((-s, s), 1).unbind(0)
+    if len(plan.crx_params):
+        index = plan.crx_params.to(angles.device)
+        c, s = cos[index], sin[index]
+        one, zero = torch.ones_like(c), torch.zeros_like(s)
+        crx_a = torch.stack((one, c), 1).unbind(0)  # [control bit, N]
+        crx_b = torch.stack((torch.stack((zero, s), 1), torch.stack((zero, -s), 1)), 1).unbind(0)  # [re/im, control, N]
+    out, i_ry, i_crx = [], 0, 0
+    for g in plan.gates:
+        k = g.wires[0]
+        if g.kind == "ry":
+            out.append((ry_a[i_ry], ry_b[i_ry].view((2,) + (1,) * (n - 1 - k) + (n_inst,))))
+            i_ry += 1
+        else:
+            out.append((crx_a[i_crx].view((2,) + (1,) * (n - 1 - k) + (n_inst,)),
+                        crx_b[i_crx].view((2,) + (1,) * k + (2,) + (1,) * (n - 1 - k) + (n_inst,))))
+            i_crx += 1
+    return out
+
+
+def apply_gates(plan: CircuitPlan, coefficients: list, states: torch.Tensor) -> torch.Tensor:
+    """Apply circuit instance ``i`` to ``states[..., i]``; returns a new tensor.
+
+    In place on one copy with one scratch buffer: per gate, gather the partner rows into the
+    scratch buffer, then ``X = A * X + B * scratch``.
+    """
+    x = states.clone(memory_format=torch.contiguous_format)
+    rows_view = x.view(-1, plan.rows, x.shape[-1])
+    scratch = torch.empty_like(x)
+    scratch_rows = scratch.view_as(rows_view)
+    partners = plan.tables(x.device, x.dtype)[0]
+    for (a, b), partner in zip(coefficients, partners):
+        torch.index_select(rows_view, 1, partner, out=scratch_rows)
+        x.mul_(a).addcmul_(b, scratch)
+    return x
+
+
+class _CircuitFunction(torch.autograd.Function):
+    """:func:`apply_gates` with a hand-written adjoint backward (no per-gate autograd graph).
+
+    Walking the gates backwards with ``g = dL/d(gate output)`` and the gate output ``x``:
+
+    - each gate is a rotation ``exp(-i theta P / 2)``, so ``dx/dtheta = 1/2 (-i P) x``, which
+      in the real layout is ``1/2 K * x[partner]`` (``K``: a static +-1/0 row pattern), hence
+      ``dL/dtheta = 1/2 K . (g * x[partner])``: one gather, one product, one matvec;
+    - the gate's real form is orthogonal: the input is recovered exactly as ``G^T x`` (so no
+      intermediate state is stored: memory does not grow with the number of gates) and the
+      gradient moves on as ``G^T g``.
+    """
+
+    @staticmethod
+    def forward(ctx, states, angles, plan, coefficients):
+        out = apply_gates(plan, coefficients, states)
+        ctx.plan, ctx.coefficients, ctx.n_params = plan, coefficients, angles.shape[1]
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        plan, coefficients = ctx.plan, ctx.coefficients
+        partners, patterns, params = plan.tables(out.device, out.dtype)
+        n_inst = out.shape[-1]
+        # state and gradient stacked, so that one gather and one butterfly serve both
+        both = torch.stack((out, grad.reshape(out.shape)))
+        scratch, product = torch.empty_like(both), torch.empty_like(out)
+        both_rows, scratch_rows = both.view(2, -1, plan.rows, n_inst), scratch.view(2, -1, plan.rows, n_inst)
+        partner_state_rows, grad_rows = scratch_rows[0], both_rows[1]
+        product_rows = product.view(-1, plan.rows, n_inst)
+        per_gate = out.new_empty(len(coefficients), 1, n_inst)
+        per_gate_rows = per_gate.unbind(0)
+        single = product_rows.shape[0] == 1
+        for k in range(len(coefficients) - 1, -1, -1):
+            a, b = coefficients[k]
+            torch.index_select(both_rows, 2, partners[k], out=scratch_rows)
+            torch.mul(partner_state_rows, grad_rows, out=product_rows)
+            if single:
+                torch.mm(patterns[k], product_rows[0], out=per_gate_rows[k])
+            else:
+                per_gate_rows[k].copy_((patterns[k] @ product_rows).sum(0))
+            if k == 0 and not ctx.needs_input_grad[0]:
+                break
+            both.mul_(a).addcmul_(b, scratch, value=-1)  # state <- input of gate k; grad <- G^T grad
+        grad_angles = out.new_zeros(ctx.n_params, n_inst).index_add_(0, params, per_gate.squeeze(1), alpha=0.5)
+        return (both[1] if ctx.needs_input_grad[0] else None), grad_angles.t(), None, None
+
+
+def run_circuits(plan: CircuitPlan, angles: torch.Tensor, states: torch.Tensor,
+                 coefficients: list | None = None) -> torch.Tensor:
+    """Apply the circuits with angles ``[N, P]`` to ``states [..., 2, 2, .., 2, N]`` (differentiable).
+
+    ``coefficients`` (from :func:`gate_coefficients` on the detached angles) may be passed in
+    to reuse them across several calls with the same angles.
+    """
+    if coefficients is None:
+        coefficients = gate_coefficients(plan, angles.detach())
+    plan.tables(states.device, states.dtype)  # build the static tables outside the autograd.Function
+    if torch.is_grad_enabled() and (angles.requires_grad or states.requires_grad):
+        return _CircuitFunction.apply(states, angles, plan, coefficients)
+    return apply_gates(plan, coefficients, states)
+
+
+def basis_images(plan: CircuitPlan, angles: torch.Tensor) -> torch.Tensor:
+    """Images of the basis states: real ``[2^n (s), 2 (re/im), 2^n (r), N]`` holding ``U_i[r, s]``."""
+    dim, n_inst = 2**plan.n_qubits, angles.shape[0]
+    eye = torch.eye(dim, dtype=angles.dtype, device=angles.device)
+    states = torch.stack((eye, torch.zeros_like(eye)), 1)[..., None].expand(dim, 2, dim, n_inst)
+    states = states.reshape(dim, 2, *[2] * plan.n_qubits, n_inst)
+    return run_circuits(plan, angles, states).reshape(dim, 2, dim, n_inst)
+
+
+def circuit_unitaries(plan: CircuitPlan, angles: torch.Tensor) -> torch.Tensor:
+    """Full unitaries ``[N, 2^n, 2^n]`` (complex) of the circuits with angles ``[N, P]``."""
+    images = basis_images(plan, angles)
+    return torch.complex(images[:, 0], images[:, 1]).permute(2, 1, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _bit_pairs(n_qubits: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per qubit q: the basis indices with bit q = 0, and the same indices with bit q = 1."""
+    masks = [1 << (n_qubits - 1 - q) for q in range(n_qubits)]
+    low = torch.tensor([[r for r in range(2**n_qubits) if not r & m] for m in masks], device=device)
+    return low, low | torch.tensor(masks, device=device)[:, None]
+
+
+def pauli_expectations(states: torch.Tensor, n_qubits: int) -> torch.Tensor:
+    """``[B, 2^n]`` normalised states -> ``[B, 3n]``: <X_q> for all q, then <Y_q>, then <Z_q>.
+
+    With ``a``/``b`` the amplitudes where qubit q is 0/1 (pairs differing in that bit):
+    <Z> = |a|^2 - |b|^2, <X> = 2 Re(a* b), <Y> = 2 Im(a* b).
+    """
+    low, high = _bit_pairs(n_qubits, str(states.device))
+    a, b = states[:, low], states[:, high]  # [B, n, dim/2]
+    ab = (a.conj() * b).sum(-1)
+    z = (a.real**2 + a.imag**2 - b.real**2 - b.imag**2).sum(-1)
+    return torch.cat([2 * ab.real, 2 * ab.imag, z], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+class Quixer(nn.Module):
+    """Quixer next-token model: ``forward(x [B, n_tokens]) -> (logits [B, V], p_postselect [B])``."""
+
+    INIT_STRATEGIES = ("small_gaussian", "uniform", "xavier", "centroid")
+
+    def __init__(
+        self,
+        n_qubits: int = 6,
+        n_tokens: int = 31,
+        qsvt_polynomial_degree: int = 3,
+        n_ansatz_layers: int = 4,
+        vocabulary_size: int = 512,
+        embedding_dimension: int = 512,
+        dropout: float = 0.1,
+        dtype: torch.dtype = torch.complex64,
+    ):
+        super().__init__()
+        if dtype not in (torch.complex64, torch.complex128):
+            raise ValueError(f"dtype must be torch.complex64 or torch.complex128, not {dtype}")
+        for name, value, low in (("n_qubits", n_qubits, 2), ("n_tokens", n_tokens, 1),
+                                 ("qsvt_polynomial_degree", qsvt_polynomial_degree, 1),
+                                 ("n_ansatz_layers", n_ansatz_layers, 1), ("vocabulary_size", vocabulary_size, 1),
+                                 ("embedding_dimension", embedding_dimension, 1)):
+            if int(value) != value or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        real = torch.float64 if dtype == torch.complex128 else torch.float32
+        self.n_qubits, self.n_tokens = n_qubits, n_tokens
+        self.degree, self.n_ansatz_layers = qsvt_polynomial_degree, n_ansatz_layers
+        self.vocabulary_size, self.embedding_dimension = vocabulary_size, embedding_dimension
+        self.angles_per_layer = 4 * n_qubits
+
+        self.embedding = nn.Embedding(vocabulary_size, embedding_dimension, dtype=real)
+        self.dropout = nn.Dropout(dropout)
+        self.embedding_to_angles = nn.Linear(embedding_dimension, self.angles_per_layer * n_ansatz_layers, dtype=real)
+        self.lcu_coefficients = nn.Parameter(torch.zeros(n_tokens, dtype=dtype))
+        self.qsvt_polynomial_coefficients = nn.Parameter(torch.zeros(qsvt_polynomial_degree + 1, dtype=real))
+        self.quantum_feedforward_parameters = nn.Parameter(torch.zeros(self.angles_per_layer, dtype=real))
+        self.output_feedforward = nn.Sequential(
+            nn.Linear(3 * n_qubits, embedding_dimension, dtype=real),
+            nn.ReLU(),
+            nn.Linear(embedding_dimension, vocabulary_size, dtype=real),
+        )
+        self.active_layers = n_ansatz_layers
+        self._plans: dict[int, CircuitPlan] = {}
+        self._feedforward_plan = CircuitPlan(ansatz14_gates(n_qubits, 1), n_qubits)
+        self._eval_cache: dict = {}  # see _eval_cached
+        self.initialize("small_gaussian")
+
+    # ---- circuits ----------------------------------------------------------------------
+
+    def _plan(self) -> CircuitPlan:
+        k = self.active_layers
+        if k not in self._plans:
+            self._plans[k] = CircuitPlan(ansatz14_gates(self.n_qubits, k), self.n_qubits)
+        return self._plans[k]
+
+    def token_angles(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[...]`` -> circuit angles ``[..., 4 n k]`` of the ``k`` active layers."""
+        n_angles = self.angles_per_layer * self.active_layers
+        w, b = self.embedding_to_angles.weight, self.embedding_to_angles.bias
+        return F.linear(self.dropout(self.embedding(x)), w[:n_angles], b[:n_angles])
+
+    def token_unitaries(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[N]`` -> their unitaries ``[N, 2^n, 2^n]`` (dropout applies in train mode)."""
+        return circuit_unitaries(self._plan(), self.token_angles(x))
+
+    def feedforward_unitary(self) -> torch.Tensor:
+        """The quantum feed-forward circuit's unitary ``[2^n, 2^n]`` (one ansatz-14 layer)."""
+        return circuit_unitaries(self._feedforward_plan, self.quantum_feedforward_parameters[None])[0]
+
+    def lcu_weights(self) -> torch.Tensor:
+        """LCU coefficients divided by their L1 norm (as ``F.normalize(p=1)`` in the official code)."""
+        b = self.lcu_coefficients
+        return b / b.abs().sum().clamp_min(1e-12)
+
+    # ---- forward ------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``[B, n_tokens]`` -> logits ``[B, V]`` and postselection probabilities ``[B]``."""
+        state = self.qsvt_state(x)
+        postselection = (state.real**2 + state.imag**2).sum(-1)
+        state = state / postselection.sqrt().clamp_min(1e-12).unsqueeze(-1)
+        if not self.training and not torch.is_grad_enabled():
+            feedforward = self._eval_cached("feedforward", (self.quantum_feedforward_parameters,),
+                                            self.feedforward_unitary)
+            state = state @ feedforward.mT
+        else:
+            state = self._apply_feedforward(state)
+        features = pauli_expectations(state, self.n_qubits)
+        return self.output_feedforward(features), postselection
+
+    def _apply_feedforward(self, state: torch.Tensor) -> torch.Tensor:
+        """The feed-forward circuit applied to each state ``[B, 2^n]`` (the batch as instances)."""
+        batch, n = state.shape[0], self.n_qubits
+        real = torch.stack((state.real.t(), state.imag.t())).reshape(2, *[2] * n, batch)
+        angles = self.quantum_feedforward_parameters.expand(batch, -1)  # shared: gradients sum over B
+        out = run_circuits(self._feedforward_plan, angles, real).reshape(2, 2**n, batch)
+        return torch.complex(out[0].t(), out[1].t())
+
+    def qsvt_state(self, x: torch.Tensor) -> torch.Tensor:
+        """The unnormalised LCU + QSVT state ``sum_k c_k M^k |0> / ||c||_1``, complex ``[B, 2^n]``.
+
+        In eval mode without autograd the cached per-vocabulary unitaries are used; otherwise
+        (training, or gradients requested) every token position gets its own circuit.
+        """
+        if x.dim() != 2 or x.shape[1] != self.n_tokens:
+            raise ValueError(f"expected token ids of shape [batch, {self.n_tokens}], got {tuple(x.shape)}")
+        if x.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token ids must be an integer tensor, got {x.dtype}")
+        if not self.training and not torch.is_grad_enabled():
+            return self._qsvt_state_cached(x)
+        return self._qsvt_state(x)
+
+    def _polynomial(self, psi: torch.Tensor, apply_m) -> torch.Tensor:
+        """``sum_k c_k M^k psi / ||c||_1`` given ``psi = |0>`` and ``apply_m(psi) -> M psi``."""
+        coeffs = self.qsvt_polynomial_coefficients
+        acc = coeffs[0] * psi
+        for k in range(1, self.degree + 1):
+            psi = apply_m(psi)
+            acc = acc + coeffs[k] * psi
+        return acc / coeffs.abs().sum()
+
+    def _qsvt_state(self, x: torch.Tensor) -> torch.Tensor:
+        """Training path: every (sequence, position) has its own circuit (dropout on the angles).
+
+        Gate coefficients are computed once; each power of ``M`` applies all ``B * W`` circuits
+        to ``W`` copies of each sequence's current state (real layout of :class:`CircuitPlan`,
+        state vectors as ``[2 (re/im), 2^n, B]``) and sums them with the LCU weights.
+        """
+        batch, window = x.shape
+        plan, n, dim = self._plan(), self.n_qubits, 2**self.n_qubits
+        angles = self.token_angles(x).reshape(batch * window, -1)
+        lcu = self.lcu_weights()
+        lcu = torch.stack((lcu.real, lcu.imag), -1).to(angles.dtype)  # [W, 2]
+        coefficients = gate_coefficients(plan, angles.detach())  # shared by all powers
+
+        def apply_m(psi):
+            states = psi.unsqueeze(-1).expand(2, dim, batch, window).reshape(2, *[2] * n, batch * window)
+            out = run_circuits(plan, angles, states, coefficients).view(2, dim, batch, window)
+            t = out @ lcu  # [re/im of U psi, dim, B, re/im of b]: complex product below
+            return torch.stack((t[0, ..., 0] - t[1, ..., 1], t[0, ..., 1] + t[1, ..., 0]))
+
+        psi = torch.zeros(2, dim, batch, dtype=angles.dtype, device=angles.device)
+        psi[0, 0] = 1
+        state = self._polynomial(psi, apply_m)
+        return torch.complex(state[0].t(), state[1].t())
+
+    def _eval_cached(self, name: str, params: tuple, build):
+        """``build()``, cached until one of ``params`` (or the active layer count) changes.
+
+        The key holds each parameter's storage, version counter (bumped by optimiser steps,
+        ``load_state_dict`` and any in-place op) and a cheap content fingerprint (which also
+        catches writes through ``.data``, invisible to the version counter).
+        """
+        with torch.no_grad():
+            fingerprint = torch.stack([torch.stack((p.sum(), torch.linalg.vector_norm(p))) for p in params]).tolist()
+        key = (self.active_layers, fingerprint, *((p.data_ptr(), p._version, p.device, p.dtype) for p in params))
+        hit = self._eval_cache.get(name)
+        if hit is None or hit[0] != key:
+            self._eval_cache.pop(name, None)  # free the old value first
+            self._eval_cache[name] = (key, build())
+        return self._eval_cache[name][1]
+
+    def _vocab_table(self) -> torch.Tensor:
+        """Per-vocabulary ``U_v^T`` as rows ``[V, 2 * 4^n]`` (real part, then imaginary part), cached."""
+        def build():
+            ids = torch.arange(self.vocabulary_size, device=self.embedding.weight.device)
+            rows = []
+            for chunk in ids.split(1024):  # bounded memory for large vocabularies
+                images = basis_images(self._plan(), self.token_angles(chunk))  # [s, re/im, r, N]
+                rows.append(images.permute(3, 1, 0, 2).reshape(len(chunk), -1))  # U^T[s, r] = U[r, s]
+            return torch.cat(rows)
+
+        params = (self.embedding.weight, self.embedding_to_angles.weight, self.embedding_to_angles.bias)
+        return self._eval_cached("vocab_table", params, build)
+
+    def _qsvt_state_cached(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval path: ``M^T = sum_w b_w U_{x_w}^T`` from the cached table; powers are matvecs.
+
+        One ``embedding_bag`` with two bags per sequence over the same rows, weighted by the real
+        and by the imaginary parts of ``b`` (the second bag finds its rows in cache), gives the
+        four real products that make up the complex sum.
+        """
+        table = self._vocab_table()
+        batch, window, dim = x.shape[0], x.shape[1], 2**self.n_qubits
+        lcu = self.lcu_weights()
+        weights = torch.cat((lcu.real, lcu.imag)).to(table.dtype).repeat(batch)
+        offsets = torch.arange(0, 2 * batch * window, window, device=x.device)
+        sums = F.embedding_bag(x.repeat_interleave(2, 0).reshape(-1), table, offsets,
+                               per_sample_weights=weights, mode="sum").view(batch, 2, 2, dim, dim)
+        # sums[:, i, j] = sum_w (Re b, Im b)[i] * (Re U^T, Im U^T)[j]
+        m_t = torch.complex(sums[:, 0, 0] - sums[:, 1, 1], sums[:, 0, 1] + sums[:, 1, 0])
+        psi = torch.zeros(batch, 1, dim, dtype=m_t.dtype, device=m_t.device)
+        psi[:, 0, 0] = 1
+        return self._polynomial(psi, lambda p: p @ m_t).squeeze(1)
+
+    def train(self, mode: bool = True) -> "Quixer":
+        if mode:
+            self._eval_cache = {}
+        return super().train(mode)
+
+    # ---- layerwise training ---------------------------------------------------------------
+
+    def set_active_layers(self, k: int) -> None:
+        """Simulate only ansatz layers ``< k``; later layers are held at zero angles (identity)."""
+        if int(k) != k or not 0 < k <= self.n_ansatz_layers:
+            raise ValueError(f"active layers must be in 1..{self.n_ansatz_layers}, got {k!r}")
+        self.active_layers = int(k)
+
+    def frozen_masks(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> bool mask of entries that belong to inactive layers (empty if none)."""
+        if self.active_layers == self.n_ansatz_layers:
+            return {}
+        start = self.angles_per_layer * self.active_layers
+        w = torch.zeros_like(self.embedding_to_angles.weight, dtype=torch.bool)
+        w[start:] = True
+        b = torch.zeros_like(self.embedding_to_angles.bias, dtype=torch.bool)
+        b[start:] = True
+        return {"embedding_to_angles.weight": w, "embedding_to_angles.bias": b}
+
+    # ---- initialisation -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize(self, strategy: str = "small_gaussian", centroids: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> None:
+        """Re-initialise every parameter.
+
+        - ``small_gaussian``: angle weights ~ N(0, 0.01^2), zero bias, feed-forward angles
+          ~ N(0, 0.01^2): every circuit starts near the identity (against barren plateaus).
+          Embedding ~ N(0, 0.02^2); head Xavier with zero bias.
+        - ``uniform``: as the official constructor: torch's default Linear init, Xavier-uniform
+          embedding, coefficients and feed-forward angles ~ U[0, 1).
+        - ``xavier``: as the official training script: Xavier-uniform Linears, zero biases,
+          embedding ~ N(0, 0.02^2); coefficients ~ U[0, 1).
+        - ``centroid``: as ``small_gaussian``, but the embedding rows are the quantiser's
+          cluster centres ``[V, D]``, centred, mapped to ``E`` by a seeded orthonormal projection
+          when ``D != E``, and scaled to an entry RMS of 0.02.
+
+        LCU coefficients (complex) and QSVT coefficients start ~ U[0, 1) in every strategy,
+        as in the official code. ``generator`` (a CPU generator) makes it reproducible.
+        """
+        if strategy not in self.INIT_STRATEGIES:
+            raise ValueError(f"unknown init strategy {strategy!r}; choose one of {', '.join(self.INIT_STRATEGIES)}")
+        if strategy == "centroid" and centroids is None:
+            raise ValueError("init strategy 'centroid' needs centroids (the quantiser's cluster centres [V, D])")
+
+        def normal(p, std):
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * std)
+
+        def uniform(p, low, high):
+            p.copy_(torch.rand(p.shape, generator=generator, dtype=torch.float64) * (high - low) + low)
+
+        def xavier(p):
+            bound = math.sqrt(6.0 / (p.shape[0] + p.shape[1]))
+            uniform(p, -bound, bound)
+
+        linears = [self.embedding_to_angles, self.output_feedforward[0], self.output_feedforward[2]]
+        if strategy == "uniform":
+            for lin in linears:  # torch's default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))
+                bound = 1.0 / math.sqrt(lin.in_features)
+                uniform(lin.weight, -bound, bound)
+                uniform(lin.bias, -bound, bound)
+            xavier(self.embedding.weight)
+            uniform(self.quantum_feedforward_parameters, 0.0, 1.0)
+        else:
+            for lin in linears:
+                xavier(lin.weight)
+                lin.bias.zero_()
+            normal(self.embedding.weight, 0.02)
+            if strategy == "xavier":
+                uniform(self.quantum_feedforward_parameters, 0.0, 1.0)
+            else:
+                normal(self.embedding_to_angles.weight, 0.01)
+                normal(self.quantum_feedforward_parameters, 0.01)
+        if strategy == "centroid":
+            self.embedding.weight.copy_(self._project_centroids(centroids, generator))
+        uniform(self.qsvt_polynomial_coefficients, 0.0, 1.0)
+        lcu = torch.complex(torch.rand(self.n_tokens, generator=generator, dtype=torch.float64),
+                            torch.rand(self.n_tokens, generator=generator, dtype=torch.float64))
+        self.lcu_coefficients.copy_(lcu)
+        self._eval_cache = {}
+
+    def _project_centroids(self, centroids: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        c = torch.as_tensor(centroids).detach().to("cpu", torch.float64)
+        if c.dim() != 2 or c.shape[0] != self.vocabulary_size:
+            raise ValueError(f"centroids must have shape [vocabulary_size={self.vocabulary_size}, D], "
+                             f"got {tuple(c.shape)}")
+        if not torch.isfinite(c).all():
+            raise ValueError("centroids contain NaN or infinite values")
+        c = c - c.mean(0)
+        d, e = c.shape[1], self.embedding_dimension
+        if d != e:
+            gen = generator if generator is not None else torch.Generator().manual_seed(0)
+            q, _ = torch.linalg.qr(torch.randn(max(d, e), min(d, e), generator=gen, dtype=torch.float64))
+            c = c @ (q if d > e else q.T)  # orthonormal columns (d > e) or an isometry (d < e)
+        rms = c.pow(2).mean().sqrt()
+        return c * (0.02 / rms) if rms > 0 else c
+
+    # ---- official checkpoints ---------------------------------------------------------------
+
+    @classmethod
+    def from_official_state_dict(cls, state_dict: dict, n_qubits: int, n_tokens: int, qsvt_polynomial_degree: int,
+                                 n_ansatz_layers: int, vocabulary_size: int, embedding_dimension: int,
+                                 dropout: float = 0.1) -> "Quixer":
+        """Build a model from a ``state_dict()`` of the official ``quixer.quixer_model.Quixer``.
+
+        Names and shapes are checked against :data:`OFFICIAL_PARAMETER_NAMES` (legacy names of
+        the first official version are accepted); torchquantum device buffers are ignored.
+        """
+        sizes = (n_qubits, n_tokens, qsvt_polynomial_degree, n_ansatz_layers, vocabulary_size, embedding_dimension)
+        found = {}
+        unexpected = []
+        for name, value in state_dict.items():
+            if name.startswith(_IGNORED_OFFICIAL_PREFIXES):
+                continue
+            for old, new in _LEGACY_PREFIXES.items():
+                if name.startswith(old):
+                    name = new + name[len(old):]
+                    break
+            if name in OFFICIAL_PARAMETER_NAMES:
+                found[name] = torch.as_tensor(value)
+            else:
+                unexpected.append(name)
+        missing = sorted(set(OFFICIAL_PARAMETER_NAMES) - set(found))
+        if missing or unexpected:
+            raise ValueError(f"not an official Quixer state dict: missing {missing}, unexpected {sorted(unexpected)}")
+        for name, shape_of in OFFICIAL_PARAMETER_NAMES.items():
+            if tuple(found[name].shape) != shape_of(*sizes):
+                raise ValueError(f"{name}: shape {tuple(found[name].shape)} does not match the given sizes "
+                                 f"(expected {shape_of(*sizes)})")
+        model = cls(n_qubits, n_tokens, qsvt_polynomial_degree, n_ansatz_layers, vocabulary_size,
+                    embedding_dimension, dropout=dropout, dtype=torch.complex64)
+        ours = dict(found)
+        ours["quantum_feedforward_parameters"] = found["quantum_feedforward_parameters"][: 4 * n_qubits]
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in ours.items()})
+        return model
+
+    def to_official_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our parameters under the official names and shapes (the unused feed-forward tail is 0)."""
+        sd = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        ff = torch.zeros(self.angles_per_layer * self.n_ansatz_layers, dtype=sd["quantum_feedforward_parameters"].dtype)
+        ff[: self.angles_per_layer] = sd["quantum_feedforward_parameters"]
+        sd["quantum_feedforward_parameters"] = ff
+        return sd
