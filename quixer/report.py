@@ -159,7 +159,7 @@ def markdown_table(rows: list[dict[str, Any]], title: str | None = None) -> str:
     show_data = len({r.get("data") for r in rows}) > 1
     show_post = any("postselection" in r for r in rows)
     header = ["Model", "Run"] + (["Data"] if show_data else []) + [
-        "Parameters", "Test top-1", "Test top-5", "Test perplexity", "Test loss (nats)", "Train time", "Test seq/s",
+        "Parameters", "Test top-1", "Test top-5", "Test perplexity", "Test loss (nats)", "Train time", "Seq/s",
     ] + (["Postselection"] if show_post else [])
     align = ["---", "---"] + (["---"] if show_data else []) + ["---:"] * 7 + (["---:"] if show_post else [])
     lines = []
@@ -182,7 +182,9 @@ def markdown_table(rows: list[dict[str, Any]], title: str | None = None) -> str:
     lines += [
         "",
         "Scored on the last token of each test window (input: the window's other tokens). "
-        "Perplexity = exp(mean cross-entropy in nats). Reference parameters count stored table entries.",
+        "Perplexity = exp(mean cross-entropy in nats). Reference parameters count stored table entries. "
+        "Seq/s: training throughput (windows per second of optimisation) for trained models, "
+        "scoring throughput for the references.",
     ]
     return "\n".join(lines) + "\n"
 
