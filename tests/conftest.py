@@ -38,3 +38,14 @@ def stage1_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stage1") / "autoregressive_data"
     prepare_autoregressive_data(SAMPLE_FASTA, out, WindowConfig())
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run far slower with 2 OpenMP threads on a busy 2-core machine; restore after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -23,12 +23,7 @@ RESULT_KEYS = {"model", "parameters", "test_loss", "test_perplexity", "test_top1
                "train_seconds", "sequences_per_second"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,7 @@ METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_perplexity", "val_top1", 
                "epoch_seconds", "lr", "postselection"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a busy 2-core machine make tiny models ~20x slower; restore afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
