@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The main job: stages 1-4 and the report, on the embedded real-RNA sample by default.
+#
+#   bash run_pipeline.sh [--fasta FILE] [--out DIR] [--epochs N] [--device auto|cpu|cuda] [--jobs 1|2]
+#
+# Everything goes under --out (default pipeline_out): one directory per stage with the names
+# the stage scripts use, runs/<model>/ per model, and results.json, results.md and the PNG
+# plots at the top. Rerunning reuses every stage whose input and parameters did not change.
+# --jobs 2 (default on 2+ cores) trains Quixer beside the baselines, splitting the cores.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+py="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
+
+fasta="$here/data/sample_rna.fasta.gz"
+out="pipeline_out"
+epochs=3
+device="auto"
+cores=$(nproc 2>/dev/null || echo 1)
+jobs=$([ "$cores" -ge 2 ] && echo 2 || echo 1)
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --fasta) fasta="${2:?--fasta needs a file}"; shift 2 ;;
+    --out) out="${2:?--out needs a directory}"; shift 2 ;;
+    --epochs) epochs="${2:?--epochs needs a number}"; shift 2 ;;
+    --device) device="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
+    --jobs) jobs="${2:?--jobs needs 1 or 2}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$epochs" in ''|*[!0-9]*|0) echo "error: --epochs must be a positive integer" >&2; exit 2 ;; esac
+case "$jobs" in 1|2) ;; *) echo "error: --jobs must be 1 or 2" >&2; exit 2 ;; esac
+[ -f "$fasta" ] || { echo "error: $fasta: file not found" >&2; exit 2; }
+
+step() { echo "==> $*" >&2; }
+mkdir -p "$out/runs"
+data="$out/autoregressive_data"; emb="$out/lambeq_embeddings_autoregressive"
+tok="$out/quantized_embeddings_autoregressive"; runs="$out/runs"
+start=$SECONDS
+
+step "stage 1: windows from $fasta"
+"$py" "$here/prepare_autoregressive_data.py" --fasta "$fasta" --output_dir "$data"
+step "stage 2: lambeq k-mer embeddings"
+"$py" "$here/lambeq_encoder.py" --data_dir "$data" --output_dir "$emb" --device "$device"
+step "stage 3: k-means into 512 tokens"
+"$py" "$here/quantize_lambeq_embeddings.py" --input_dir "$emb" --output_dir "$tok"
+quixer_cmd=("$py" "$here/train_quixer_hybrid.py" --data_dir "$tok" --epochs "$epochs" --device "$device"
+            --output_dir "$runs/quixer" --resume)
+qpid=""
+if [ "$jobs" -eq 2 ]; then
+  # one core each: two processes with all threads each would fight over the cores
+  threads=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+  export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+  step "stage 4a: Quixer ($epochs epochs) in the background, log in $out/quixer_train.log"
+  "${quixer_cmd[@]}" > "$out/quixer_train.log" 2>&1 &
+  qpid=$!
+  trap '[ -n "$qpid" ] && kill "$qpid" 2>/dev/null' EXIT
+fi
+for ref in uniform unigram ngram; do
+  step "reference baseline: $ref"
+  "$py" "$here/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --output_dir "$runs/$ref"
+done
+for model in lstm transformer; do
+  step "stage 4b: $model ($epochs epochs)"
+  "$py" "$here/train_classical_baselines.py" --model "$model" --data_dir "$tok" --epochs "$epochs" \
+    --device "$device" --output_dir "$runs/$model" --resume
+done
+if [ -n "$qpid" ]; then
+  step "waiting for Quixer"
+  if ! wait "$qpid"; then
+    qpid=""
+    tail -n 5 "$out/quixer_train.log" >&2
+    echo "error: Quixer training failed; see $out/quixer_train.log" >&2
+    exit 1
+  fi
+  qpid=""
+  grep -E "epoch [0-9]+/|test:" "$out/quixer_train.log" >&2 || true
+else
+  step "stage 4a: Quixer ($epochs epochs)"
+  "${quixer_cmd[@]}"
+fi
+step "report"
+"$py" "$here/report_results.py" "$runs" --output_dir "$out"
+echo "pipeline finished in $((SECONDS - start)) s; results in $out/results.md" >&2
