@@ -56,6 +56,7 @@ would leave the reference needlessly weak.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -65,7 +66,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .common import UserError, atomic_write_json
+from .common import UserError, atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -445,6 +446,13 @@ def _check_order(max_order: int, width: int) -> int:
     return max_order
 
 
+def _finished_with(output_dir: Path, config: dict) -> bool:
+    """True when ``output_dir`` holds finished results of exactly this config (a rerun is a no-op)."""
+    if not (output_dir / "results.json").exists() or not (output_dir / "config.json").exists():
+        return False
+    return read_json(output_dir / "config.json") == json.loads(json.dumps(config))
+
+
 def run_reference(
     name: str,
     data_dir: str | Path,
@@ -478,8 +486,13 @@ def run_reference(
                       smoothing="interpolated modified Kneser-Ney")
     elif name == "unigram":
         config.update(unigram_alphas=list(unigram_alphas), counts="train targets (last token of each window)")
+    config["data_sha256"] = {s: sha256_file(Path(data_dir) / f"{s}.pt") for s in SPLITS}
     output_dir = Path(output_dir)
+    if _finished_with(output_dir, config):
+        log.info("%s: %s already fitted on the same data with the same settings; results.json kept", output_dir, name)
+        return read_json(output_dir / "results.json")
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").unlink(missing_ok=True)  # never leave results of other settings
     atomic_write_json(output_dir / "config.json", config)
 
     extra: dict[str, Any] = {}

@@ -249,3 +249,21 @@ def test_files_written_and_errors(tmp_path):
         run_reference("ngram", tmp_path / "tok", tmp_path / "x", max_order=0)
     with pytest.raises(UserError, match="not found"):
         run_reference("ngram", tmp_path / "missing", tmp_path / "x")
+
+
+def test_rerun_with_same_data_and_settings_is_a_no_op(tmp_path):
+    rng = np.random.default_rng(3)
+    splits = {s: rng.integers(0, 6, (40, 8)) for s in ("train", "val", "test")}
+    save_splits(tmp_path / "tok", splits)
+    out = tmp_path / "runs" / "ngram"
+    first = run_reference("ngram", tmp_path / "tok", out, max_order=3)
+    stamp = (out / "results.json").stat().st_mtime_ns
+    assert run_reference("ngram", tmp_path / "tok", out, max_order=3) == first
+    assert (out / "results.json").stat().st_mtime_ns == stamp
+    other = run_reference("ngram", tmp_path / "tok", out, max_order=2)  # other settings: fitted again
+    assert (out / "results.json").stat().st_mtime_ns != stamp and len(other["val_loss_by_order"]["all"]) == 2
+    splits["test"] = rng.integers(0, 6, (40, 8))  # other data, same path: fitted again
+    save_splits(tmp_path / "tok", splits)
+    stamp = (out / "results.json").stat().st_mtime_ns
+    run_reference("ngram", tmp_path / "tok", out, max_order=2)
+    assert (out / "results.json").stat().st_mtime_ns != stamp

@@ -1,0 +1,51 @@
+"""The main job end to end (run_pipeline.sh) on a slice of the real sample, and its reuse."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import REPO, SAMPLE_FASTA
+from quixer.fasta import iter_fasta
+
+MODELS = {"uniform", "unigram", "ngram", "lstm", "transformer", "quixer"}
+
+
+def _run(*args, timeout=900):
+    return subprocess.run(["bash", str(REPO / "run_pipeline.sh"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
+    fasta = tmp_path / "slice.fa"
+    with open(fasta, "w") as fh:
+        for i, rec in enumerate(iter_fasta(SAMPLE_FASTA)):
+            if i == 70:
+                break
+            fh.write(f">{rec.header}\n{rec.sequence}\n")
+    out = tmp_path / "out"
+    first = _run("--fasta", fasta, "--out", out, "--epochs", 1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in rows} == MODELS
+    for r in rows:
+        assert 0 <= r["test_top1"] <= r["test_top5"] <= 1 and r["test_perplexity"] > 1
+    uniform = next(r for r in rows if r["model"] == "uniform")
+    assert abs(uniform["test_perplexity"] - 512) < 1e-6
+    assert "| quixer |" in first.stdout and (out / "results.md").read_text() in first.stdout
+    for png in ("learning_curves.png", "test_accuracy.png", "test_perplexity.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+
+    again = _run("--fasta", fasta, "--out", out, "--epochs", 1)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("up to date") >= 3 and again.stderr.count("already fitted") == 3
+    assert again.stderr.count("already finished") == 3  # lstm, transformer, quixer
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
+
+
+def test_pipeline_flag_errors():
+    res = _run("--epochs", "zero")
+    assert res.returncode == 2 and res.stderr.strip() == "error: --epochs must be a positive integer"
+    res = _run("--fasta", "/nonexistent.fa")
+    assert res.returncode == 2 and "not found" in res.stderr
+    assert _run("--help").returncode == 0
