@@ -75,7 +75,7 @@ if [ -n "$qpid" ]; then
     exit 1
   fi
   qpid=""
-  grep -E "epoch [0-9]+/|test:" "$out/quixer_train.log" >&2 || true
+  grep -E "epoch [0-9]+/|test:|already finished" "$out/quixer_train.log" >&2 || true
 else
   step "stage 4a: Quixer ($epochs epochs)"
   "${quixer_cmd[@]}"
