@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from quixer.common import run_cli, setup_logging
+from quixer.common import add_stage_flags, run_cli, setup_logging
 from quixer.encoding import (
     DEFAULT_DATA_DIR,
     DEFAULT_OUTPUT_DIR,
@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_args(p)
     p.add_argument("--materialize", action="store_true",
                    help="also write the full [N, W, D] {split}_embeddings.pt (small data only)")
-    p.add_argument("--force", action="store_true", help="replace an output directory that holds a different run")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    add_stage_flags(p)
     return p
 
 

@@ -14,7 +14,7 @@ import argparse
 import logging
 import time
 
-from quixer.common import peak_rss_mb, run_cli, setup_logging
+from quixer.common import add_stage_flags, peak_rss_mb, run_cli, setup_logging
 from quixer.windows import DEFAULT_DATA_DIR, DEFAULT_FASTA, SPLITS, add_window_args, prepare_autoregressive_data, window_config_from_args
 
 log = logging.getLogger("prepare_autoregressive_data")
@@ -25,8 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fasta", default=DEFAULT_FASTA, help=f"input FASTA or FASTA.gz (default: {DEFAULT_FASTA})")
     p.add_argument("--output_dir", default=DEFAULT_DATA_DIR, help=f"output directory (default: {DEFAULT_DATA_DIR})")
     add_window_args(p)
-    p.add_argument("--force", action="store_true", help="replace an output directory that holds a different run")
-    p.add_argument("--verbose", action="store_true")
+    add_stage_flags(p)
     return p
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from quixer.common import run_cli, setup_logging
+from quixer.common import add_stage_flags, run_cli, setup_logging
 from quixer.kmer_tokens import prepare_classical_benchmarks
 from quixer.windows import add_window_args, window_config_from_args
 
@@ -27,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data_dir", help="a prepare_autoregressive_data.py output directory")
     p.add_argument("--output_dir", default="classical_benchmarks", help="output directory (default: classical_benchmarks)")
     add_window_args(p)
-    p.add_argument("--force", action="store_true", help="replace an output directory that holds a different run")
-    p.add_argument("--verbose", action="store_true")
+    add_stage_flags(p)
     return p
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from quixer.common import run_cli, setup_logging
+from quixer.common import add_stage_flags, run_cli, setup_logging
 from quixer.quantize import DEFAULT_INPUT_DIR, DEFAULT_OUTPUT_DIR, add_quantize_args, config_from_args, quantize_embeddings
 
 log = logging.getLogger("quantize_lambeq_embeddings")
@@ -32,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_dir", default=DEFAULT_INPUT_DIR, help=f"stage-2 directory (default: {DEFAULT_INPUT_DIR})")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"output directory (default: {DEFAULT_OUTPUT_DIR})")
     add_quantize_args(p)
-    p.add_argument("--force", action="store_true", help="replace an output directory that holds a different run")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    add_stage_flags(p)
     return p
 
 

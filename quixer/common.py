@@ -203,3 +203,9 @@ def staged_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def add_stage_flags(parser) -> None:
+    """``--force`` and ``--verbose``, the same on every data stage."""
+    parser.add_argument("--force", action="store_true", help="replace an output directory that holds a different run")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
