@@ -209,3 +209,17 @@ def add_stage_flags(parser) -> None:
     """``--force`` and ``--verbose``, the same on every data stage."""
     parser.add_argument("--force", action="store_true", help="replace an output directory that holds a different run")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` on the CPU with tensors only; a missing, corrupt or foreign file is one
+    :class:`UserError` line naming the file."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (corrupt, truncated or not a torch file)
+        raise UserError(f"{path}: cannot be read as a torch file ({type(exc).__name__}: {exc})") from None

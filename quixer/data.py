@@ -24,21 +24,12 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
-from .common import UserError
+from .common import UserError, load_torch_file
+from .windows import SPLITS
 
 log = logging.getLogger("quixer")
 
-SPLITS = ("train", "val", "test")
 CLUSTER_CENTERS_FILE = "cluster_centers.pt"
-
-
-def _load_pt(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except Exception as exc:  # corrupt / truncated / not a torch file
-        raise UserError(f"{path}: cannot read torch file ({type(exc).__name__}: {exc})") from None
 
 
 def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, list[str] | None]:
@@ -46,7 +37,7 @@ def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, list[str
     path = Path(data_dir) / f"{split}.pt"
     if not path.is_file():
         raise UserError(f"{path}: split file not found (expected {', '.join(s + '.pt' for s in SPLITS)} in {data_dir})")
-    obj = _load_pt(path)
+    obj = load_torch_file(path)
     if not isinstance(obj, dict) or "sequences" not in obj:
         raise UserError(f"{path}: expected a dict with key 'sequences' (stage-3 token file)")
     seq = obj["sequences"]
@@ -84,7 +75,7 @@ def load_cluster_centers(data_dir: str | Path) -> torch.Tensor:
     path = Path(data_dir) / CLUSTER_CENTERS_FILE
     if not path.is_file():
         raise UserError(f"{path}: not found (the centroid init needs stage-3 output with cluster centres)")
-    obj = _load_pt(path)
+    obj = load_torch_file(path)
     centers = obj.get("cluster_centers") if isinstance(obj, dict) else obj
     if not isinstance(centers, torch.Tensor) or centers.dim() != 2:
         raise UserError(f"{path}: expected key 'cluster_centers' holding a [K, D] tensor")

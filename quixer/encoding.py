@@ -48,6 +48,7 @@ from .common import (
     atomic_torch_save,
     atomic_write_json,
     check_output_dir,
+    load_torch_file,
     peak_rss_mb,
     read_json,
     resolve_device,
@@ -590,12 +591,7 @@ def load_encoder_metadata(enc_dir: str | os.PathLike) -> dict:
 
 
 def _torch_load(path: Path) -> dict:
-    if not path.exists():
-        raise UserError(f"{path}: missing")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (corrupt or foreign file: one clear line)
-        raise UserError(f"{path}: cannot be read as a torch file ({type(exc).__name__})") from None
+    obj = load_torch_file(path)
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of tensors")
     return obj

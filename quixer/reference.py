@@ -67,11 +67,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from .common import UserError, atomic_write_json, read_json, sha256_file
+from .windows import SPLITS
 
 log = logging.getLogger(__name__)
 
 REFERENCE_MODELS = ("uniform", "unigram", "ngram")
-SPLITS = ("train", "val", "test")
 UNIGRAM_ALPHAS = (0.01, 0.1, 0.5, 1.0, 2.0)
 DEFAULT_MAX_ORDER = 12
 DEFAULT_ORDER_TOLERANCE = 1e-3

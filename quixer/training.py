@@ -51,6 +51,7 @@ from .common import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    load_torch_file,
     peak_rss_mb,
     read_json,
     resolve_device,
@@ -423,13 +424,6 @@ def _rewrite_metrics(path: Path, keep_through_epoch: int, new: dict | None = Non
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-
-
 def _data_summary(data: TokenData) -> dict:
     return {"vocab_size": data.vocab_size, "window_size": data.window_size,
             "windows": {s: int(t.shape[0]) for s, t in data.splits.items()}}
@@ -509,7 +503,7 @@ def _train(args, dist: DistContext, model_name, build_model, layerwise, epoch_ca
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped_early": False,
              "train_seconds": 0.0, "step_seconds": 0.0, "train_sequences": 0}
     if mode == "resume":
-        ckpt = _load_checkpoint(out / "last.pt")
+        ckpt = load_torch_file(out / "last.pt")
         if ckpt.get("data") != _data_summary(data):
             raise UserError(f"{out}/last.pt was trained on other data ({ckpt.get('data')}); choose another --output_dir")
         model.load_state_dict(ckpt["model"])
@@ -593,7 +587,7 @@ def _train(args, dist: DistContext, model_name, build_model, layerwise, epoch_ca
             log.info("early stop: no lower validation loss for %d epochs", args.patience)
 
     dist.barrier()  # best.pt is complete before every rank reads it
-    best = _load_checkpoint(out / "best.pt")
+    best = load_torch_file(out / "best.pt")
     model.load_state_dict(best["model"])
     if layerwise and best.get("active_layers") is not None:
         model.set_active_layers(best["active_layers"])
