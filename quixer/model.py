@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quixer import native
+
 # Official parameter names -> shape, as a function of the hyper-parameters (n qubits, W tokens,
 # degree d, L ansatz layers, vocabulary V, embedding E). Buffers of the torchquantum device
 # (``torchquantum_device.state`` / ``.states``) also appear in official checkpoints and are ignored.
@@ -122,8 +124,11 @@ class CircuitPlan:
         self.rows = 2 ** (n + 1)
         self.gates = gates
         self.params = torch.tensor([g.param for g in gates], dtype=torch.long)
-        self.ry_params = torch.tensor([g.param for g in gates if g.kind == "ry"], dtype=torch.long)
-        self.crx_params = torch.tensor([g.param for g in gates if g.kind == "crx"], dtype=torch.long)
+        self.params_are_identity = self.params.tolist() == list(range(len(gates)))  # gate k reads angle k
+        # for the fused CPU kernel (quixer.native): gate kind (0 RY, 1 CRX) and wires, int32
+        self.wiring = (torch.tensor([0 if g.kind == "ry" else 1 for g in gates], dtype=torch.int32),
+                       torch.tensor([g.wires[0] for g in gates], dtype=torch.int32),
+                       torch.tensor([g.wires[-1] for g in gates], dtype=torch.int32))
         # RY on q pairs rows differing in bit q; CRX (-i sin on the target) also swaps re and im.
         row = torch.arange(self.rows).view(2, *[2] * n)
         self.partners = torch.stack([row.flip(1 + g.wires[0]) if g.kind == "ry" else row.flip(0, 1 + g.wires[1])
@@ -147,59 +152,73 @@ class CircuitPlan:
         return self._moved[key]
 
 
-def gate_coefficients(plan: CircuitPlan, angles: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-gate butterfly coefficients ``(A, B)`` for ``N`` instances with angles ``[N, P]``.
+class GateCoefficients:
+    """Per-gate half-angle cosines and sines ``[G, N]`` of ``N`` circuit instances.
 
-    With half-angles ``c = cos(theta/2)``, ``s = sin(theta/2)``:
-
-    - RY on q = [[c, -s], [s, c]]: ``A = c``; ``B = -s`` where q is 0, ``+s`` where q is 1.
-    - CRX (control k, target t) applies RX = [[c, -i s], [-i s, c]] where k is 1; ``-i s``
-      takes the partner's imaginary part into the real part and minus its real part into the
-      imaginary part: ``A = 1`` where k is 0 and ``c`` where k is 1; ``B = 0`` where k is 0,
-      ``+s`` on real and ``-s`` on imaginary rows where k is 1.
-
-    The coefficients are tiny (a few ``N``-vectors per gate), shaped to broadcast against the
-    state layout of :class:`CircuitPlan`; they are computed once and reused for every power.
+    Computed once per forward from the (detached) angles and reused for every power. The fused
+    CPU kernel (:mod:`quixer.native`) reads ``cos``/``sin`` directly; the torch path uses the
+    butterfly form of :meth:`butterflies`.
     """
-    n, n_inst = plan.n_qubits, angles.shape[0]
-    half = angles.t() / 2
-    cos, sin = torch.cos(half), torch.sin(half)  # [P, N]
-    ry_a = ry_b = crx_a = crx_b = ()
-    if len(plan.ry_params):
-        index = plan.ry_params.to(angles.device)
-        c, s = cos[index], sin[index]
-        ry_a, ry_b = c.unbind(0), torch.stack((-s, s), 1).unbind(0)
-    if len(plan.crx_params):
-        index = plan.crx_params.to(angles.device)
-        c, s = cos[index], sin[index]
-        one, zero = torch.ones_like(c), torch.zeros_like(s)
-        crx_a = torch.stack((one, c), 1).unbind(0)  # [control bit, N]
-        crx_b = torch.stack((torch.stack((zero, s), 1), torch.stack((zero, -s), 1)), 1).unbind(0)  # [re/im, control, N]
-    out, i_ry, i_crx = [], 0, 0
-    for g in plan.gates:
-        k = g.wires[0]
-        if g.kind == "ry":
-            out.append((ry_a[i_ry], ry_b[i_ry].view((2,) + (1,) * (n - 1 - k) + (n_inst,))))
-            i_ry += 1
-        else:
-            out.append((crx_a[i_crx].view((2,) + (1,) * (n - 1 - k) + (n_inst,)),
-                        crx_b[i_crx].view((2,) + (1,) * k + (2,) + (1,) * (n - 1 - k) + (n_inst,))))
-            i_crx += 1
-    return out
+
+    def __init__(self, plan: "CircuitPlan", angles: torch.Tensor):
+        identity = plan.params_are_identity and angles.shape[1] == len(plan.gates)
+        half = angles.t() if identity else angles.t()[plan.params.to(angles.device)]  # [G, N]
+        half = half / 2
+        self.plan = plan
+        self.cos, self.sin = torch.cos(half).contiguous(), torch.sin(half).contiguous()
+        self._butterflies: list | None = None
+
+    def butterflies(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-gate butterfly coefficients ``(A, B)``, shaped to broadcast against the state layout.
+
+        - RY on q = [[c, -s], [s, c]]: ``A = c``; ``B = -s`` where q is 0, ``+s`` where q is 1.
+        - CRX (control k, target t) applies RX = [[c, -i s], [-i s, c]] where k is 1; ``-i s``
+          takes the partner's imaginary part into the real part and minus its real part into the
+          imaginary part: ``A = 1`` where k is 0 and ``c`` where k is 1; ``B = 0`` where k is 0,
+          ``+s`` on real and ``-s`` on imaginary rows where k is 1.
+        """
+        if self._butterflies is None:
+            n, n_inst = self.plan.n_qubits, self.cos.shape[1]
+            out = []
+            for g, c, s in zip(self.plan.gates, self.cos, self.sin):
+                k = g.wires[0]
+                if g.kind == "ry":
+                    out.append((c, torch.stack((-s, s)).view((2,) + (1,) * (n - 1 - k) + (n_inst,))))
+                else:
+                    one, zero = torch.ones_like(c), torch.zeros_like(s)
+                    a = torch.stack((one, c)).view((2,) + (1,) * (n - 1 - k) + (n_inst,))
+                    b = torch.stack((torch.stack((zero, s)), torch.stack((zero, -s))))
+                    out.append((a, b.view((2,) + (1,) * k + (2,) + (1,) * (n - 1 - k) + (n_inst,))))
+            self._butterflies = out
+        return self._butterflies
 
 
-def apply_gates(plan: CircuitPlan, coefficients: list, states: torch.Tensor) -> torch.Tensor:
+def gate_coefficients(plan: CircuitPlan, angles: torch.Tensor) -> GateCoefficients:
+    """The gate coefficients of ``N`` instances with angles ``[N, P]`` (see :class:`GateCoefficients`)."""
+    return GateCoefficients(plan, angles)
+
+
+def _use_native(states: torch.Tensor, coefficients: GateCoefficients) -> bool:
+    return coefficients.cos.dtype == states.dtype and native.supports(states)
+
+
+def apply_gates(plan: CircuitPlan, coefficients: GateCoefficients, states: torch.Tensor) -> torch.Tensor:
     """Apply circuit instance ``i`` to ``states[..., i]``; returns a new tensor.
 
-    In place on one copy with one scratch buffer: per gate, gather the partner rows into the
-    scratch buffer, then ``X = A * X + B * scratch``.
+    On CPU with the fused kernel available, all gates run per tile of instances
+    (:func:`quixer.native.forward`). Otherwise in place on one copy with one scratch buffer:
+    per gate, gather the partner rows into the scratch buffer, then ``X = A * X + B * scratch``.
     """
+    if _use_native(states, coefficients):
+        rows_view = states.reshape(-1, plan.rows, states.shape[-1]).contiguous()
+        out = native.forward(rows_view, coefficients.cos, coefficients.sin, plan.wiring, plan.n_qubits)
+        return out.view(states.shape)
     x = states.clone(memory_format=torch.contiguous_format)
     rows_view = x.view(-1, plan.rows, x.shape[-1])
     scratch = torch.empty_like(x)
     scratch_rows = scratch.view_as(rows_view)
     partners = plan.tables(x.device, x.dtype)[0]
-    for (a, b), partner in zip(coefficients, partners):
+    for (a, b), partner in zip(coefficients.butterflies(), partners):
         torch.index_select(rows_view, 1, partner, out=scratch_rows)
         x.mul_(a).addcmul_(b, scratch)
     return x
@@ -216,6 +235,8 @@ class _CircuitFunction(torch.autograd.Function):
     - the gate's real form is orthogonal: the input is recovered exactly as ``G^T x`` (so no
       intermediate state is stored: memory does not grow with the number of gates) and the
       gradient moves on as ``G^T g``.
+
+    The fused CPU kernel (:func:`quixer.native.adjoint`) does the same walk per tile of instances.
     """
 
     @staticmethod
@@ -230,19 +251,27 @@ class _CircuitFunction(torch.autograd.Function):
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
         plan, coefficients = ctx.plan, ctx.coefficients
-        partners, patterns, params = plan.tables(out.device, out.dtype)
         n_inst = out.shape[-1]
+        if _use_native(out, coefficients):
+            rows_view = out.view(-1, plan.rows, n_inst)
+            grad_in, per_gate = native.adjoint(rows_view, grad.reshape(rows_view.shape).contiguous(), coefficients.cos,
+                                               coefficients.sin, plan.wiring, plan.n_qubits, ctx.needs_input_grad[0])
+            grad_angles = per_gate if plan.params_are_identity and ctx.n_params == len(plan.gates) else \
+                out.new_zeros(ctx.n_params, n_inst).index_add_(0, plan.params, per_gate)
+            return (grad_in.view(out.shape) if grad_in is not None else None), grad_angles.t(), None, None
+        partners, patterns, params = plan.tables(out.device, out.dtype)
+        butterflies = coefficients.butterflies()
         # state and gradient stacked, so that one gather and one butterfly serve both
         both = torch.stack((out, grad.reshape(out.shape)))
         scratch, product = torch.empty_like(both), torch.empty_like(out)
         both_rows, scratch_rows = both.view(2, -1, plan.rows, n_inst), scratch.view(2, -1, plan.rows, n_inst)
         partner_state_rows, grad_rows = scratch_rows[0], both_rows[1]
         product_rows = product.view(-1, plan.rows, n_inst)
-        per_gate = out.new_empty(len(coefficients), 1, n_inst)
+        per_gate = out.new_empty(len(butterflies), 1, n_inst)
         per_gate_rows = per_gate.unbind(0)
         single = product_rows.shape[0] == 1
-        for k in range(len(coefficients) - 1, -1, -1):
-            a, b = coefficients[k]
+        for k in range(len(butterflies) - 1, -1, -1):
+            a, b = butterflies[k]
             torch.index_select(both_rows, 2, partners[k], out=scratch_rows)
             torch.mul(partner_state_rows, grad_rows, out=product_rows)
             if single:
@@ -307,6 +336,23 @@ def pauli_expectations(states: torch.Tensor, n_qubits: int) -> torch.Tensor:
     return torch.cat([2 * ab.real, 2 * ab.imag, z], dim=-1)
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask comes from the fused kernel library (:mod:`quixer.native`).
+
+    torch's CPU ``bernoulli_`` makes one generator call per element: about 6 ms for the
+    ``[32, 32, 512]`` embeddings of a training batch, an eighth of a training step. The kernel's
+    counter-based generator takes a fraction of a millisecond; its seed is drawn from torch's
+    generator, so seeding and resuming work as before. Same distribution, other values; without
+    the kernel, or off the CPU, this is ``nn.Dropout``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not self.training or not 0 < self.p < 1 or x.dtype not in (torch.float32, torch.float64)
+                or not native.supports(x)):
+            return super().forward(x)
+        return x * native.dropout_mask(x.shape, self.p, x.dtype)
+
+
 # --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
@@ -343,7 +389,7 @@ class Quixer(nn.Module):
         self.angles_per_layer = 4 * n_qubits
 
         self.embedding = nn.Embedding(vocabulary_size, embedding_dimension, dtype=real)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.embedding_to_angles = nn.Linear(embedding_dimension, self.angles_per_layer * n_ansatz_layers, dtype=real)
         self.lcu_coefficients = nn.Parameter(torch.zeros(n_tokens, dtype=dtype))
         self.qsvt_polynomial_coefficients = nn.Parameter(torch.zeros(qsvt_polynomial_degree + 1, dtype=real))

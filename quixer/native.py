@@ -1,0 +1,223 @@
+"""The fused CPU circuit kernels (``statevector_kernel.cpp``): built on first use, loaded with ctypes.
+
+Why a native kernel: on a CPU the torch butterfly simulation in :mod:`quixer.model` makes a
+pass over the whole batch of states for every gate, so a training step is bound by memory
+traffic and op overhead. The kernel runs all gates of a circuit on a tile of instances held in
+L1 cache (see the C++ file's header). It is optional: where no C++ compiler is found, the build
+fails, or ``QUIXER_NATIVE=0`` is set, the model uses the torch path (same maths; the tests check
+that both agree).
+
+The library is compiled with ``$CXX`` (default ``g++``) into ``$QUIXER_KERNEL_CACHE`` (default
+``~/.cache/quixer/kernels``), under a name that hashes the source, the compiler and the CPU's
+flags, so an edited source or another machine gets its own build; the write is atomic, so
+concurrent first uses (several DDP ranks) are safe. ``python -m quixer.native`` builds it ahead
+of time and prints where it is.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("statevector_kernel.cpp")
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno"]
+ABI_VERSION = 1
+
+_state: dict = {}  # "lib": the loaded library or None, "error": why not
+
+
+def enabled_by_environment() -> bool:
+    return os.environ.get("QUIXER_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "quixer" / "kernels"
+    return Path(os.environ.get("QUIXER_KERNEL_CACHE", default))
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> list[str] | None:
+    cxx = os.environ.get("CXX", "g++")
+    parts = cxx.split()
+    return parts if parts and shutil.which(parts[0]) else None
+
+
+def library_path(compiler: list[str]) -> Path:
+    version = subprocess.run(compiler + ["--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(compiler), version, " ".join(FLAGS),
+                                    platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
+    return cache_dir() / f"quixer_statevector_{key}.so"
+
+
+def build() -> Path:
+    """Compile the kernel library if it is not in the cache; returns its path (raises on failure)."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError(f"no C++ compiler found (tried {os.environ.get('CXX', 'g++')!r}; set CXX)")
+    path = library_path(compiler)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        result = subprocess.run(compiler + FLAGS + [str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    for suffix in ("f32", "f64"):
+        fwd = getattr(lib, f"qx_forward_{suffix}")
+        fwd.argtypes = [ptr, ptr, i64, i32, i64, ptr, ptr, i32, ptr, ptr, ptr, i32]
+        fwd.restype = i32
+        adj = getattr(lib, f"qx_adjoint_{suffix}")
+        adj.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, ptr, ptr, i32, ptr, ptr, ptr, i32]
+        adj.restype = i32
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        mask = getattr(lib, f"qx_dropout_mask_{suffix}")
+        mask.argtypes = [ptr, i64, ctypes.c_uint64, ctypes.c_uint64, real, i32]
+        mask.restype = None
+    lib.qx_abi_version.restype = i32
+    if lib.qx_abi_version() != ABI_VERSION:
+        raise RuntimeError("kernel library ABI version mismatch")
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None (disabled, or it could not be built: logged once)."""
+    if not enabled_by_environment():
+        return None
+    if "lib" not in _state:
+        try:
+            _state["lib"] = _bind(ctypes.CDLL(str(build())))
+        except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
+            _state["lib"], _state["error"] = None, str(exc)
+            log.warning("fused CPU circuit kernel unavailable, using the torch simulation: %s", exc)
+    return _state["lib"]
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def supports(tensor: torch.Tensor) -> bool:
+    """Whether the kernel can run on this state tensor (CPU, float32/float64) and is available."""
+    return tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and available()
+
+
+def _pointer(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _check(t: torch.Tensor, dtype: torch.dtype, name: str) -> None:
+    if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous CPU {dtype} tensor, got {t.dtype} on {t.device}")
+
+
+def _call(name: str, dtype: torch.dtype, *args) -> None:
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {_state.get('error', 'disabled')}")
+    suffix = "f32" if dtype == torch.float32 else "f64"
+    if getattr(lib, f"{name}_{suffix}")(*args):
+        raise RuntimeError(f"{name}_{suffix} rejected its arguments")
+
+
+def forward(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: tuple, n_qubits: int,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Circuit instance ``i`` applied to ``states[..., i]``, written to ``out`` (new if None; may be ``states``).
+
+    ``states``: contiguous ``[L, 2^(n+1), N]``; ``cos``/``sin``: contiguous ``[G, N]`` half-angle
+    cosines and sines per gate; ``wiring``: int32 tensors (kind, wire0, wire1) of length ``G``.
+    """
+    L, rows, N = states.shape
+    out = torch.empty_like(states) if out is None else out
+    for t, name in ((states, "states"), (out, "out"), (cos, "cos"), (sin, "sin")):
+        _check(t, states.dtype, name)
+    if rows != 2 ** (n_qubits + 1) or cos.shape != sin.shape or cos.shape[1] != N or out.shape != states.shape:
+        raise ValueError("inconsistent shapes for the circuit kernel")
+    kind, wire0, wire1 = wiring
+    _call("qx_forward", states.dtype, _pointer(states), _pointer(out), L, n_qubits, N, _pointer(cos), _pointer(sin),
+          cos.shape[0], _pointer(kind), _pointer(wire0), _pointer(wire1), _threads())
+    return out
+
+
+def adjoint(output: torch.Tensor, grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: tuple,
+            n_qubits: int, input_grad: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Backward through the circuits from their ``output`` states and ``grad`` = dL/d(output)
+    (both ``[L, 2^(n+1), N]``, read only): returns dL/d(input) (None unless ``input_grad``) and
+    dL/d(theta) per gate ``[G, N]``."""
+    L, rows, N = output.shape
+    for t, name in ((output, "output"), (grad, "grad"), (cos, "cos"), (sin, "sin")):
+        _check(t, output.dtype, name)
+    if rows != 2 ** (n_qubits + 1) or grad.shape != output.shape or cos.shape != sin.shape or cos.shape[1] != N:
+        raise ValueError("inconsistent shapes for the circuit kernel")
+    grad_in = torch.empty_like(output) if input_grad else None
+    grad_gates = torch.empty(cos.shape, dtype=output.dtype)
+    kind, wire0, wire1 = wiring
+    _call("qx_adjoint", output.dtype, _pointer(output), _pointer(grad), grad_in.data_ptr() if input_grad else None,
+          _pointer(grad_gates), L, n_qubits, N, _pointer(cos), _pointer(sin), cos.shape[0], _pointer(kind),
+          _pointer(wire0), _pointer(wire1), _threads())
+    return grad_in, grad_gates
+
+
+def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU dropout mask: ``1 / (1 - p)`` with probability ``1 - p`` (to 2^-32), else 0.
+
+    The stream's seed is one draw from torch's global generator, so ``torch.manual_seed`` and
+    ``torch.set_rng_state`` govern it (the values differ from ``bernoulli_``'s).
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {_state.get('error', 'disabled')}")
+    mask = torch.empty(shape, dtype=dtype)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    threshold = min(2**32, round((1 - p) * 2**32))
+    suffix = "f32" if dtype == torch.float32 else "f64"
+    getattr(lib, f"qx_dropout_mask_{suffix}")(_pointer(mask), mask.numel(), seed, threshold, 1.0 / (1 - p), _threads())
+    return mask
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m quixer.native``: build the kernel now; prints its path (exit 1 if it cannot)."""
+    try:
+        print(build())
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        print(f"quixer.native: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+// Fused CPU kernels for the Quixer circuits (RY and CRX gates on real-layout statevectors).
+//
+// Why: on a CPU, applying a circuit gate by gate with torch ops makes one pass over the whole
+// batch of states per gate (three ops each), so a training step is bound by memory traffic and
+// op overhead, not arithmetic. These kernels take a tile of 8 (float) or 4 (double) circuit
+// instances at a time (a row of a tile is one AVX register; wider tiles spill registers in the
+// backward), keep its states in a small buffer that stays in L1, and run every gate on it before
+// writing back: one pass over memory per circuit instead of three per gate.
+//
+// Layout (the same as quixer/model.py's CircuitPlan): a batch of states is a contiguous real
+// array [L][R][N] with R = 2^(n+1) rows (real parts of the 2^n amplitudes, then imaginary parts;
+// qubit 0 is the most significant bit of a basis index) and the N circuit instances last.
+// Gate k of instance i has half-angle cosine c[k][i] and sine s[k][i] ([G][N] arrays).
+//
+// - RY(theta) on q:  [[c, -s], [s, c]] on the pairs of rows differing in q's bit.
+// - CRX(theta), control k, target t: RX = [[c, -i s], [-i s, c]] where k's bit is 1.
+//
+// qx_forward_* reads the input states and writes the output states (the same array is fine).
+// qx_adjoint_* walks the gates backwards from the circuit's output y and dL/dy (g): each gate's
+// angle gradient is 1/2 Re <g| (-i P) y> (P the gate's generator), then both y and g are mapped
+// through the gate's transpose (its inverse: the real form is orthogonal), so no intermediate
+// state is stored. It writes dL/d(input) (unless grad_in is null) and the per-gate angle gradients.
+//
+// Every instance is computed by one thread in a fixed order: results do not depend on the
+// thread count. qx_dropout_mask_* draws dropout masks (torch's CPU bernoulli_ is slow). Plain C++17 with OpenMP, no torch headers: it builds in about a second (quixer/native.py).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+namespace {
+
+enum GateKind : int32_t { kRY = 0, kCRX = 1 };
+
+struct Circuit {
+    int n_qubits;
+    int n_gates;
+    const int32_t* kind;
+    const int32_t* wire0;  // RY: the qubit; CRX: the control
+    const int32_t* wire1;  // CRX: the target
+};
+
+// T lanes of Real as one value (GCC/Clang vector extension): every gate below is written on
+// whole tiles, so it is vectorised whatever the compiler's loop heuristics think.
+template <typename Real, int T>
+struct VecOf {
+    typedef Real type __attribute__((vector_size(T * sizeof(Real))));
+};
+template <typename Real, int T>
+using Vec = typename VecOf<Real, T>::type;
+
+template <typename Real, int T>
+inline void load_tile(Vec<Real, T>* buf, const Real* x, int rows, int64_t N, int64_t n0, int nt) {
+    for (int r = 0; r < rows; ++r) {
+        Real* dst = reinterpret_cast<Real*>(buf + r);
+        std::memcpy(dst, x + r * N + n0, sizeof(Real) * nt);
+        std::fill(dst + nt, dst + T, Real(0));
+    }
+}
+
+template <typename Real, int T>
+inline void store_tile(Real* x, const Vec<Real, T>* buf, int rows, int64_t N, int64_t n0, int nt) {
+    for (int r = 0; r < rows; ++r) std::memcpy(x + r * N + n0, buf + r, sizeof(Real) * nt);
+}
+
+// Per-gate coefficients of one tile, padded with the identity (c = 1, s = 0) past the last instance.
+template <typename Real, int T>
+inline void load_coefficients(Vec<Real, T>* cb, Vec<Real, T>* sb, const Real* c, const Real* s, int G, int64_t N,
+                              int64_t n0, int nt) {
+    for (int k = 0; k < G; ++k) {
+        for (int i = 0; i < T; ++i) {
+            cb[k][i] = i < nt ? c[k * N + n0 + i] : Real(1);
+            sb[k][i] = i < nt ? s[k * N + n0 + i] : Real(0);
+        }
+    }
+}
+
+// RY with (c, s) on the pairs of rows differing in basis bit `bit` (real and imaginary halves).
+template <typename Real, int T>
+inline void apply_ry(Vec<Real, T>* __restrict__ buf, int dim, int bit, Vec<Real, T> c, Vec<Real, T> s) {
+    const int step = 1 << bit;
+    for (int base = 0; base < 2 * dim; base += 2 * step) {
+        for (int r0 = base; r0 < base + step; ++r0) {
+            const Vec<Real, T> a = buf[r0], b = buf[r0 + step];
+            buf[r0] = c * a - s * b;
+            buf[r0 + step] = s * a + c * b;
+        }
+    }
+}
+
+// CRX with (c, s), control bit `cbit`, target bit `tbit`: RX on the rows where the control is 1.
+template <typename Real, int T>
+inline void apply_crx(Vec<Real, T>* __restrict__ buf, int dim, int cbit, int tbit, Vec<Real, T> c, Vec<Real, T> s) {
+    const int cm = 1 << cbit, tm = 1 << tbit;
+    for (int j = 0; j < dim; ++j) {
+        if (!(j & cm) || (j & tm)) continue;
+        const int ar = j, br = j | tm, ai = ar + dim, bi = br + dim;
+        const Vec<Real, T> a_r = buf[ar], a_i = buf[ai], b_r = buf[br], b_i = buf[bi];
+        buf[ar] = c * a_r + s * b_i;
+        buf[ai] = c * a_i - s * b_r;
+        buf[br] = c * b_r + s * a_i;
+        buf[bi] = c * b_i - s * a_r;
+    }
+}
+
+// One backward step through an RY: add dL/dtheta (without the factor 1/2) to acc, then map
+// the state y and the gradient g through RY^T.
+template <typename Real, int T>
+inline void adjoint_ry(Vec<Real, T>* __restrict__ y, Vec<Real, T>* __restrict__ g, int dim, int bit, Vec<Real, T> c,
+                       Vec<Real, T> s, Vec<Real, T>& acc) {
+    const int step = 1 << bit;
+    Vec<Real, T> sum = {};
+    for (int base = 0; base < 2 * dim; base += 2 * step) {
+        for (int r0 = base; r0 < base + step; ++r0) {
+            const int r1 = r0 + step;
+            const Vec<Real, T> y0 = y[r0], y1 = y[r1], g0 = g[r0], g1 = g[r1];
+            sum += g1 * y0 - g0 * y1;
+            y[r0] = c * y0 + s * y1;
+            y[r1] = c * y1 - s * y0;
+            g[r0] = c * g0 + s * g1;
+            g[r1] = c * g1 - s * g0;
+        }
+    }
+    acc += sum;
+}
+
+// One backward step through a CRX, as adjoint_ry (its inverse is RX(-theta): s -> -s).
+template <typename Real, int T>
+inline void adjoint_crx(Vec<Real, T>* __restrict__ y, Vec<Real, T>* __restrict__ g, int dim, int cbit, int tbit,
+                        Vec<Real, T> c, Vec<Real, T> s, Vec<Real, T>& acc) {
+    const int cm = 1 << cbit, tm = 1 << tbit;
+    Vec<Real, T> sum = {};
+    for (int j = 0; j < dim; ++j) {
+        if (!(j & cm) || (j & tm)) continue;
+        const int ar = j, br = j | tm, ai = ar + dim, bi = br + dim;
+        const Vec<Real, T> a_r = y[ar], a_i = y[ai], b_r = y[br], b_i = y[bi];
+        const Vec<Real, T> ga_r = g[ar], ga_i = g[ai], gb_r = g[br], gb_i = g[bi];
+        sum += ga_r * b_i - ga_i * b_r + gb_r * a_i - gb_i * a_r;
+        y[ar] = c * a_r - s * b_i;
+        y[ai] = c * a_i + s * b_r;
+        y[br] = c * b_r - s * a_i;
+        y[bi] = c * b_i + s * a_r;
+        g[ar] = c * ga_r - s * gb_i;
+        g[ai] = c * ga_i + s * gb_r;
+        g[br] = c * gb_r - s * ga_i;
+        g[bi] = c * gb_i + s * ga_r;
+    }
+    acc += sum;
+}
+
+template <typename Real, int T>
+void forward_tiles(const Real* in, Real* out, int64_t L, int64_t N, const Real* c, const Real* s, const Circuit& circ,
+                   int64_t tile_begin, int64_t tile_end) {
+    using V = Vec<Real, T>;
+    const int n = circ.n_qubits, dim = 1 << n, rows = 2 * dim, G = circ.n_gates;
+    std::vector<V> buf(rows), cb(G), sb(G);
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+        const int64_t n0 = tile * T;
+        const int nt = static_cast<int>(std::min<int64_t>(T, N - n0));
+        load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
+        for (int64_t l = 0; l < L; ++l) {
+            load_tile<Real, T>(buf.data(), in + l * rows * N, rows, N, n0, nt);
+            for (int k = 0; k < G; ++k) {
+                if (circ.kind[k] == kRY)
+                    apply_ry<Real, T>(buf.data(), dim, n - 1 - circ.wire0[k], cb[k], sb[k]);
+                else
+                    apply_crx<Real, T>(buf.data(), dim, n - 1 - circ.wire0[k], n - 1 - circ.wire1[k], cb[k], sb[k]);
+            }
+            store_tile<Real, T>(out + l * rows * N, buf.data(), rows, N, n0, nt);
+        }
+    }
+}
+
+template <typename Real, int T>
+void adjoint_tiles(const Real* y, const Real* g, Real* grad_in, Real* grad_gates, int64_t L, int64_t N, const Real* c,
+                   const Real* s, const Circuit& circ, int64_t tile_begin, int64_t tile_end) {
+    using V = Vec<Real, T>;
+    const int n = circ.n_qubits, dim = 1 << n, rows = 2 * dim, G = circ.n_gates;
+    std::vector<V> yb(rows), gb(rows), cb(G), sb(G), acc(G);
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+        const int64_t n0 = tile * T;
+        const int nt = static_cast<int>(std::min<int64_t>(T, N - n0));
+        load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
+        std::fill(acc.begin(), acc.end(), V{});
+        for (int64_t l = 0; l < L; ++l) {
+            load_tile<Real, T>(yb.data(), y + l * rows * N, rows, N, n0, nt);
+            load_tile<Real, T>(gb.data(), g + l * rows * N, rows, N, n0, nt);
+            for (int k = G - 1; k >= 0; --k) {
+                if (circ.kind[k] == kRY)
+                    adjoint_ry<Real, T>(yb.data(), gb.data(), dim, n - 1 - circ.wire0[k], cb[k], sb[k], acc[k]);
+                else
+                    adjoint_crx<Real, T>(yb.data(), gb.data(), dim, n - 1 - circ.wire0[k], n - 1 - circ.wire1[k],
+                                         cb[k], sb[k], acc[k]);
+            }
+            if (grad_in) store_tile<Real, T>(grad_in + l * rows * N, gb.data(), rows, N, n0, nt);
+        }
+        for (int k = 0; k < G; ++k)
+            for (int i = 0; i < nt; ++i) grad_gates[k * N + n0 + i] = Real(0.5) * acc[k][i];
+    }
+}
+
+// Split the tiles over up to n_threads OpenMP threads. In a torch process this is torch's own
+// OpenMP runtime (the same libgomp.so.1 is loaded once), so the kernel runs on the threads that
+// torch's ops use instead of competing with them while they spin-wait between ops.
+template <typename F>
+void parallel_tiles(int64_t n_tiles, int n_threads, int64_t work_per_tile, F&& body) {
+    // below ~2^18 real multiply-adds a thread costs more than it saves
+    const int64_t useful = std::max<int64_t>(1, n_tiles * work_per_tile / (1 << 18));
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({n_threads, n_tiles, useful})));
+    if (threads == 1) {
+        body(0, n_tiles);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t per = n_tiles / nt, extra = n_tiles % nt;
+        const int64_t begin = t * per + std::min<int64_t>(t, extra);
+        body(begin, begin + per + (t < extra ? 1 : 0));
+    }
+}
+
+template <typename Real, int T>
+int run_forward(const Real* in, Real* out, int64_t L, int n_qubits, int64_t N, const Real* c, const Real* s, int G, const int32_t* kind,
+                const int32_t* wire0, const int32_t* wire1, int n_threads) {
+    if (n_qubits < 1 || n_qubits > 16 || L < 0 || N < 0 || G < 0) return 1;
+    const Circuit circ{n_qubits, G, kind, wire0, wire1};
+    const int64_t n_tiles = (N + T - 1) / T;
+    const int64_t work = L * (int64_t(2) << n_qubits) * T * G;
+    parallel_tiles(n_tiles, n_threads, work, [&](int64_t b, int64_t e) {
+        forward_tiles<Real, T>(in, out, L, N, c, s, circ, b, e);
+    });
+    return 0;
+}
+
+template <typename Real, int T>
+int run_adjoint(const Real* y, const Real* g, Real* grad_in, Real* grad_gates, int64_t L, int n_qubits, int64_t N, const Real* c, const Real* s,
+                int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1, int n_threads) {
+    if (n_qubits < 1 || n_qubits > 16 || L < 0 || N < 0 || G < 0) return 1;
+    const Circuit circ{n_qubits, G, kind, wire0, wire1};
+    const int64_t n_tiles = (N + T - 1) / T;
+    const int64_t work = 3 * L * (int64_t(2) << n_qubits) * T * G;
+    parallel_tiles(n_tiles, n_threads, work, [&](int64_t b, int64_t e) {
+        adjoint_tiles<Real, T>(y, g, grad_in, grad_gates, L, N, c, s, circ, b, e);
+    });
+    return 0;
+}
+
+// SplitMix64's output function: a counter-based generator (value i of stream `seed` is
+// mix64(seed + (i + 1) * golden)), so the mask does not depend on how the work is split.
+inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+// mask[i] = scale where the i-th 32-bit uniform of stream `seed` is below `threshold` (out of 2^32), else 0.
+template <typename Real>
+void dropout_mask(Real* mask, int64_t n, uint64_t seed, uint64_t threshold, Real scale, int n_threads) {
+    constexpr int64_t kChunk = 4096;  // pairs of elements per work item
+    const int64_t pairs = (n + 1) / 2, n_chunks = (pairs + kChunk - 1) / kChunk;
+    parallel_tiles(n_chunks, n_threads, 8 * kChunk, [&](int64_t b, int64_t e) {
+        const int64_t end = std::min(pairs, e * kChunk);
+        for (int64_t j = b * kChunk; j < end; ++j) {
+            const uint64_t r = mix64(seed + static_cast<uint64_t>(j + 1) * 0x9e3779b97f4a7c15ULL);
+            mask[2 * j] = (r & 0xffffffffULL) < threshold ? scale : Real(0);
+            if (2 * j + 1 < n) mask[2 * j + 1] = (r >> 32) < threshold ? scale : Real(0);
+        }
+    });
+}
+
+}  // namespace
+
+extern "C" {
+
+int qx_abi_version() { return 1; }
+
+void qx_dropout_mask_f32(float* mask, int64_t n, uint64_t seed, uint64_t threshold, float scale, int n_threads) {
+    dropout_mask<float>(mask, n, seed, threshold, scale, n_threads);
+}
+
+void qx_dropout_mask_f64(double* mask, int64_t n, uint64_t seed, uint64_t threshold, double scale, int n_threads) {
+    dropout_mask<double>(mask, n, seed, threshold, scale, n_threads);
+}
+
+int qx_forward_f32(const float* in, float* out, int64_t L, int n_qubits, int64_t N, const float* c, const float* s, int G,
+                   const int32_t* kind, const int32_t* wire0, const int32_t* wire1, int n_threads) {
+    return run_forward<float, 8>(in, out, L, n_qubits, N, c, s, G, kind, wire0, wire1, n_threads);
+}
+
+int qx_forward_f64(const double* in, double* out, int64_t L, int n_qubits, int64_t N, const double* c, const double* s, int G,
+                   const int32_t* kind, const int32_t* wire0, const int32_t* wire1, int n_threads) {
+    return run_forward<double, 4>(in, out, L, n_qubits, N, c, s, G, kind, wire0, wire1, n_threads);
+}
+
+int qx_adjoint_f32(const float* y, const float* g, float* grad_in, float* grad_gates, int64_t L, int n_qubits, int64_t N, const float* c,
+                   const float* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
+                   int n_threads) {
+    return run_adjoint<float, 8>(y, g, grad_in, grad_gates, L, n_qubits, N, c, s, G, kind, wire0, wire1, n_threads);
+}
+
+int qx_adjoint_f64(const double* y, const double* g, double* grad_in, double* grad_gates, int64_t L, int n_qubits, int64_t N, const double* c,
+                   const double* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
+                   int n_threads) {
+    return run_adjoint<double, 4>(y, g, grad_in, grad_gates, L, n_qubits, N, c, s, G, kind, wire0, wire1, n_threads);
+}
+
+}  // extern "C"
