@@ -14,6 +14,7 @@ with other jobs, pass ``--threads 1``.
     python bench/bench_quixer.py --steps 10                 # fast simulation
     python bench/bench_quixer.py --steps 3 --impl naive     # gate by gate, official cost structure
     python bench/bench_quixer.py --steps 5 --impl both --threads 1   # interleaved, with speedups
+    python bench/bench_quixer.py --steps 20 --impl kernels          # fused CPU kernel vs torch ops
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import torch  # noqa: E402
 
 from bench.naive_quixer import NaiveQuixer  # noqa: E402
 from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging  # noqa: E402
+from quixer import native  # noqa: E402
 from quixer.model import Quixer  # noqa: E402
 
 
@@ -49,8 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed training steps and timed eval batches")
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--impl", choices=("fast", "naive", "both"), default="fast",
-                   help="fast: quixer.model; naive: gate by gate, token circuits re-run per power; both: alternate")
+    p.add_argument("--impl", choices=("fast", "naive", "both", "kernels"), default="fast",
+                   help="fast: quixer.model; naive: gate by gate, token circuits re-run per power; both: fast and "
+                        "naive alternately; kernels: quixer.model with the fused CPU kernel and with its torch "
+                        "simulation alternately")
+    p.add_argument("--kernel", choices=("auto", "native", "torch"), default="auto",
+                   help="CPU circuit simulation for 'fast': the fused C++ kernel (quixer/native.py) where it "
+                        "builds (auto), required (native), or the torch ops (torch)")
     p.add_argument("--compile", action="store_true",
                    help="wrap the model in torch.compile (experimental: on CPU it compiles for minutes and "
                         "recompiles, making steps slower)")
@@ -125,8 +132,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                    embedding_dimension=args.embed_dim, dropout=args.dropout)
     model.initialize("small_gaussian", generator=torch.Generator().manual_seed(args.seed))
     model.to(device)
-    impls = ["fast", "naive"] if args.impl == "both" else [args.impl]
-    runners = {"fast": model, "naive": NaiveQuixer(model)}
+    if args.kernel == "torch":
+        native.set_enabled(False)
+    elif args.kernel == "native" and not native.available():
+        raise UserError(f"--kernel native: the fused CPU kernel is unavailable: {native._state.get('error')}")
+    impls = {"both": ["fast", "naive"], "kernels": ["fast", "torch"]}.get(args.impl, [args.impl])
+    if "torch" in impls and not native.available():
+        raise UserError("--impl kernels needs the fused CPU kernel, which is unavailable here")
+    runners = {"fast": model, "naive": NaiveQuixer(model), "torch": model}
+    kernel_of = {"fast": native.available(), "naive": native.available(), "torch": False}
     if args.compile:
         runners = {k: torch.compile(v) for k, v in runners.items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -158,6 +172,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     for i in range(args.warmup + args.steps):
         x, y = batch()
         for name in impls if i % 2 == 0 else impls[::-1]:  # alternate who goes first
+            native.set_enabled(kernel_of[name])
             peak.reset()
             seconds = timed(lambda: train_step(runners[name], x, y))
             results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
@@ -168,6 +183,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         for i in range(args.steps + 1):
             x, _ = batch()
             for name in impls if i % 2 == 0 else impls[::-1]:
+                native.set_enabled(kernel_of[name])
                 peak.reset()
                 results[name]["eval"].append(timed(lambda: runners[name](x)))
                 results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
@@ -189,7 +205,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         out["naive"] = naive
         out["speedup_train"] = round(naive["seconds_per_step"] / out["seconds_per_step"], 2)
         out["speedup_eval"] = round(naive["eval_seconds_per_batch"] / out["eval_seconds_per_batch"], 2)
+    if args.impl == "kernels":
+        plain = summary("torch")
+        out["torch_ops"] = plain
+        out["kernel_speedup_train"] = round(plain["seconds_per_step"] / out["seconds_per_step"], 2)
+        out["kernel_speedup_eval"] = round(plain["eval_seconds_per_batch"] / out["eval_seconds_per_batch"], 2)
+    native.set_enabled(None if args.kernel == "auto" else args.kernel == "native")
     out.update({
+        "cpu_kernel": "native" if device.type == "cpu" and native.available() else "torch",
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),

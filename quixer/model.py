@@ -153,20 +153,28 @@ class CircuitPlan:
 
 
 class GateCoefficients:
-    """Per-gate half-angle cosines and sines ``[G, N]`` of ``N`` circuit instances.
+    """Per-gate half-angle cosines and sines of ``N`` circuit instances, ``[N, G]`` each.
 
     Computed once per forward from the (detached) angles and reused for every power. The fused
     CPU kernel (:mod:`quixer.native`) reads ``cos``/``sin`` directly; the torch path uses the
     butterfly form of :meth:`butterflies`.
     """
 
-    def __init__(self, plan: "CircuitPlan", angles: torch.Tensor):
-        identity = plan.params_are_identity and angles.shape[1] == len(plan.gates)
-        half = angles.t() if identity else angles.t()[plan.params.to(angles.device)]  # [G, N]
-        half = half / 2
-        self.plan = plan
-        self.cos, self.sin = torch.cos(half).contiguous(), torch.sin(half).contiguous()
+    def __init__(self, plan: "CircuitPlan", cos: torch.Tensor, sin: torch.Tensor):
+        self.plan, self.cos, self.sin = plan, cos.contiguous(), sin.contiguous()
         self._butterflies: list | None = None
+
+    @classmethod
+    def from_angles(cls, plan: "CircuitPlan", angles: torch.Tensor) -> "GateCoefficients":
+        """From angles ``[N, P]`` (gate ``k`` reads angle ``plan.params[k]``)."""
+        if not (plan.params_are_identity and angles.shape[1] == len(plan.gates)):
+            angles = angles[:, plan.params.to(angles.device)]
+        half = angles * 0.5
+        return cls(plan, torch.cos(half), torch.sin(half))
+
+    def select(self, index: torch.Tensor) -> "GateCoefficients":
+        """The coefficients of instances ``index`` (e.g. token ids into per-vocabulary coefficients)."""
+        return GateCoefficients(self.plan, F.embedding(index, self.cos), F.embedding(index, self.sin))
 
     def butterflies(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-gate butterfly coefficients ``(A, B)``, shaped to broadcast against the state layout.
@@ -178,9 +186,9 @@ class GateCoefficients:
           ``+s`` on real and ``-s`` on imaginary rows where k is 1.
         """
         if self._butterflies is None:
-            n, n_inst = self.plan.n_qubits, self.cos.shape[1]
+            n, n_inst = self.plan.n_qubits, self.cos.shape[0]
             out = []
-            for g, c, s in zip(self.plan.gates, self.cos, self.sin):
+            for g, c, s in zip(self.plan.gates, self.cos.t().contiguous(), self.sin.t().contiguous()):
                 k = g.wires[0]
                 if g.kind == "ry":
                     out.append((c, torch.stack((-s, s)).view((2,) + (1,) * (n - 1 - k) + (n_inst,))))
@@ -195,7 +203,7 @@ class GateCoefficients:
 
 def gate_coefficients(plan: CircuitPlan, angles: torch.Tensor) -> GateCoefficients:
     """The gate coefficients of ``N`` instances with angles ``[N, P]`` (see :class:`GateCoefficients`)."""
-    return GateCoefficients(plan, angles)
+    return GateCoefficients.from_angles(plan, angles)
 
 
 def _use_native(states: torch.Tensor, coefficients: GateCoefficients) -> bool:
@@ -257,8 +265,8 @@ class _CircuitFunction(torch.autograd.Function):
             grad_in, per_gate = native.adjoint(rows_view, grad.reshape(rows_view.shape).contiguous(), coefficients.cos,
                                                coefficients.sin, plan.wiring, plan.n_qubits, ctx.needs_input_grad[0])
             grad_angles = per_gate if plan.params_are_identity and ctx.n_params == len(plan.gates) else \
-                out.new_zeros(ctx.n_params, n_inst).index_add_(0, plan.params, per_gate)
-            return (grad_in.view(out.shape) if grad_in is not None else None), grad_angles.t(), None, None
+                out.new_zeros(n_inst, ctx.n_params).index_add_(1, plan.params, per_gate)
+            return (grad_in.view(out.shape) if grad_in is not None else None), grad_angles, None, None
         partners, patterns, params = plan.tables(out.device, out.dtype)
         butterflies = coefficients.butterflies()
         # state and gradient stacked, so that one gather and one butterfly serve both
@@ -440,8 +448,7 @@ class Quixer(nn.Module):
         postselection = (state.real**2 + state.imag**2).sum(-1)
         state = state / postselection.sqrt().clamp_min(1e-12).unsqueeze(-1)
         if not self.training and not torch.is_grad_enabled():
-            feedforward = self._eval_cached("feedforward", (self.quantum_feedforward_parameters,),
-                                            self.feedforward_unitary)
+            feedforward = self._eval_cached("feedforward", self.feedforward_unitary)  # refreshed by qsvt_state
             state = state @ feedforward.mT
         else:
             state = self._apply_feedforward(state)
@@ -467,17 +474,28 @@ class Quixer(nn.Module):
         if x.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be an integer tensor, got {x.dtype}")
         if not self.training and not torch.is_grad_enabled():
+            self._refresh_eval_cache()
+            if native.supports(self.embedding.weight):
+                return self._qsvt_state_cached_circuits(x)
             return self._qsvt_state_cached(x)
         return self._qsvt_state(x)
 
-    def _polynomial(self, psi: torch.Tensor, apply_m) -> torch.Tensor:
-        """``sum_k c_k M^k psi / ||c||_1`` given ``psi = |0>`` and ``apply_m(psi) -> M psi``."""
+    def _polynomial(self, psi: torch.Tensor, apply_m, first: torch.Tensor | None = None) -> torch.Tensor:
+        """``sum_k c_k M^k psi / ||c||_1`` given ``psi = |0>`` and ``apply_m(psi) -> M psi``
+        (``first``, if given, is ``M psi``)."""
         coeffs = self.qsvt_polynomial_coefficients
         acc = coeffs[0] * psi
         for k in range(1, self.degree + 1):
-            psi = apply_m(psi)
+            psi = first if k == 1 and first is not None else apply_m(psi)
             acc = acc + coeffs[k] * psi
         return acc / coeffs.abs().sum()
+
+    def _lcu_combine(self, out: torch.Tensor) -> torch.Tensor:
+        """``sum_w b_w v_w`` for real-layout vectors ``out [2 (re/im), dim, B, W]`` -> ``[2, dim, B]``
+        (``out`` contiguous: otherwise the matmul loops over small matrices)."""
+        lcu = self.lcu_weights()
+        t = out @ torch.stack((lcu.real, lcu.imag), -1).to(out.dtype)  # [re/im of v, dim, B, re/im of b]
+        return torch.stack((t[0, ..., 0] - t[1, ..., 1], t[0, ..., 1] + t[1, ..., 0]))
 
     def _qsvt_state(self, x: torch.Tensor) -> torch.Tensor:
         """Training path: every (sequence, position) has its own circuit (dropout on the angles).
@@ -489,36 +507,38 @@ class Quixer(nn.Module):
         batch, window = x.shape
         plan, n, dim = self._plan(), self.n_qubits, 2**self.n_qubits
         angles = self.token_angles(x).reshape(batch * window, -1)
-        lcu = self.lcu_weights()
-        lcu = torch.stack((lcu.real, lcu.imag), -1).to(angles.dtype)  # [W, 2]
         coefficients = gate_coefficients(plan, angles.detach())  # shared by all powers
 
         def apply_m(psi):
             states = psi.unsqueeze(-1).expand(2, dim, batch, window).reshape(2, *[2] * n, batch * window)
-            out = run_circuits(plan, angles, states, coefficients).view(2, dim, batch, window)
-            t = out @ lcu  # [re/im of U psi, dim, B, re/im of b]: complex product below
-            return torch.stack((t[0, ..., 0] - t[1, ..., 1], t[0, ..., 1] + t[1, ..., 0]))
+            return self._lcu_combine(run_circuits(plan, angles, states, coefficients).view(2, dim, batch, window))
 
         psi = torch.zeros(2, dim, batch, dtype=angles.dtype, device=angles.device)
         psi[0, 0] = 1
         state = self._polynomial(psi, apply_m)
         return torch.complex(state[0].t(), state[1].t())
 
-    def _eval_cached(self, name: str, params: tuple, build):
-        """``build()``, cached until one of ``params`` (or the active layer count) changes.
+    def _refresh_eval_cache(self) -> None:
+        """Empty the eval cache if a parameter its entries depend on (or the active layer count) changed.
 
-        The key holds each parameter's storage, version counter (bumped by optimiser steps,
-        ``load_state_dict`` and any in-place op) and a cheap content fingerprint (which also
-        catches writes through ``.data``, invisible to the version counter).
+        Called once per eval forward, before any :meth:`_eval_cached` lookup. The key holds each
+        parameter's storage, version counter (bumped by optimiser steps, ``load_state_dict`` and
+        any in-place op) and a cheap content fingerprint (which also catches writes through
+        ``.data``, invisible to the version counter).
         """
+        params = (self.embedding.weight, self.embedding_to_angles.weight, self.embedding_to_angles.bias,
+                  self.quantum_feedforward_parameters)
         with torch.no_grad():
             fingerprint = torch.stack([torch.stack((p.sum(), torch.linalg.vector_norm(p))) for p in params]).tolist()
         key = (self.active_layers, fingerprint, *((p.data_ptr(), p._version, p.device, p.dtype) for p in params))
-        hit = self._eval_cache.get(name)
-        if hit is None or hit[0] != key:
-            self._eval_cache.pop(name, None)  # free the old value first
-            self._eval_cache[name] = (key, build())
-        return self._eval_cache[name][1]
+        if self._eval_cache.get("key") != key:
+            self._eval_cache = {"key": key}  # drops the old values first
+
+    def _eval_cached(self, name: str, build):
+        """``build()``, kept until :meth:`_refresh_eval_cache` finds a parameter changed."""
+        if name not in self._eval_cache:
+            self._eval_cache[name] = build()
+        return self._eval_cache[name]
 
     def _vocab_table(self) -> torch.Tensor:
         """Per-vocabulary ``U_v^T`` as rows ``[V, 2 * 4^n]`` (real part, then imaginary part), cached."""
@@ -530,8 +550,44 @@ class Quixer(nn.Module):
                 rows.append(images.permute(3, 1, 0, 2).reshape(len(chunk), -1))  # U^T[s, r] = U[r, s]
             return torch.cat(rows)
 
-        params = (self.embedding.weight, self.embedding_to_angles.weight, self.embedding_to_angles.bias)
-        return self._eval_cached("vocab_table", params, build)
+        return self._eval_cached("vocab_table", build)
+
+    def _vocab_circuits(self) -> tuple[GateCoefficients, torch.Tensor]:
+        """Per-vocabulary gate coefficients (``[V, G]``) and first columns ``U_v |0>`` (real rows
+        ``[V, 2 * dim]``), cached: the eval path of the fused CPU kernel."""
+        def build():
+            plan, dim = self._plan(), 2**self.n_qubits
+            ids = torch.arange(self.vocabulary_size, device=self.embedding.weight.device)
+            coefficients = gate_coefficients(plan, self.token_angles(ids))
+            zero = torch.zeros(1, 2 * dim, self.vocabulary_size, dtype=coefficients.cos.dtype)
+            zero[:, 0] = 1
+            first = apply_gates(plan, coefficients, zero).view(2 * dim, -1).t().contiguous()
+            return coefficients, first
+
+        return self._eval_cached("vocab_circuits", build)
+
+    def _qsvt_state_cached_circuits(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval path with the fused CPU kernel: each power applies the ``B * W`` token circuits
+        (coefficients gathered from the per-vocabulary cache); ``M |0>`` comes from the cached
+        ``U_v |0>``. Cheaper on a CPU than summing ``B * W`` cached ``4^n`` unitaries."""
+        vocab, first = self._vocab_circuits()
+        plan, dim = self._plan(), 2**self.n_qubits
+        batch, window = x.shape
+        ids = x.reshape(-1)
+        coefficients = vocab.select(ids)
+
+        lcu = self.lcu_weights()
+
+        def apply_m(psi):
+            out, _ = native.lcu_power(psi.reshape(2 * dim, batch), coefficients.cos, coefficients.sin, plan.wiring,
+                                      self.n_qubits, lcu)
+            return out.view(2, dim, batch)
+
+        psi = torch.zeros(2, dim, batch, dtype=first.dtype)
+        psi[0, 0] = 1
+        m_psi = self._lcu_combine(F.embedding(x, first).view(batch, window, 2, dim).permute(2, 3, 0, 1).contiguous())
+        state = self._polynomial(psi, apply_m, first=m_psi)
+        return torch.complex(state[0].t(), state[1].t())
 
     def _qsvt_state_cached(self, x: torch.Tensor) -> torch.Tensor:
         """Eval path: ``M^T = sum_w b_w U_{x_w}^T`` from the cached table; powers are matvecs.

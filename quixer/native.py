@@ -34,7 +34,7 @@ SOURCE = Path(__file__).with_name("statevector_kernel.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno"]
 ABI_VERSION = 1
 
-_state: dict = {}  # "lib": the loaded library or None, "error": why not
+_state: dict = {}  # "enabled": set_enabled's choice, "lib": the library or None, "error": why not
 
 
 def enabled_by_environment() -> bool:
@@ -100,6 +100,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         adj = getattr(lib, f"qx_adjoint_{suffix}")
         adj.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, ptr, ptr, i32, ptr, ptr, ptr, i32]
         adj.restype = i32
+        power = getattr(lib, f"qx_lcu_power_{suffix}")
+        power.argtypes = [ptr, ptr, ptr, i64, i64, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
+        power.restype = i32
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         mask = getattr(lib, f"qx_dropout_mask_{suffix}")
         mask.argtypes = [ptr, i64, ctypes.c_uint64, ctypes.c_uint64, real, i32]
@@ -110,16 +113,26 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+def set_enabled(flag: bool | None = None) -> None:
+    """Use the kernel (True) or the torch simulation (False) in this process; None follows
+    ``QUIXER_NATIVE`` again. For comparisons (``bench/bench_quixer.py --kernel``) and tests."""
+    _state.clear()
+    if flag is not None:
+        _state["enabled"] = bool(flag)
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None (disabled, or it could not be built: logged once)."""
-    if not enabled_by_environment():
+    if "lib" in _state:
+        return _state["lib"]
+    if not _state.get("enabled", enabled_by_environment()):
+        _state["lib"], _state["error"] = None, "disabled (QUIXER_NATIVE=0 or set_enabled(False))"
         return None
-    if "lib" not in _state:
-        try:
-            _state["lib"] = _bind(ctypes.CDLL(str(build())))
-        except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
-            _state["lib"], _state["error"] = None, str(exc)
-            log.warning("fused CPU circuit kernel unavailable, using the torch simulation: %s", exc)
+    try:
+        _state["lib"] = _bind(ctypes.CDLL(str(build())))
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
+        _state["lib"], _state["error"] = None, str(exc)
+        log.warning("fused CPU circuit kernel unavailable, using the torch simulation: %s", exc)
     return _state["lib"]
 
 
@@ -158,18 +171,19 @@ def forward(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: 
             out: torch.Tensor | None = None) -> torch.Tensor:
     """Circuit instance ``i`` applied to ``states[..., i]``, written to ``out`` (new if None; may be ``states``).
 
-    ``states``: contiguous ``[L, 2^(n+1), N]``; ``cos``/``sin``: contiguous ``[G, N]`` half-angle
-    cosines and sines per gate; ``wiring``: int32 tensors (kind, wire0, wire1) of length ``G``.
+    ``states``: contiguous ``[L, 2^(n+1), N]``; ``cos``/``sin``: contiguous ``[N, G]`` half-angle
+    cosines and sines per instance and gate; ``wiring``: int32 tensors (kind, wire0, wire1), length ``G``.
     """
     L, rows, N = states.shape
     out = torch.empty_like(states) if out is None else out
     for t, name in ((states, "states"), (out, "out"), (cos, "cos"), (sin, "sin")):
         _check(t, states.dtype, name)
-    if rows != 2 ** (n_qubits + 1) or cos.shape != sin.shape or cos.shape[1] != N or out.shape != states.shape:
-        raise ValueError("inconsistent shapes for the circuit kernel")
     kind, wire0, wire1 = wiring
+    if (rows != 2 ** (n_qubits + 1) or cos.shape != sin.shape or cos.shape != (N, len(kind))
+            or out.shape != states.shape):
+        raise ValueError("inconsistent shapes for the circuit kernel")
     _call("qx_forward", states.dtype, _pointer(states), _pointer(out), L, n_qubits, N, _pointer(cos), _pointer(sin),
-          cos.shape[0], _pointer(kind), _pointer(wire0), _pointer(wire1), _threads())
+          cos.shape[1], _pointer(kind), _pointer(wire0), _pointer(wire1), _threads())
     return out
 
 
@@ -177,19 +191,44 @@ def adjoint(output: torch.Tensor, grad: torch.Tensor, cos: torch.Tensor, sin: to
             n_qubits: int, input_grad: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Backward through the circuits from their ``output`` states and ``grad`` = dL/d(output)
     (both ``[L, 2^(n+1), N]``, read only): returns dL/d(input) (None unless ``input_grad``) and
-    dL/d(theta) per gate ``[G, N]``."""
+    dL/d(theta) per instance and gate ``[N, G]``."""
     L, rows, N = output.shape
     for t, name in ((output, "output"), (grad, "grad"), (cos, "cos"), (sin, "sin")):
         _check(t, output.dtype, name)
-    if rows != 2 ** (n_qubits + 1) or grad.shape != output.shape or cos.shape != sin.shape or cos.shape[1] != N:
+    kind, wire0, wire1 = wiring
+    if (rows != 2 ** (n_qubits + 1) or grad.shape != output.shape or cos.shape != sin.shape
+            or cos.shape != (N, len(kind))):
         raise ValueError("inconsistent shapes for the circuit kernel")
     grad_in = torch.empty_like(output) if input_grad else None
     grad_gates = torch.empty(cos.shape, dtype=output.dtype)
-    kind, wire0, wire1 = wiring
     _call("qx_adjoint", output.dtype, _pointer(output), _pointer(grad), grad_in.data_ptr() if input_grad else None,
-          _pointer(grad_gates), L, n_qubits, N, _pointer(cos), _pointer(sin), cos.shape[0], _pointer(kind),
+          _pointer(grad_gates), L, n_qubits, N, _pointer(cos), _pointer(sin), cos.shape[1], _pointer(kind),
           _pointer(wire0), _pointer(wire1), _threads())
     return grad_in, grad_gates
+
+
+def lcu_power(psi: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: tuple, n_qubits: int,
+              lcu: torch.Tensor, keep_outputs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One LCU power for ``B`` sequences of ``W`` tokens: ``sum_w b_w U_{b,w} psi_b``.
+
+    ``psi``: contiguous real ``[2^(n+1), B]`` (real rows, then imaginary rows); ``cos``/``sin``:
+    ``[B * W, G]`` (instance ``b * W + w``); ``lcu``: complex ``[W]``. Returns ``[2^(n+1), B]`` and,
+    if ``keep_outputs``, the circuit outputs ``U_{b,w} psi_b`` as ``[2^(n+1), B * W]``.
+    """
+    rows, B = psi.shape
+    kind, wire0, wire1 = wiring
+    W = lcu.shape[0]
+    for t, name in ((psi, "psi"), (cos, "cos"), (sin, "sin")):
+        _check(t, psi.dtype, name)
+    if rows != 2 ** (n_qubits + 1) or cos.shape != sin.shape or cos.shape != (B * W, len(kind)):
+        raise ValueError("inconsistent shapes for the LCU power kernel")
+    lcu_re, lcu_im = lcu.real.to(psi.dtype).contiguous(), lcu.imag.to(psi.dtype).contiguous()
+    out = torch.empty_like(psi)
+    outputs = torch.empty(rows, B * W, dtype=psi.dtype) if keep_outputs else None
+    _call("qx_lcu_power", psi.dtype, _pointer(psi), _pointer(out), outputs.data_ptr() if keep_outputs else None,
+          B, W, n_qubits, _pointer(cos), _pointer(sin), cos.shape[1], _pointer(kind), _pointer(wire0),
+          _pointer(wire1), _pointer(lcu_re), _pointer(lcu_im), _threads())
+    return out, outputs
 
 
 def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:

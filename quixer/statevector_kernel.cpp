@@ -10,7 +10,8 @@
 // Layout (the same as quixer/model.py's CircuitPlan): a batch of states is a contiguous real
 // array [L][R][N] with R = 2^(n+1) rows (real parts of the 2^n amplitudes, then imaginary parts;
 // qubit 0 is the most significant bit of a basis index) and the N circuit instances last.
-// Gate k of instance i has half-angle cosine c[k][i] and sine s[k][i] ([G][N] arrays).
+// Gate k of instance i has half-angle cosine c[i][k] and sine s[i][k] ([N][G] arrays, as the
+// angles [N][P] they come from); the angle gradients are written in the same layout.
 //
 // - RY(theta) on q:  [[c, -s], [s, c]] on the pairs of rows differing in q's bit.
 // - CRX(theta), control k, target t: RX = [[c, -i s], [-i s, c]] where k's bit is 1.
@@ -71,8 +72,8 @@ inline void load_coefficients(Vec<Real, T>* cb, Vec<Real, T>* sb, const Real* c,
                               int64_t n0, int nt) {
     for (int k = 0; k < G; ++k) {
         for (int i = 0; i < T; ++i) {
-            cb[k][i] = i < nt ? c[k * N + n0 + i] : Real(1);
-            sb[k][i] = i < nt ? s[k * N + n0 + i] : Real(0);
+            cb[k][i] = i < nt ? c[(n0 + i) * G + k] : Real(1);
+            sb[k][i] = i < nt ? s[(n0 + i) * G + k] : Real(0);
         }
     }
 }
@@ -150,6 +151,18 @@ inline void adjoint_crx(Vec<Real, T>* __restrict__ y, Vec<Real, T>* __restrict__
     acc += sum;
 }
 
+// All gates of the circuit on one tile held in buf.
+template <typename Real, int T>
+inline void run_gates(Vec<Real, T>* buf, const Circuit& circ, const Vec<Real, T>* cb, const Vec<Real, T>* sb) {
+    const int n = circ.n_qubits, dim = 1 << n;
+    for (int k = 0; k < circ.n_gates; ++k) {
+        if (circ.kind[k] == kRY)
+            apply_ry<Real, T>(buf, dim, n - 1 - circ.wire0[k], cb[k], sb[k]);
+        else
+            apply_crx<Real, T>(buf, dim, n - 1 - circ.wire0[k], n - 1 - circ.wire1[k], cb[k], sb[k]);
+    }
+}
+
 template <typename Real, int T>
 void forward_tiles(const Real* in, Real* out, int64_t L, int64_t N, const Real* c, const Real* s, const Circuit& circ,
                    int64_t tile_begin, int64_t tile_end) {
@@ -162,12 +175,7 @@ void forward_tiles(const Real* in, Real* out, int64_t L, int64_t N, const Real* 
         load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
         for (int64_t l = 0; l < L; ++l) {
             load_tile<Real, T>(buf.data(), in + l * rows * N, rows, N, n0, nt);
-            for (int k = 0; k < G; ++k) {
-                if (circ.kind[k] == kRY)
-                    apply_ry<Real, T>(buf.data(), dim, n - 1 - circ.wire0[k], cb[k], sb[k]);
-                else
-                    apply_crx<Real, T>(buf.data(), dim, n - 1 - circ.wire0[k], n - 1 - circ.wire1[k], cb[k], sb[k]);
-            }
+            run_gates<Real, T>(buf.data(), circ, cb.data(), sb.data());
             store_tile<Real, T>(out + l * rows * N, buf.data(), rows, N, n0, nt);
         }
     }
@@ -197,7 +205,7 @@ void adjoint_tiles(const Real* y, const Real* g, Real* grad_in, Real* grad_gates
             if (grad_in) store_tile<Real, T>(grad_in + l * rows * N, gb.data(), rows, N, n0, nt);
         }
         for (int k = 0; k < G; ++k)
-            for (int i = 0; i < nt; ++i) grad_gates[k * N + n0 + i] = Real(0.5) * acc[k][i];
+            for (int i = 0; i < nt; ++i) grad_gates[(n0 + i) * G + k] = Real(0.5) * acc[k][i];
     }
 }
 
@@ -248,6 +256,63 @@ int run_adjoint(const Real* y, const Real* g, Real* grad_in, Real* grad_gates, i
     return 0;
 }
 
+// One power of the LCU for B sequences of W tokens: out_b = sum_w b_w U_{b,w} psi_b, with
+// psi [2 dim][B] (real rows then imaginary rows, sequences last), the circuit of instance b*W + w
+// given by c/s [B*W][G], and the complex LCU weights (lcu_re, lcu_im) [W]. Tiles hold T
+// positions of one sequence, all starting from psi_b, so no [2 dim][B*W] copy of the states is
+// made; if Y is not null, the circuit outputs U_{b,w} psi_b are also written to Y [2 dim][B*W].
+template <typename Real, int T>
+void lcu_power_sequences(const Real* psi, Real* out, Real* Y, int64_t B, int64_t W, const Real* c, const Real* s,
+                         const Real* lcu_re, const Real* lcu_im, const Circuit& circ, int64_t b_begin, int64_t b_end) {
+    using V = Vec<Real, T>;
+    const int n = circ.n_qubits, dim = 1 << n, rows = 2 * dim, G = circ.n_gates;
+    const int64_t N = B * W;
+    std::vector<V> buf(rows), cb(G), sb(G), acc(rows);
+    for (int64_t b = b_begin; b < b_end; ++b) {
+        std::fill(acc.begin(), acc.end(), V{});
+        for (int64_t w0 = 0; w0 < W; w0 += T) {
+            const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
+            const int64_t n0 = b * W + w0;
+            load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
+            for (int r = 0; r < rows; ++r) {
+                V v;
+                for (int i = 0; i < T; ++i) v[i] = psi[r * B + b];
+                buf[r] = v;
+            }
+            run_gates<Real, T>(buf.data(), circ, cb.data(), sb.data());
+            if (Y) store_tile<Real, T>(Y, buf.data(), rows, N, n0, nt);
+            V wr = {}, wi = {};
+            for (int i = 0; i < nt; ++i) {
+                wr[i] = lcu_re[w0 + i];
+                wi[i] = lcu_im[w0 + i];
+            }
+            for (int d = 0; d < dim; ++d) {
+                const V yr = buf[d], yi = buf[dim + d];
+                acc[d] += wr * yr - wi * yi;
+                acc[dim + d] += wr * yi + wi * yr;
+            }
+        }
+        for (int r = 0; r < rows; ++r) {
+            Real total = 0;
+            for (int i = 0; i < T; ++i) total += acc[r][i];
+            out[r * B + b] = total;
+        }
+    }
+}
+
+template <typename Real, int T>
+int run_lcu_power(const Real* psi, Real* out, Real* Y, int64_t B, int64_t W, int n_qubits, const Real* c,
+                  const Real* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
+                  const Real* lcu_re, const Real* lcu_im, int n_threads) {
+    if (n_qubits < 1 || n_qubits > 16 || B < 0 || W < 0 || G < 0) return 1;
+    const Circuit circ{n_qubits, G, kind, wire0, wire1};
+    const int64_t work = ((W + T - 1) / T) * (int64_t(2) << n_qubits) * T * G;
+    parallel_tiles(B, n_threads, work, [&](int64_t b, int64_t e) {
+        lcu_power_sequences<Real, T>(psi, out, Y, B, W, c, s, lcu_re, lcu_im, circ, b, e);
+    });
+    return 0;
+}
+
 // SplitMix64's output function: a counter-based generator (value i of stream `seed` is
 // mix64(seed + (i + 1) * golden)), so the mask does not depend on how the work is split.
 inline uint64_t mix64(uint64_t z) {
@@ -276,6 +341,19 @@ void dropout_mask(Real* mask, int64_t n, uint64_t seed, uint64_t threshold, Real
 extern "C" {
 
 int qx_abi_version() { return 1; }
+
+int qx_lcu_power_f32(const float* psi, float* out, float* Y, int64_t B, int64_t W, int n_qubits, const float* c,
+                     const float* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
+                     const float* lcu_re, const float* lcu_im, int n_threads) {
+    return run_lcu_power<float, 8>(psi, out, Y, B, W, n_qubits, c, s, G, kind, wire0, wire1, lcu_re, lcu_im, n_threads);
+}
+
+int qx_lcu_power_f64(const double* psi, double* out, double* Y, int64_t B, int64_t W, int n_qubits, const double* c,
+                     const double* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
+                     const double* lcu_re, const double* lcu_im, int n_threads) {
+    return run_lcu_power<double, 4>(psi, out, Y, B, W, n_qubits, c, s, G, kind, wire0, wire1, lcu_re, lcu_im,
+                                    n_threads);
+}
 
 void qx_dropout_mask_f32(float* mask, int64_t n, uint64_t seed, uint64_t threshold, float scale, int n_threads) {
     dropout_mask<float>(mask, n, seed, threshold, scale, n_threads);

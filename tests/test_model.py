@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench.naive_quixer import naive_forward
+from quixer import native
 from quixer.model import (
     OFFICIAL_PARAMETER_NAMES,
     CircuitPlan,
@@ -25,6 +26,16 @@ from quixer.model import (
 )
 
 C128 = torch.complex128
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def simulation(request):
+    """Run a test on the fused CPU kernel (quixer.native) and on the torch butterfly path."""
+    if request.param == "kernel" and not native.available():
+        pytest.skip("fused CPU kernel unavailable (no C++ compiler)")
+    native.set_enabled(request.param == "kernel")
+    yield request.param
+    native.set_enabled(None)
 
 
 def tiny(n=3, window=4, degree=3, layers=2, vocab=7, embed=5, dropout=0.0, dtype=C128, init="uniform", seed=0):
@@ -61,7 +72,7 @@ def qiskit_ansatz14(n: int, layers: int, angles: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n,layers", [(2, 1), (3, 2)])
-def test_token_unitaries_match_qiskit(n, layers):
+def test_token_unitaries_match_qiskit(n, layers, simulation):
     gen = torch.Generator().manual_seed(n)
     angles = (torch.rand(3, 4 * n * layers, generator=gen, dtype=torch.float64) - 0.5) * 4 * np.pi
     ours = circuit_unitaries(CircuitPlan(ansatz14_gates(n, layers), n), angles).numpy()
@@ -100,7 +111,7 @@ def numpy_qsvt(model: Quixer, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_qsvt_state_matches_matrix_polynomial(mode):
+def test_qsvt_state_matches_matrix_polynomial(mode, simulation):
     model = tiny(n=3, window=4, degree=3, layers=2)
     x = tokens(5, 4, 7)
     expected_state, expected_p = numpy_qsvt(model, x)
@@ -153,7 +164,7 @@ def test_logits_are_the_head_of_the_measured_features():
 
 # ---- gradients ----------------------------------------------------------------------------------
 
-def test_gradcheck_whole_model():
+def test_gradcheck_whole_model(simulation):
     model = tiny(n=2, window=3, degree=2, layers=1, vocab=5, embed=3)
     names, values = zip(*[(k, v.detach().clone().requires_grad_(True)) for k, v in model.named_parameters()])
     x = torch.tensor([[0, 3, 4], [2, 2, 1]])
@@ -164,7 +175,7 @@ def test_gradcheck_whole_model():
     assert torch.autograd.gradcheck(f, values, eps=1e-6, atol=1e-7)
 
 
-def test_gradcheck_circuits_states_and_angles():
+def test_gradcheck_circuits_states_and_angles(simulation):
     plan = CircuitPlan(ansatz14_gates(3, 1), 3)
     gen = torch.Generator().manual_seed(3)
     angles = torch.randn(2, 12, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -176,7 +187,7 @@ def test_gradcheck_circuits_states_and_angles():
 
 # ---- the naive gate-by-gate reference ---------------------------------------------------------
 
-def test_naive_reference_agrees_with_fast_model():
+def test_naive_reference_agrees_with_fast_model(simulation):
     model = tiny(n=3, window=4, degree=3, layers=2)
     x = tokens(3, 4, 7)
     fast, naive = model(x), naive_forward(model, x)
@@ -191,7 +202,7 @@ def test_naive_reference_agrees_with_fast_model():
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=0, atol=1e-12)
 
 
-def test_complex64_default_dtype_agrees_with_naive():
+def test_complex64_default_dtype_agrees_with_naive(simulation):
     model = tiny(n=3, dtype=torch.complex64, init="small_gaussian")
     x = tokens(2, 4, 7)
     torch.testing.assert_close(model(x)[0], naive_forward(model, x)[0], rtol=1e-4, atol=1e-5)
