@@ -293,6 +293,36 @@ class _CircuitFunction(torch.autograd.Function):
         return (both[1] if ctx.needs_input_grad[0] else None), grad_angles.t(), None, None
 
 
+class _LCUPowerFunction(torch.autograd.Function):
+    """One LCU power ``sum_w b_w U_{b,w} psi_b`` for ``B`` sequences of ``W`` tokens on the fused
+    CPU kernel (:func:`quixer.native.lcu_power`), with its backward in one kernel call as well.
+
+    ``psi``: real ``[2 dim, B]``; ``angles``: ``[B * W, P]`` (their gradient); ``lcu``: the
+    complex LCU weights ``[W]``. The circuit outputs are kept for the backward
+    (``[2 dim, B * W]``, as the torch path keeps them).
+    """
+
+    @staticmethod
+    def forward(ctx, psi, angles, lcu, plan, coefficients):
+        out, outputs = native.lcu_power(psi.contiguous(), coefficients.cos, coefficients.sin, plan.wiring,
+                                        plan.n_qubits, lcu.detach(), keep_outputs=True)
+        ctx.plan, ctx.coefficients, ctx.n_params = plan, coefficients, angles.shape[1]
+        ctx.save_for_backward(outputs, lcu)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        outputs, lcu = ctx.saved_tensors
+        plan, coefficients = ctx.plan, ctx.coefficients
+        dpsi, dlcu, per_gate = native.lcu_power_adjoint(outputs, grad.contiguous(), coefficients.cos,
+                                                        coefficients.sin, plan.wiring, plan.n_qubits, lcu.detach())
+        grad_angles = per_gate if plan.params_are_identity and ctx.n_params == len(plan.gates) else \
+            per_gate.new_zeros(per_gate.shape[0], ctx.n_params).index_add_(1, plan.params, per_gate)
+        # torch's gradient for a complex input of a real loss: dL/d(re) + i dL/d(im)
+        return dpsi, grad_angles, torch.complex(dlcu[:, 0], dlcu[:, 1]).to(lcu.dtype), None, None
+
+
 def run_circuits(plan: CircuitPlan, angles: torch.Tensor, states: torch.Tensor,
                  coefficients: list | None = None) -> torch.Tensor:
     """Apply the circuits with angles ``[N, P]`` to ``states [..., 2, 2, .., 2, N]`` (differentiable).
@@ -509,9 +539,16 @@ class Quixer(nn.Module):
         angles = self.token_angles(x).reshape(batch * window, -1)
         coefficients = gate_coefficients(plan, angles.detach())  # shared by all powers
 
-        def apply_m(psi):
-            states = psi.unsqueeze(-1).expand(2, dim, batch, window).reshape(2, *[2] * n, batch * window)
-            return self._lcu_combine(run_circuits(plan, angles, states, coefficients).view(2, dim, batch, window))
+        if _use_native(angles, coefficients):  # one kernel call per power, and one per power backward
+            lcu = self.lcu_weights()
+
+            def apply_m(psi):
+                out = _LCUPowerFunction.apply(psi.reshape(2 * dim, batch), angles, lcu, plan, coefficients)
+                return out.view(2, dim, batch)
+        else:
+            def apply_m(psi):
+                states = psi.unsqueeze(-1).expand(2, dim, batch, window).reshape(2, *[2] * n, batch * window)
+                return self._lcu_combine(run_circuits(plan, angles, states, coefficients).view(2, dim, batch, window))
 
         psi = torch.zeros(2, dim, batch, dtype=angles.dtype, device=angles.device)
         psi[0, 0] = 1
@@ -567,27 +604,16 @@ class Quixer(nn.Module):
         return self._eval_cached("vocab_circuits", build)
 
     def _qsvt_state_cached_circuits(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval path with the fused CPU kernel: each power applies the ``B * W`` token circuits
-        (coefficients gathered from the per-vocabulary cache); ``M |0>`` comes from the cached
-        ``U_v |0>``. Cheaper on a CPU than summing ``B * W`` cached ``4^n`` unitaries."""
+        """Eval path with the fused CPU kernel (:func:`quixer.native.qsvt_eval`): per sequence,
+        ``M |0>`` is the LCU sum of cached first columns ``U_v |0>``, and each further power applies
+        the token circuits with cached per-vocabulary gate coefficients. Cheaper on a CPU than
+        summing ``B * W`` cached ``4^n`` unitaries, and the cache is small and quick to build."""
         vocab, first = self._vocab_circuits()
-        plan, dim = self._plan(), 2**self.n_qubits
-        batch, window = x.shape
-        ids = x.reshape(-1)
-        coefficients = vocab.select(ids)
-
-        lcu = self.lcu_weights()
-
-        def apply_m(psi):
-            out, _ = native.lcu_power(psi.reshape(2 * dim, batch), coefficients.cos, coefficients.sin, plan.wiring,
-                                      self.n_qubits, lcu)
-            return out.view(2, dim, batch)
-
-        psi = torch.zeros(2, dim, batch, dtype=first.dtype)
-        psi[0, 0] = 1
-        m_psi = self._lcu_combine(F.embedding(x, first).view(batch, window, 2, dim).permute(2, 3, 0, 1).contiguous())
-        state = self._polynomial(psi, apply_m, first=m_psi)
-        return torch.complex(state[0].t(), state[1].t())
+        coeffs = self.qsvt_polynomial_coefficients
+        state = native.qsvt_eval(x, vocab.cos, vocab.sin, first, self._plan().wiring, self.n_qubits,
+                                 self.lcu_weights(), coeffs / coeffs.abs().sum())
+        dim = 2**self.n_qubits
+        return torch.complex(state[:, :dim], state[:, dim:])
 
     def _qsvt_state_cached(self, x: torch.Tensor) -> torch.Tensor:
         """Eval path: ``M^T = sum_w b_w U_{x_w}^T`` from the cached table; powers are matvecs.

@@ -34,7 +34,7 @@ SOURCE = Path(__file__).with_name("statevector_kernel.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno"]
 ABI_VERSION = 1
 
-_state: dict = {}  # "enabled": set_enabled's choice, "lib": the library or None, "error": why not
+_state: dict = {}  # "enabled": in use, "lib": the library (None: the build failed), "error": why it failed
 
 
 def enabled_by_environment() -> bool:
@@ -103,6 +103,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         power = getattr(lib, f"qx_lcu_power_{suffix}")
         power.argtypes = [ptr, ptr, ptr, i64, i64, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
         power.restype = i32
+        power_adjoint = getattr(lib, f"qx_lcu_power_adjoint_{suffix}")
+        power_adjoint.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
+        power_adjoint.restype = i32
+        qsvt = getattr(lib, f"qx_qsvt_eval_{suffix}")
+        qsvt.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32]
+        qsvt.restype = i32
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         mask = getattr(lib, f"qx_dropout_mask_{suffix}")
         mask.argtypes = [ptr, i64, ctypes.c_uint64, ctypes.c_uint64, real, i32]
@@ -115,25 +121,33 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 def set_enabled(flag: bool | None = None) -> None:
     """Use the kernel (True) or the torch simulation (False) in this process; None follows
-    ``QUIXER_NATIVE`` again. For comparisons (``bench/bench_quixer.py --kernel``) and tests."""
-    _state.clear()
-    if flag is not None:
-        _state["enabled"] = bool(flag)
+    ``QUIXER_NATIVE`` again. Cheap: a library once loaded stays loaded. For comparisons
+    (``bench/bench_quixer.py --impl kernels``) and tests."""
+    _state["enabled"] = enabled_by_environment() if flag is None else bool(flag)
 
 
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None (disabled, or it could not be built: logged once)."""
-    if "lib" in _state:
-        return _state["lib"]
-    if not _state.get("enabled", enabled_by_environment()):
-        _state["lib"], _state["error"] = None, "disabled (QUIXER_NATIVE=0 or set_enabled(False))"
+    if "enabled" not in _state:
+        _state["enabled"] = enabled_by_environment()
+    if not _state["enabled"]:
         return None
-    try:
-        _state["lib"] = _bind(ctypes.CDLL(str(build())))
-    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
-        _state["lib"], _state["error"] = None, str(exc)
-        log.warning("fused CPU circuit kernel unavailable, using the torch simulation: %s", exc)
+    if "lib" not in _state:
+        try:
+            _state["lib"] = _bind(ctypes.CDLL(str(build())))
+        except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
+            _state["lib"], _state["error"] = None, str(exc)
+            log.warning("fused CPU circuit kernel unavailable, using the torch simulation: %s", exc)
     return _state["lib"]
+
+
+def unavailable_reason() -> str:
+    """Why :func:`library` returns None ('' when it does not)."""
+    if library() is not None:
+        return ""
+    if not _state["enabled"]:
+        return "disabled (QUIXER_NATIVE=0 or set_enabled(False))"
+    return _state.get("error", "")
 
 
 def available() -> bool:
@@ -161,7 +175,7 @@ def _check(t: torch.Tensor, dtype: torch.dtype, name: str) -> None:
 def _call(name: str, dtype: torch.dtype, *args) -> None:
     lib = library()
     if lib is None:
-        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {_state.get('error', 'disabled')}")
+        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {unavailable_reason()}")
     suffix = "f32" if dtype == torch.float32 else "f64"
     if getattr(lib, f"{name}_{suffix}")(*args):
         raise RuntimeError(f"{name}_{suffix} rejected its arguments")
@@ -231,6 +245,64 @@ def lcu_power(psi: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: t
     return out, outputs
 
 
+def lcu_power_adjoint(outputs: torch.Tensor, grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      wiring: tuple, n_qubits: int, lcu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of :func:`lcu_power` from its circuit ``outputs`` ``[2^(n+1), B * W]`` and ``grad`` =
+    dL/d(result) ``[2^(n+1), B]``: returns dL/dpsi ``[2^(n+1), B]``, dL/d(lcu) as real and imaginary
+    parts ``[W, 2]``, and dL/d(theta) per instance and gate ``[B * W, G]``."""
+    rows, B = grad.shape
+    kind, wire0, wire1 = wiring
+    W = lcu.shape[0]
+    for t, name in ((outputs, "outputs"), (grad, "grad"), (cos, "cos"), (sin, "sin")):
+        _check(t, grad.dtype, name)
+    if (rows != 2 ** (n_qubits + 1) or outputs.shape != (rows, B * W) or cos.shape != sin.shape
+            or cos.shape != (B * W, len(kind))):
+        raise ValueError("inconsistent shapes for the LCU power kernel")
+    lcu_re, lcu_im = lcu.real.to(grad.dtype).contiguous(), lcu.imag.to(grad.dtype).contiguous()
+    dpsi = torch.empty_like(grad)
+    dlcu = torch.empty(B, W, 2, dtype=grad.dtype)
+    grad_gates = torch.empty(cos.shape, dtype=grad.dtype)
+    _call("qx_lcu_power_adjoint", grad.dtype, _pointer(outputs), _pointer(grad), _pointer(dpsi), _pointer(dlcu),
+          _pointer(grad_gates), B, W, n_qubits, _pointer(cos), _pointer(sin), cos.shape[1], _pointer(kind),
+          _pointer(wire0), _pointer(wire1), _pointer(lcu_re), _pointer(lcu_im), _threads())
+    return dpsi, dlcu.sum(0), grad_gates
+
+
+def qsvt_eval(ids: torch.Tensor, cos_v: torch.Tensor, sin_v: torch.Tensor, first: torch.Tensor, wiring: tuple,
+              n_qubits: int, lcu: torch.Tensor, poly: torch.Tensor) -> torch.Tensor:
+    """The eval-mode QSVT state ``sum_k poly_k M_b^k |0>`` of each sequence of token ``ids [B, W]``.
+
+    From per-vocabulary half-angle cosines/sines ``[V, G]`` and first columns ``U_v |0>``
+    (``first``, real ``[V, 2^(n+1)]``); ``lcu``: complex ``[W]``; ``poly``: ``[d + 1]`` (already
+    divided by its L1 norm). Returns real ``[B, 2^(n+1)]`` (real parts, then imaginary parts).
+    """
+    B, W = ids.shape
+    kind, wire0, wire1 = wiring
+    dtype = first.dtype
+    for t, name in ((cos_v, "cos_v"), (sin_v, "sin_v"), (first, "first")):
+        _check(t, dtype, name)
+    ids = ids.to(torch.int64).contiguous()
+    rows = 2 ** (n_qubits + 1)
+    if (cos_v.shape != sin_v.shape or cos_v.shape[1] != len(kind) or first.shape != (cos_v.shape[0], rows)
+            or lcu.shape != (W,)):
+        raise ValueError("inconsistent shapes for the QSVT eval kernel")
+    lcu_re, lcu_im = lcu.real.to(dtype).contiguous(), lcu.imag.to(dtype).contiguous()
+    poly = poly.detach().to(dtype).contiguous()
+    state = torch.empty(B, rows, dtype=dtype)
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {unavailable_reason()}")
+    status = getattr(lib, "qx_qsvt_eval_" + ("f32" if dtype == torch.float32 else "f64"))(
+        _pointer(ids), _pointer(state), B, W, cos_v.shape[0], n_qubits, _pointer(cos_v), _pointer(sin_v),
+        cos_v.shape[1], _pointer(kind), _pointer(wire0), _pointer(wire1), _pointer(first), _pointer(lcu_re),
+        _pointer(lcu_im), _pointer(poly), poly.shape[0] - 1, _threads())
+    if status == 2:
+        raise ValueError(f"token ids must be in [0, {cos_v.shape[0]})")
+    if status:
+        raise RuntimeError("qx_qsvt_eval rejected its arguments")
+    return state
+
+
 def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     """A CPU dropout mask: ``1 / (1 - p)`` with probability ``1 - p`` (to 2^-32), else 0.
 
@@ -239,7 +311,7 @@ def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tenso
     """
     lib = library()
     if lib is None:
-        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {_state.get('error', 'disabled')}")
+        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {unavailable_reason()}")
     mask = torch.empty(shape, dtype=dtype)
     seed = int(torch.randint(0, 2**62, (1,)).item())
     threshold = min(2**32, round((1 - p) * 2**32))

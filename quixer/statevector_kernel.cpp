@@ -163,6 +163,20 @@ inline void run_gates(Vec<Real, T>* buf, const Circuit& circ, const Vec<Real, T>
     }
 }
 
+// All gates backwards on one tile: y (output -> input states), g (dL/d output -> dL/d input),
+// acc[k] += dL/dtheta_k without the factor 1/2.
+template <typename Real, int T>
+inline void run_adjoint_gates(Vec<Real, T>* y, Vec<Real, T>* g, const Circuit& circ, const Vec<Real, T>* cb,
+                              const Vec<Real, T>* sb, Vec<Real, T>* acc) {
+    const int n = circ.n_qubits, dim = 1 << n;
+    for (int k = circ.n_gates - 1; k >= 0; --k) {
+        if (circ.kind[k] == kRY)
+            adjoint_ry<Real, T>(y, g, dim, n - 1 - circ.wire0[k], cb[k], sb[k], acc[k]);
+        else
+            adjoint_crx<Real, T>(y, g, dim, n - 1 - circ.wire0[k], n - 1 - circ.wire1[k], cb[k], sb[k], acc[k]);
+    }
+}
+
 template <typename Real, int T>
 void forward_tiles(const Real* in, Real* out, int64_t L, int64_t N, const Real* c, const Real* s, const Circuit& circ,
                    int64_t tile_begin, int64_t tile_end) {
@@ -195,13 +209,7 @@ void adjoint_tiles(const Real* y, const Real* g, Real* grad_in, Real* grad_gates
         for (int64_t l = 0; l < L; ++l) {
             load_tile<Real, T>(yb.data(), y + l * rows * N, rows, N, n0, nt);
             load_tile<Real, T>(gb.data(), g + l * rows * N, rows, N, n0, nt);
-            for (int k = G - 1; k >= 0; --k) {
-                if (circ.kind[k] == kRY)
-                    adjoint_ry<Real, T>(yb.data(), gb.data(), dim, n - 1 - circ.wire0[k], cb[k], sb[k], acc[k]);
-                else
-                    adjoint_crx<Real, T>(yb.data(), gb.data(), dim, n - 1 - circ.wire0[k], n - 1 - circ.wire1[k],
-                                         cb[k], sb[k], acc[k]);
-            }
+            run_adjoint_gates<Real, T>(yb.data(), gb.data(), circ, cb.data(), sb.data(), acc.data());
             if (grad_in) store_tile<Real, T>(grad_in + l * rows * N, gb.data(), rows, N, n0, nt);
         }
         for (int k = 0; k < G; ++k)
@@ -300,6 +308,153 @@ void lcu_power_sequences(const Real* psi, Real* out, Real* Y, int64_t B, int64_t
     }
 }
 
+// Backward of lcu_power_sequences from its circuit outputs Y [2 dim][B*W] and gout = dL/d(out)
+// [2 dim][B]: with out = sum_w b_w Y_w (complex), dL/dY_w = conj(b_w) gout and dL/db_w = <Y_w, gout>
+// (real-linear). Writes dL/dpsi [2 dim][B], the per-instance (re, im) terms of dL/db as dlcu
+// [B*W][2] (summed over sequences by the caller) and the angle gradients [B*W][G].
+template <typename Real, int T>
+void lcu_power_adjoint_sequences(const Real* Y, const Real* gout, Real* dpsi, Real* dlcu, Real* grad_gates, int64_t B,
+                                 int64_t W, const Real* c, const Real* s, const Real* lcu_re, const Real* lcu_im,
+                                 const Circuit& circ, int64_t b_begin, int64_t b_end) {
+    using V = Vec<Real, T>;
+    const int n = circ.n_qubits, dim = 1 << n, rows = 2 * dim, G = circ.n_gates;
+    const int64_t N = B * W;
+    std::vector<V> yb(rows), gb(rows), cb(G), sb(G), acc(G), dpsi_acc(rows);
+    for (int64_t b = b_begin; b < b_end; ++b) {
+        std::fill(dpsi_acc.begin(), dpsi_acc.end(), V{});
+        for (int64_t w0 = 0; w0 < W; w0 += T) {
+            const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
+            const int64_t n0 = b * W + w0;
+            load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
+            load_tile<Real, T>(yb.data(), Y, rows, N, n0, nt);
+            V wr = {}, wi = {};
+            for (int i = 0; i < nt; ++i) {
+                wr[i] = lcu_re[w0 + i];
+                wi[i] = lcu_im[w0 + i];
+            }
+            V d_re = {}, d_im = {};
+            for (int d = 0; d < dim; ++d) {
+                const Real g_re = gout[d * B + b], g_im = gout[(dim + d) * B + b];
+                const V y_re = yb[d], y_im = yb[dim + d];
+                d_re += g_re * y_re + g_im * y_im;
+                d_im += g_im * y_re - g_re * y_im;
+                gb[d] = wr * g_re + wi * g_im;
+                gb[dim + d] = wr * g_im - wi * g_re;
+            }
+            for (int i = 0; i < nt; ++i) {
+                dlcu[2 * (n0 + i)] = d_re[i];
+                dlcu[2 * (n0 + i) + 1] = d_im[i];
+            }
+            std::fill(acc.begin(), acc.end(), V{});
+            run_adjoint_gates<Real, T>(yb.data(), gb.data(), circ, cb.data(), sb.data(), acc.data());
+            for (int k = 0; k < G; ++k)
+                for (int i = 0; i < nt; ++i) grad_gates[(n0 + i) * G + k] = Real(0.5) * acc[k][i];
+            for (int r = 0; r < rows; ++r) dpsi_acc[r] += gb[r];  // padded lanes carry zero gradient
+        }
+        for (int r = 0; r < rows; ++r) {
+            Real total = 0;
+            for (int i = 0; i < T; ++i) total += dpsi_acc[r][i];
+            dpsi[r * B + b] = total;
+        }
+    }
+}
+
+template <typename Real, int T>
+int run_lcu_power_adjoint(const Real* Y, const Real* gout, Real* dpsi, Real* dlcu, Real* grad_gates, int64_t B,
+                          int64_t W, int n_qubits, const Real* c, const Real* s, int G, const int32_t* kind,
+                          const int32_t* wire0, const int32_t* wire1, const Real* lcu_re, const Real* lcu_im,
+                          int n_threads) {
+    if (n_qubits < 1 || n_qubits > 16 || B < 0 || W < 0 || G < 0) return 1;
+    const Circuit circ{n_qubits, G, kind, wire0, wire1};
+    const int64_t work = 3 * ((W + T - 1) / T) * (int64_t(2) << n_qubits) * T * G;
+    parallel_tiles(B, n_threads, work, [&](int64_t b, int64_t e) {
+        lcu_power_adjoint_sequences<Real, T>(Y, gout, dpsi, dlcu, grad_gates, B, W, c, s, lcu_re, lcu_im, circ, b, e);
+    });
+    return 0;
+}
+
+// The whole eval-mode QSVT state for B sequences of W token ids, from per-vocabulary data:
+// half-angle cosines and sines cos_v/sin_v [V][G] and first columns first [V][2 dim] (U_v |0>).
+// state_b = sum_k poly[k] M_b^k |0> with M_b = sum_w b_w U_{ids[b,w]}; M_b |0> is the LCU sum
+// of first columns, each further power applies the token circuits as lcu_power_sequences does.
+// Writes state [B][2 dim]. poly holds the degree + 1 coefficients, already divided by ||c||_1.
+template <typename Real, int T>
+void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t B, int64_t W, const Real* cos_v, const Real* sin_v,
+                         const Real* first, const Real* lcu_re, const Real* lcu_im, const Real* poly, int degree,
+                         const Circuit& circ, int64_t b_begin, int64_t b_end) {
+    using V = Vec<Real, T>;
+    const int n = circ.n_qubits, dim = 1 << n, rows = 2 * dim, G = circ.n_gates;
+    std::vector<V> buf(rows), cb(G), sb(G), acc(rows);
+    std::vector<Real> psi(rows), total(rows);
+    for (int64_t b = b_begin; b < b_end; ++b) {
+        const int64_t* tok = ids + b * W;
+        std::fill(total.begin(), total.end(), Real(0));
+        total[0] = poly[0];
+        std::fill(psi.begin(), psi.end(), Real(0));  // M |0>: LCU sum of the first columns
+        for (int64_t w = 0; w < W; ++w) {
+            const Real* col = first + tok[w] * rows;
+            const Real wr = lcu_re[w], wi = lcu_im[w];
+            for (int d = 0; d < dim; ++d) {
+                psi[d] += wr * col[d] - wi * col[dim + d];
+                psi[dim + d] += wr * col[dim + d] + wi * col[d];
+            }
+        }
+        for (int k = 1; k <= degree; ++k) {
+            if (k > 1) {  // psi <- M psi
+                std::fill(acc.begin(), acc.end(), V{});
+                for (int64_t w0 = 0; w0 < W; w0 += T) {
+                    const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
+                    for (int g = 0; g < G; ++g) {
+                        for (int i = 0; i < T; ++i) {
+                            cb[g][i] = i < nt ? cos_v[tok[w0 + i] * G + g] : Real(1);
+                            sb[g][i] = i < nt ? sin_v[tok[w0 + i] * G + g] : Real(0);
+                        }
+                    }
+                    for (int r = 0; r < rows; ++r) {
+                        V v;
+                        for (int i = 0; i < T; ++i) v[i] = psi[r];
+                        buf[r] = v;
+                    }
+                    run_gates<Real, T>(buf.data(), circ, cb.data(), sb.data());
+                    V wr = {}, wi = {};
+                    for (int i = 0; i < nt; ++i) {
+                        wr[i] = lcu_re[w0 + i];
+                        wi[i] = lcu_im[w0 + i];
+                    }
+                    for (int d = 0; d < dim; ++d) {
+                        const V yr = buf[d], yi = buf[dim + d];
+                        acc[d] += wr * yr - wi * yi;
+                        acc[dim + d] += wr * yi + wi * yr;
+                    }
+                }
+                for (int r = 0; r < rows; ++r) {
+                    Real sum = 0;
+                    for (int i = 0; i < T; ++i) sum += acc[r][i];
+                    psi[r] = sum;
+                }
+            }
+            for (int r = 0; r < rows; ++r) total[r] += poly[k] * psi[r];
+        }
+        std::copy(total.begin(), total.end(), state + b * rows);
+    }
+}
+
+template <typename Real, int T>
+int run_qsvt_eval(const int64_t* ids, Real* state, int64_t B, int64_t W, int64_t n_vocab, int n_qubits,
+                  const Real* cos_v, const Real* sin_v, int G, const int32_t* kind, const int32_t* wire0,
+                  const int32_t* wire1, const Real* first, const Real* lcu_re, const Real* lcu_im, const Real* poly,
+                  int degree, int n_threads) {
+    if (n_qubits < 1 || n_qubits > 16 || B < 0 || W < 0 || G < 0 || degree < 0) return 1;
+    for (int64_t i = 0; i < B * W; ++i)
+        if (ids[i] < 0 || ids[i] >= n_vocab) return 2;
+    const Circuit circ{n_qubits, G, kind, wire0, wire1};
+    const int64_t work = std::max(0, degree - 1) * ((W + T - 1) / T) * (int64_t(2) << n_qubits) * T * G;
+    parallel_tiles(B, n_threads, work, [&](int64_t b, int64_t e) {
+        qsvt_eval_sequences<Real, T>(ids, state, B, W, cos_v, sin_v, first, lcu_re, lcu_im, poly, degree, circ, b, e);
+    });
+    return 0;
+}
+
 template <typename Real, int T>
 int run_lcu_power(const Real* psi, Real* out, Real* Y, int64_t B, int64_t W, int n_qubits, const Real* c,
                   const Real* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
@@ -353,6 +508,38 @@ int qx_lcu_power_f64(const double* psi, double* out, double* Y, int64_t B, int64
                      const double* lcu_re, const double* lcu_im, int n_threads) {
     return run_lcu_power<double, 4>(psi, out, Y, B, W, n_qubits, c, s, G, kind, wire0, wire1, lcu_re, lcu_im,
                                     n_threads);
+}
+
+int qx_lcu_power_adjoint_f32(const float* Y, const float* gout, float* dpsi, float* dlcu, float* grad_gates,
+                             int64_t B, int64_t W, int n_qubits, const float* c, const float* s, int G,
+                             const int32_t* kind, const int32_t* wire0, const int32_t* wire1, const float* lcu_re,
+                             const float* lcu_im, int n_threads) {
+    return run_lcu_power_adjoint<float, 8>(Y, gout, dpsi, dlcu, grad_gates, B, W, n_qubits, c, s, G, kind, wire0,
+                                           wire1, lcu_re, lcu_im, n_threads);
+}
+
+int qx_lcu_power_adjoint_f64(const double* Y, const double* gout, double* dpsi, double* dlcu, double* grad_gates,
+                             int64_t B, int64_t W, int n_qubits, const double* c, const double* s, int G,
+                             const int32_t* kind, const int32_t* wire0, const int32_t* wire1, const double* lcu_re,
+                             const double* lcu_im, int n_threads) {
+    return run_lcu_power_adjoint<double, 4>(Y, gout, dpsi, dlcu, grad_gates, B, W, n_qubits, c, s, G, kind, wire0,
+                                            wire1, lcu_re, lcu_im, n_threads);
+}
+
+int qx_qsvt_eval_f32(const int64_t* ids, float* state, int64_t B, int64_t W, int64_t n_vocab, int n_qubits,
+                     const float* cos_v, const float* sin_v, int G, const int32_t* kind, const int32_t* wire0,
+                     const int32_t* wire1, const float* first, const float* lcu_re, const float* lcu_im,
+                     const float* poly, int degree, int n_threads) {
+    return run_qsvt_eval<float, 8>(ids, state, B, W, n_vocab, n_qubits, cos_v, sin_v, G, kind, wire0, wire1, first,
+                                   lcu_re, lcu_im, poly, degree, n_threads);
+}
+
+int qx_qsvt_eval_f64(const int64_t* ids, double* state, int64_t B, int64_t W, int64_t n_vocab, int n_qubits,
+                     const double* cos_v, const double* sin_v, int G, const int32_t* kind, const int32_t* wire0,
+                     const int32_t* wire1, const double* first, const double* lcu_re, const double* lcu_im,
+                     const double* poly, int degree, int n_threads) {
+    return run_qsvt_eval<double, 4>(ids, state, B, W, n_vocab, n_qubits, cos_v, sin_v, G, kind, wire0, wire1, first,
+                                    lcu_re, lcu_im, poly, degree, n_threads);
 }
 
 void qx_dropout_mask_f32(float* mask, int64_t n, uint64_t seed, uint64_t threshold, float scale, int n_threads) {

@@ -41,7 +41,7 @@ def random_case(n, layers, n_inst, lead=1, dtype=torch.float64, seed=0):
 def test_the_kernel_builds_where_a_compiler_exists():
     # CI has g++: a broken build must fail here instead of silently falling back
     if shutil.which(os.environ.get("CXX", "g++").split()[0]) and native.enabled_by_environment():
-        assert native.available(), native._state.get("error")
+        assert native.available(), native.unavailable_reason()
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
@@ -202,7 +202,7 @@ def test_dropout_gradient_uses_the_same_mask():
 def test_disabled_or_unbuildable_kernel_falls_back(tmp_path):
     code = ("import torch; from quixer import native; from quixer.model import Quixer;"
             "m = Quixer(3, 4, 2, 1, 5, 4); x = torch.randint(0, 5, (2, 4));"
-            "m(x)[0].sum().backward(); print(native.available(), native._state.get('error', ''))")
+            "m(x)[0].sum().backward(); print(native.available(), native.unavailable_reason())")
     env = dict(os.environ, QUIXER_KERNEL_CACHE=str(tmp_path / "cache"))
     off = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env=dict(env, QUIXER_NATIVE="0"))
@@ -226,3 +226,20 @@ def test_build_is_cached_and_prebuildable(tmp_path):
     built = os.stat(path).st_mtime_ns
     again = subprocess.run([sys.executable, "-m", "quixer.native"], cwd=REPO, capture_output=True, text=True, env=env)
     assert again.stdout.strip() == path and os.stat(path).st_mtime_ns == built  # reused, not rebuilt
+
+
+def test_gradcheck_lcu_power_function():
+    from quixer.model import _LCUPowerFunction
+
+    n, batch, window = 2, 2, 5  # window not a multiple of the tile
+    plan, angles, _ = random_case(n, 1, batch * window)
+    gen = torch.Generator().manual_seed(4)
+    psi = torch.randn(2 * 2**n, batch, generator=gen, dtype=torch.float64, requires_grad=True)
+    lcu = torch.complex(torch.randn(window, generator=gen, dtype=torch.float64),
+                        torch.randn(window, generator=gen, dtype=torch.float64)).requires_grad_()
+    angles.requires_grad_()
+
+    def power(p, a, b):
+        return _LCUPowerFunction.apply(p, a, b, plan, gate_coefficients(plan, a.detach()))
+
+    assert torch.autograd.gradcheck(power, (psi, angles, lcu))
