@@ -8,5 +8,5 @@ command -v "$py" >/dev/null || py=python3
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 # Build the fused CPU circuit kernel now rather than on first use (optional: without a C++
-# compiler the model falls back to its torch simulation, same maths, about 3x slower per step).
+# compiler the model falls back to its torch simulation, same maths, about 6x slower per step).
 .venv/bin/python -m quixer.native >/dev/null || echo "setup.sh: fused CPU kernel not built; the torch simulation will be used" >&2
