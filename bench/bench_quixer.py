@@ -2,10 +2,11 @@
 
 Prints one JSON line: seconds_per_step (median of forward + cross-entropy + backward + Adam
 step), eval_seconds_per_batch (median over eval batches under no_grad, once the per-vocabulary
-unitary cache exists; eval_first_batch_seconds includes building it), sequences_per_second,
+eval cache exists; eval_first_batch_seconds includes building it), sequences_per_second,
 parameters, peak_memory_mb (CUDA: max allocated; CPU: peak resident set, reset where Linux
-allows before one extra, untimed training step and eval batch) and the configuration. Defaults are the paper's: 6 qubits,
-degree 3, 4 ansatz layers, window 32, embedding 512, vocabulary 512, batch 32.
+allows before one extra, untimed training step and eval batch) and the configuration.
+Defaults are the paper's: 6 qubits, degree 3, 4 ansatz layers, window 32, embedding 512,
+vocabulary 512, batch 32.
 
 ``--impl both`` runs the fast and the naive simulation step by step in alternation on the same
 batches, so that both see the same machine load, and adds their speed ratios. On a CPU shared

@@ -246,7 +246,8 @@ def lcu_power(psi: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: t
 
 
 def lcu_power_adjoint(outputs: torch.Tensor, grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                      wiring: tuple, n_qubits: int, lcu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      wiring: tuple, n_qubits: int, lcu: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of :func:`lcu_power` from its circuit ``outputs`` ``[2^(n+1), B * W]`` and ``grad`` =
     dL/d(result) ``[2^(n+1), B]``: returns dL/dpsi ``[2^(n+1), B]``, dL/d(lcu) as real and imaginary
     parts ``[W, 2]``, and dL/d(theta) per instance and gate ``[B * W, G]``."""

@@ -22,8 +22,14 @@
 // through the gate's transpose (its inverse: the real form is orthogonal), so no intermediate
 // state is stored. It writes dL/d(input) (unless grad_in is null) and the per-gate angle gradients.
 //
+// qx_lcu_power_* applies the circuits of B sequences x W positions to each sequence's state and
+// sums them with the LCU weights in the same pass (one power of M); qx_lcu_power_adjoint_* is its
+// backward; qx_qsvt_eval_* computes the whole eval-mode QSVT state from per-vocabulary data.
+// qx_dropout_mask_* draws dropout masks (torch's CPU bernoulli_ is slow).
+//
 // Every instance is computed by one thread in a fixed order: results do not depend on the
-// thread count. qx_dropout_mask_* draws dropout masks (torch's CPU bernoulli_ is slow). Plain C++17 with OpenMP, no torch headers: it builds in about a second (quixer/native.py).
+// thread count. Plain C++17 with OpenMP, no torch headers: it builds in a few seconds
+// (quixer/native.py).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -247,8 +253,8 @@ void parallel_tiles(int64_t n_tiles, int n_threads, int64_t work_per_tile, F&& b
 }
 
 template <typename Real, int T>
-int run_forward(const Real* in, Real* out, int64_t L, int n_qubits, int64_t N, const Real* c, const Real* s, int G, const int32_t* kind,
-                const int32_t* wire0, const int32_t* wire1, int n_threads) {
+int run_forward(const Real* in, Real* out, int64_t L, int n_qubits, int64_t N, const Real* c, const Real* s, int G,
+                const int32_t* kind, const int32_t* wire0, const int32_t* wire1, int n_threads) {
     if (n_qubits < 1 || n_qubits > 16 || L < 0 || N < 0 || G < 0) return 1;
     const Circuit circ{n_qubits, G, kind, wire0, wire1};
     const int64_t n_tiles = (N + T - 1) / T;
@@ -260,8 +266,9 @@ int run_forward(const Real* in, Real* out, int64_t L, int n_qubits, int64_t N, c
 }
 
 template <typename Real, int T>
-int run_adjoint(const Real* y, const Real* g, Real* grad_in, Real* grad_gates, int64_t L, int n_qubits, int64_t N, const Real* c, const Real* s,
-                int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1, int n_threads) {
+int run_adjoint(const Real* y, const Real* g, Real* grad_in, Real* grad_gates, int64_t L, int n_qubits, int64_t N,
+                const Real* c, const Real* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
+                int n_threads) {
     if (n_qubits < 1 || n_qubits > 16 || L < 0 || N < 0 || G < 0) return 1;
     const Circuit circ{n_qubits, G, kind, wire0, wire1};
     const int64_t n_tiles = (N + T - 1) / T;
@@ -558,25 +565,26 @@ void qx_dropout_mask_f64(double* mask, int64_t n, uint64_t seed, uint64_t thresh
     dropout_mask<double>(mask, n, seed, threshold, scale, n_threads);
 }
 
-int qx_forward_f32(const float* in, float* out, int64_t L, int n_qubits, int64_t N, const float* c, const float* s, int G,
-                   const int32_t* kind, const int32_t* wire0, const int32_t* wire1, int n_threads) {
+int qx_forward_f32(const float* in, float* out, int64_t L, int n_qubits, int64_t N, const float* c, const float* s,
+                   int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1, int n_threads) {
     return run_forward<float, 8>(in, out, L, n_qubits, N, c, s, G, kind, wire0, wire1, n_threads);
 }
 
-int qx_forward_f64(const double* in, double* out, int64_t L, int n_qubits, int64_t N, const double* c, const double* s, int G,
-                   const int32_t* kind, const int32_t* wire0, const int32_t* wire1, int n_threads) {
+int qx_forward_f64(const double* in, double* out, int64_t L, int n_qubits, int64_t N, const double* c,
+                   const double* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
+                   int n_threads) {
     return run_forward<double, 4>(in, out, L, n_qubits, N, c, s, G, kind, wire0, wire1, n_threads);
 }
 
-int qx_adjoint_f32(const float* y, const float* g, float* grad_in, float* grad_gates, int64_t L, int n_qubits, int64_t N, const float* c,
-                   const float* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
-                   int n_threads) {
+int qx_adjoint_f32(const float* y, const float* g, float* grad_in, float* grad_gates, int64_t L, int n_qubits,
+                   int64_t N, const float* c, const float* s, int G, const int32_t* kind, const int32_t* wire0,
+                   const int32_t* wire1, int n_threads) {
     return run_adjoint<float, 8>(y, g, grad_in, grad_gates, L, n_qubits, N, c, s, G, kind, wire0, wire1, n_threads);
 }
 
-int qx_adjoint_f64(const double* y, const double* g, double* grad_in, double* grad_gates, int64_t L, int n_qubits, int64_t N, const double* c,
-                   const double* s, int G, const int32_t* kind, const int32_t* wire0, const int32_t* wire1,
-                   int n_threads) {
+int qx_adjoint_f64(const double* y, const double* g, double* grad_in, double* grad_gates, int64_t L, int n_qubits,
+                   int64_t N, const double* c, const double* s, int G, const int32_t* kind, const int32_t* wire0,
+                   const int32_t* wire1, int n_threads) {
     return run_adjoint<double, 4>(y, g, grad_in, grad_gates, L, n_qubits, N, c, s, G, kind, wire0, wire1, n_threads);
 }
 
