@@ -474,6 +474,9 @@ class Quixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids ``[B, n_tokens]`` -> logits ``[B, V]`` and postselection probabilities ``[B]``."""
+        if not self.training and not torch.is_grad_enabled() and native.supports(self.embedding.weight):
+            features, postselection = self._eval_features_native(x)  # one kernel call up to the measurement
+            return self.output_feedforward(features), postselection
         state = self.qsvt_state(x)
         postselection = (state.real**2 + state.imag**2).sum(-1)
         state = state / postselection.sqrt().clamp_min(1e-12).unsqueeze(-1)
@@ -499,16 +502,19 @@ class Quixer(nn.Module):
         In eval mode without autograd the cached per-vocabulary unitaries are used; otherwise
         (training, or gradients requested) every token position gets its own circuit.
         """
-        if x.dim() != 2 or x.shape[1] != self.n_tokens:
-            raise ValueError(f"expected token ids of shape [batch, {self.n_tokens}], got {tuple(x.shape)}")
-        if x.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"token ids must be an integer tensor, got {x.dtype}")
+        self._check_tokens(x)
         if not self.training and not torch.is_grad_enabled():
             self._refresh_eval_cache()
             if native.supports(self.embedding.weight):
                 return self._qsvt_state_cached_circuits(x)
             return self._qsvt_state_cached(x)
         return self._qsvt_state(x)
+
+    def _check_tokens(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.n_tokens:
+            raise ValueError(f"expected token ids of shape [batch, {self.n_tokens}], got {tuple(x.shape)}")
+        if x.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token ids must be an integer tensor, got {x.dtype}")
 
     def _polynomial(self, psi: torch.Tensor, apply_m, first: torch.Tensor | None = None) -> torch.Tensor:
         """``sum_k c_k M^k psi / ||c||_1`` given ``psi = |0>`` and ``apply_m(psi) -> M psi``
@@ -602,6 +608,24 @@ class Quixer(nn.Module):
             return coefficients, first
 
         return self._eval_cached("vocab_circuits", build)
+
+    def _eval_features_native(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval forward up to the classical head in one kernel call: the QSVT state
+        (:meth:`_qsvt_state_cached_circuits`), its postselection probability, the normalised state
+        through the cached feed-forward unitary, and the Pauli expectations ``[B, 3n]``."""
+        self._check_tokens(x)
+        self._refresh_eval_cache()
+        vocab, first = self._vocab_circuits()
+
+        def feedforward_rows():
+            unitary = self.feedforward_unitary()
+            return torch.cat((unitary.real, unitary.imag)).contiguous()
+
+        coeffs = self.qsvt_polynomial_coefficients
+        _, features, postselection = native.qsvt_eval(
+            x, vocab.cos, vocab.sin, first, self._plan().wiring, self.n_qubits, self.lcu_weights(),
+            coeffs / coeffs.abs().sum(), feedforward=self._eval_cached("feedforward_rows", feedforward_rows))
+        return features, postselection
 
     def _qsvt_state_cached_circuits(self, x: torch.Tensor) -> torch.Tensor:
         """Eval path with the fused CPU kernel (:func:`quixer.native.qsvt_eval`): per sequence,

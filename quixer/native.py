@@ -107,7 +107,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         power_adjoint.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
         power_adjoint.restype = i32
         qsvt = getattr(lib, f"qx_qsvt_eval_{suffix}")
-        qsvt.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32]
+        qsvt.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32,
+                         ptr, ptr, ptr, i32]
         qsvt.restype = i32
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         mask = getattr(lib, f"qx_dropout_mask_{suffix}")
@@ -270,12 +271,15 @@ def lcu_power_adjoint(outputs: torch.Tensor, grad: torch.Tensor, cos: torch.Tens
 
 
 def qsvt_eval(ids: torch.Tensor, cos_v: torch.Tensor, sin_v: torch.Tensor, first: torch.Tensor, wiring: tuple,
-              n_qubits: int, lcu: torch.Tensor, poly: torch.Tensor) -> torch.Tensor:
+              n_qubits: int, lcu: torch.Tensor, poly: torch.Tensor, feedforward: torch.Tensor | None = None):
     """The eval-mode QSVT state ``sum_k poly_k M_b^k |0>`` of each sequence of token ``ids [B, W]``.
 
     From per-vocabulary half-angle cosines/sines ``[V, G]`` and first columns ``U_v |0>``
     (``first``, real ``[V, 2^(n+1)]``); ``lcu``: complex ``[W]``; ``poly``: ``[d + 1]`` (already
     divided by its L1 norm). Returns real ``[B, 2^(n+1)]`` (real parts, then imaginary parts).
+    With ``feedforward`` (real ``[2 * 2^n, 2^n]``: the real then the imaginary part of a unitary
+    ``F``) it returns ``(state, features [B, 3n], postselection [B])``: the state normalised,
+    through ``F``, measured as in :func:`quixer.model.pauli_expectations`.
     """
     B, W = ids.shape
     kind, wire0, wire1 = wiring
@@ -290,18 +294,27 @@ def qsvt_eval(ids: torch.Tensor, cos_v: torch.Tensor, sin_v: torch.Tensor, first
     lcu_re, lcu_im = lcu.real.to(dtype).contiguous(), lcu.imag.to(dtype).contiguous()
     poly = poly.detach().to(dtype).contiguous()
     state = torch.empty(B, rows, dtype=dtype)
+    features = torch.empty(B, 3 * n_qubits, dtype=dtype) if feedforward is not None else None
+    postselection = torch.empty(B, dtype=dtype) if feedforward is not None else None
+    if feedforward is not None:
+        _check(feedforward, dtype, "feedforward")
+        if feedforward.shape != (rows, rows // 2):
+            raise ValueError("inconsistent shapes for the QSVT eval kernel")
     lib = library()
     if lib is None:
         raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {unavailable_reason()}")
     status = getattr(lib, "qx_qsvt_eval_" + ("f32" if dtype == torch.float32 else "f64"))(
         _pointer(ids), _pointer(state), B, W, cos_v.shape[0], n_qubits, _pointer(cos_v), _pointer(sin_v),
         cos_v.shape[1], _pointer(kind), _pointer(wire0), _pointer(wire1), _pointer(first), _pointer(lcu_re),
-        _pointer(lcu_im), _pointer(poly), poly.shape[0] - 1, _threads())
+        _pointer(lcu_im), _pointer(poly), poly.shape[0] - 1,
+        *((None, None, None) if feedforward is None else (_pointer(feedforward), _pointer(features),
+                                                          _pointer(postselection))),
+        _threads())
     if status == 2:
         raise ValueError(f"token ids must be in [0, {cos_v.shape[0]})")
     if status:
         raise RuntimeError("qx_qsvt_eval rejected its arguments")
-    return state
+    return state if feedforward is None else (state, features, postselection)
 
 
 def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:

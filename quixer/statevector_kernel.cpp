@@ -31,6 +31,7 @@
 // thread count. Plain C++17 with OpenMP, no torch headers: it builds in a few seconds
 // (quixer/native.py).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -388,6 +389,50 @@ int run_lcu_power_adjoint(const Real* Y, const Real* gout, Real* dpsi, Real* dlc
     return 0;
 }
 
+// The measurement that ends the model, for one unnormalised state (real rows, then imaginary):
+// postselection = <psi|psi>; psi / sqrt(postselection) (at least 1e-12) goes through the
+// feed-forward unitary ff (real part [dim][dim], then imaginary part) and features receives
+// <X_q> for every qubit, then <Y_q>, then <Z_q> (qubit 0 the most significant bit), as
+// quixer.model.pauli_expectations.
+template <typename Real>
+void measure(const Real* psi, const Real* ff, int n, Real* features, Real* postselection) {
+    const int dim = 1 << n;
+    Real norm2 = 0;
+    for (int r = 0; r < 2 * dim; ++r) norm2 += psi[r] * psi[r];
+    *postselection = norm2;
+    const Real scale = Real(1) / std::max(std::sqrt(norm2), Real(1e-12));
+    std::vector<Real> re(dim), im(dim);
+    const Real *f_re = ff, *f_im = ff + dim * dim;
+    for (int i = 0; i < dim; ++i) {
+        Real sr = 0, si = 0;
+        for (int j = 0; j < dim; ++j) {
+            const Real pr = psi[j], pi = psi[dim + j], ar = f_re[i * dim + j], ai = f_im[i * dim + j];
+            sr += ar * pr - ai * pi;
+            si += ar * pi + ai * pr;
+        }
+        re[i] = sr * scale;
+        im[i] = si * scale;
+    }
+    for (int q = 0; q < n; ++q) {
+        const int m = 1 << (n - 1 - q);
+        Real x = 0, y = 0, z = 0;
+        for (int j = 0; j < dim; ++j) {
+            const Real p = re[j] * re[j] + im[j] * im[j];
+            if (j & m) {
+                z -= p;
+                continue;
+            }
+            z += p;
+            const int k = j | m;  // conj(a) b with a = psi_j, b = psi_k
+            x += re[j] * re[k] + im[j] * im[k];
+            y += re[j] * im[k] - im[j] * re[k];
+        }
+        features[q] = 2 * x;
+        features[n + q] = 2 * y;
+        features[2 * n + q] = z;
+    }
+}
+
 // The whole eval-mode QSVT state for B sequences of W token ids, from per-vocabulary data:
 // half-angle cosines and sines cos_v/sin_v [V][G] and first columns first [V][2 dim] (U_v |0>).
 // state_b = sum_k poly[k] M_b^k |0> with M_b = sum_w b_w U_{ids[b,w]}; M_b |0> is the LCU sum
@@ -396,7 +441,8 @@ int run_lcu_power_adjoint(const Real* Y, const Real* gout, Real* dpsi, Real* dlc
 template <typename Real, int T>
 void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t B, int64_t W, const Real* cos_v, const Real* sin_v,
                          const Real* first, const Real* lcu_re, const Real* lcu_im, const Real* poly, int degree,
-                         const Circuit& circ, int64_t b_begin, int64_t b_end) {
+                         const Real* ff, Real* features, Real* postselection, const Circuit& circ, int64_t b_begin,
+                         int64_t b_end) {
     using V = Vec<Real, T>;
     const int n = circ.n_qubits, dim = 1 << n, rows = 2 * dim, G = circ.n_gates;
     std::vector<V> buf(rows), cb(G), sb(G), acc(rows);
@@ -451,6 +497,7 @@ void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t B, int64_t W, 
             for (int r = 0; r < rows; ++r) total[r] += poly[k] * psi[r];
         }
         std::copy(total.begin(), total.end(), state + b * rows);
+        if (ff) measure(total.data(), ff, n, features + b * 3 * n, postselection + b);
     }
 }
 
@@ -458,14 +505,15 @@ template <typename Real, int T>
 int run_qsvt_eval(const int64_t* ids, Real* state, int64_t B, int64_t W, int64_t n_vocab, int n_qubits,
                   const Real* cos_v, const Real* sin_v, int G, const int32_t* kind, const int32_t* wire0,
                   const int32_t* wire1, const Real* first, const Real* lcu_re, const Real* lcu_im, const Real* poly,
-                  int degree, int n_threads) {
+                  int degree, const Real* ff, Real* features, Real* postselection, int n_threads) {
     if (n_qubits < 1 || n_qubits > 16 || B < 0 || W < 0 || G < 0 || degree < 0) return 1;
     for (int64_t i = 0; i < B * W; ++i)
         if (ids[i] < 0 || ids[i] >= n_vocab) return 2;
     const Circuit circ{n_qubits, G, kind, wire0, wire1};
     const int64_t work = std::max(0, degree - 1) * ((W + T - 1) / T) * (int64_t(2) << n_qubits) * T * G;
     parallel_tiles(B, n_threads, work, [&](int64_t b, int64_t e) {
-        qsvt_eval_sequences<Real, T>(ids, state, B, W, cos_v, sin_v, first, lcu_re, lcu_im, poly, degree, circ, b, e);
+        qsvt_eval_sequences<Real, T>(ids, state, B, W, cos_v, sin_v, first, lcu_re, lcu_im, poly, degree, ff, features,
+                                     postselection, circ, b, e);
     });
     return 0;
 }
@@ -544,17 +592,19 @@ int qx_lcu_power_adjoint_f64(const double* Y, const double* gout, double* dpsi, 
 int qx_qsvt_eval_f32(const int64_t* ids, float* state, int64_t B, int64_t W, int64_t n_vocab, int n_qubits,
                      const float* cos_v, const float* sin_v, int G, const int32_t* kind, const int32_t* wire0,
                      const int32_t* wire1, const float* first, const float* lcu_re, const float* lcu_im,
-                     const float* poly, int degree, int n_threads) {
+                     const float* poly, int degree, const float* ff, float* features, float* postselection,
+                     int n_threads) {
     return run_qsvt_eval<float, 8>(ids, state, B, W, n_vocab, n_qubits, cos_v, sin_v, G, kind, wire0, wire1, first,
-                                   lcu_re, lcu_im, poly, degree, n_threads);
+                                   lcu_re, lcu_im, poly, degree, ff, features, postselection, n_threads);
 }
 
 int qx_qsvt_eval_f64(const int64_t* ids, double* state, int64_t B, int64_t W, int64_t n_vocab, int n_qubits,
                      const double* cos_v, const double* sin_v, int G, const int32_t* kind, const int32_t* wire0,
                      const int32_t* wire1, const double* first, const double* lcu_re, const double* lcu_im,
-                     const double* poly, int degree, int n_threads) {
+                     const double* poly, int degree, const double* ff, double* features, double* postselection,
+                     int n_threads) {
     return run_qsvt_eval<double, 4>(ids, state, B, W, n_vocab, n_qubits, cos_v, sin_v, G, kind, wire0, wire1, first,
-                                    lcu_re, lcu_im, poly, degree, n_threads);
+                                    lcu_re, lcu_im, poly, degree, ff, features, postselection, n_threads);
 }
 
 void qx_dropout_mask_f32(float* mask, int64_t n, uint64_t seed, uint64_t threshold, float scale, int n_threads) {
