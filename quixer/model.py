@@ -570,9 +570,10 @@ class Quixer(nn.Module):
         ``.data``, invisible to the version counter).
         """
         params = (self.embedding.weight, self.embedding_to_angles.weight, self.embedding_to_angles.bias,
-                  self.quantum_feedforward_parameters)
+                  self.quantum_feedforward_parameters, torch.view_as_real(self.lcu_coefficients),
+                  self.qsvt_polynomial_coefficients)
         with torch.no_grad():
-            fingerprint = torch.stack([torch.stack((p.sum(), torch.linalg.vector_norm(p))) for p in params]).tolist()
+            fingerprint = torch.stack([*torch._foreach_norm(params), *(p.sum() for p in params)]).tolist()
         key = (self.active_layers, fingerprint, *((p.data_ptr(), p._version, p.device, p.dtype) for p in params))
         if self._eval_cache.get("key") != key:
             self._eval_cache = {"key": key}  # drops the old values first
@@ -617,14 +618,17 @@ class Quixer(nn.Module):
         self._refresh_eval_cache()
         vocab, first = self._vocab_circuits()
 
-        def feedforward_rows():
-            unitary = self.feedforward_unitary()
-            return torch.cat((unitary.real, unitary.imag)).contiguous()
+        def small_tables():
+            unitary = self.feedforward_unitary().t()  # F^T: rows of the transposed unitary
+            lcu, coeffs = self.lcu_weights(), self.qsvt_polynomial_coefficients
+            real = unitary.real.dtype
+            return (torch.cat((unitary.real, unitary.imag)).contiguous(),
+                    (lcu.real.to(real).contiguous(), lcu.imag.to(real).contiguous()),
+                    (coeffs / coeffs.abs().sum()).to(real).contiguous())
 
-        coeffs = self.qsvt_polynomial_coefficients
-        _, features, postselection = native.qsvt_eval(
-            x, vocab.cos, vocab.sin, first, self._plan().wiring, self.n_qubits, self.lcu_weights(),
-            coeffs / coeffs.abs().sum(), feedforward=self._eval_cached("feedforward_rows", feedforward_rows))
+        feedforward, lcu, poly = self._eval_cached("small_tables", small_tables)
+        _, features, postselection = native.qsvt_eval(x, vocab.cos, vocab.sin, first, self._plan().wiring,
+                                                      self.n_qubits, lcu, poly, feedforward=feedforward)
         return features, postselection
 
     def _qsvt_state_cached_circuits(self, x: torch.Tensor) -> torch.Tensor:

@@ -277,9 +277,10 @@ def qsvt_eval(ids: torch.Tensor, cos_v: torch.Tensor, sin_v: torch.Tensor, first
     From per-vocabulary half-angle cosines/sines ``[V, G]`` and first columns ``U_v |0>``
     (``first``, real ``[V, 2^(n+1)]``); ``lcu``: complex ``[W]``; ``poly``: ``[d + 1]`` (already
     divided by its L1 norm). Returns real ``[B, 2^(n+1)]`` (real parts, then imaginary parts).
-    With ``feedforward`` (real ``[2 * 2^n, 2^n]``: the real then the imaginary part of a unitary
-    ``F``) it returns ``(state, features [B, 3n], postselection [B])``: the state normalised,
-    through ``F``, measured as in :func:`quixer.model.pauli_expectations`.
+    With ``feedforward`` (real ``[2 * 2^n, 2^n]``: the real then the imaginary part of ``F^T`` for
+    a unitary ``F``) it returns ``(state, features [B, 3n], postselection [B])``: the state
+    normalised, through ``F``, measured as in :func:`quixer.model.pauli_expectations`. ``lcu`` may
+    also be given as its real and imaginary parts ``(re, im)`` (contiguous, the state's dtype).
     """
     B, W = ids.shape
     kind, wire0, wire1 = wiring
@@ -289,9 +290,11 @@ def qsvt_eval(ids: torch.Tensor, cos_v: torch.Tensor, sin_v: torch.Tensor, first
     ids = ids.to(torch.int64).contiguous()
     rows = 2 ** (n_qubits + 1)
     if (cos_v.shape != sin_v.shape or cos_v.shape[1] != len(kind) or first.shape != (cos_v.shape[0], rows)
-            or lcu.shape != (W,)):
+            or (lcu[0] if isinstance(lcu, tuple) else lcu).shape != (W,)):
         raise ValueError("inconsistent shapes for the QSVT eval kernel")
-    lcu_re, lcu_im = lcu.real.to(dtype).contiguous(), lcu.imag.to(dtype).contiguous()
+    if not isinstance(lcu, tuple):
+        lcu = (lcu.real.to(dtype).contiguous(), lcu.imag.to(dtype).contiguous())
+    lcu_re, lcu_im = lcu
     poly = poly.detach().to(dtype).contiguous()
     state = torch.empty(B, rows, dtype=dtype)
     features = torch.empty(B, 3 * n_qubits, dtype=dtype) if feedforward is not None else None

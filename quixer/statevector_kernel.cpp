@@ -391,8 +391,9 @@ int run_lcu_power_adjoint(const Real* Y, const Real* gout, Real* dpsi, Real* dlc
 
 // The measurement that ends the model, for one unnormalised state (real rows, then imaginary):
 // postselection = <psi|psi>; psi / sqrt(postselection) (at least 1e-12) goes through the
-// feed-forward unitary ff (real part [dim][dim], then imaginary part) and features receives
-// <X_q> for every qubit, then <Y_q>, then <Z_q> (qubit 0 the most significant bit), as
+// feed-forward unitary F, given transposed (ff = [Re F^T; Im F^T], each [dim][dim], so the
+// matrix-vector product runs along contiguous rows), and features receives <X_q> for every
+// qubit, then <Y_q>, then <Z_q> (qubit 0 the most significant bit), as
 // quixer.model.pauli_expectations.
 template <typename Real>
 void measure(const Real* psi, const Real* ff, int n, Real* features, Real* postselection) {
@@ -401,17 +402,15 @@ void measure(const Real* psi, const Real* ff, int n, Real* features, Real* posts
     for (int r = 0; r < 2 * dim; ++r) norm2 += psi[r] * psi[r];
     *postselection = norm2;
     const Real scale = Real(1) / std::max(std::sqrt(norm2), Real(1e-12));
-    std::vector<Real> re(dim), im(dim);
-    const Real *f_re = ff, *f_im = ff + dim * dim;
-    for (int i = 0; i < dim; ++i) {
-        Real sr = 0, si = 0;
-        for (int j = 0; j < dim; ++j) {
-            const Real pr = psi[j], pi = psi[dim + j], ar = f_re[i * dim + j], ai = f_im[i * dim + j];
-            sr += ar * pr - ai * pi;
-            si += ar * pi + ai * pr;
+    std::vector<Real> re(dim, Real(0)), im(dim, Real(0));
+    const Real *ft_re = ff, *ft_im = ff + dim * dim;
+    for (int j = 0; j < dim; ++j) {
+        const Real pr = psi[j] * scale, pi = psi[dim + j] * scale;
+        const Real *ar = ft_re + j * dim, *ai = ft_im + j * dim;
+        for (int i = 0; i < dim; ++i) {
+            re[i] += ar[i] * pr - ai[i] * pi;
+            im[i] += ar[i] * pi + ai[i] * pr;
         }
-        re[i] = sr * scale;
-        im[i] = si * scale;
     }
     for (int q = 0; q < n; ++q) {
         const int m = 1 << (n - 1 - q);
@@ -445,7 +444,8 @@ void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t B, int64_t W, 
                          int64_t b_end) {
     using V = Vec<Real, T>;
     const int n = circ.n_qubits, dim = 1 << n, rows = 2 * dim, G = circ.n_gates;
-    std::vector<V> buf(rows), cb(G), sb(G), acc(rows);
+    const int64_t n_tiles = (W + T - 1) / T;
+    std::vector<V> buf(rows), cb(n_tiles * G), sb(n_tiles * G), acc(rows);
     std::vector<Real> psi(rows), total(rows);
     for (int64_t b = b_begin; b < b_end; ++b) {
         const int64_t* tok = ids + b * W;
@@ -460,23 +460,32 @@ void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t B, int64_t W, 
                 psi[dim + d] += wr * col[dim + d] + wi * col[d];
             }
         }
+        if (degree > 1) {  // this sequence's gate coefficients, gathered once for all powers
+            for (int64_t w0 = 0, tile = 0; w0 < W; w0 += T, ++tile) {
+                const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
+                V* ct = cb.data() + tile * G;
+                V* st = sb.data() + tile * G;
+                for (int i = 0; i < T; ++i) {
+                    const Real* cv = i < nt ? cos_v + tok[w0 + i] * G : nullptr;
+                    const Real* sv = i < nt ? sin_v + tok[w0 + i] * G : nullptr;
+                    for (int g = 0; g < G; ++g) {
+                        ct[g][i] = cv ? cv[g] : Real(1);
+                        st[g][i] = sv ? sv[g] : Real(0);
+                    }
+                }
+            }
+        }
         for (int k = 1; k <= degree; ++k) {
             if (k > 1) {  // psi <- M psi
                 std::fill(acc.begin(), acc.end(), V{});
-                for (int64_t w0 = 0; w0 < W; w0 += T) {
+                for (int64_t w0 = 0, tile = 0; w0 < W; w0 += T, ++tile) {
                     const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
-                    for (int g = 0; g < G; ++g) {
-                        for (int i = 0; i < T; ++i) {
-                            cb[g][i] = i < nt ? cos_v[tok[w0 + i] * G + g] : Real(1);
-                            sb[g][i] = i < nt ? sin_v[tok[w0 + i] * G + g] : Real(0);
-                        }
-                    }
                     for (int r = 0; r < rows; ++r) {
                         V v;
                         for (int i = 0; i < T; ++i) v[i] = psi[r];
                         buf[r] = v;
                     }
-                    run_gates<Real, T>(buf.data(), circ, cb.data(), sb.data());
+                    run_gates<Real, T>(buf.data(), circ, cb.data() + tile * G, sb.data() + tile * G);
                     V wr = {}, wi = {};
                     for (int i = 0; i < nt; ++i) {
                         wr[i] = lcu_re[w0 + i];
