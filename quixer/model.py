@@ -1,4 +1,4 @@
-"""The Quixer quantum transformer (arXiv:2406.04305), simulated exactly in plain torch.
+"""The Quixer quantum transformer (arXiv:2406.04305), simulated exactly in torch.
 
 Quixer mixes the tokens of a window with quantum primitives. Each token id becomes a
 parameterised circuit ("ansatz 14" of Sim et al. 2019) on ``n`` qubits, i.e. a unitary
@@ -21,9 +21,14 @@ simulation is organised for speed on small, op-bound tensors:
 * a hand-written adjoint backward (:class:`_CircuitFunction`): the real form of each gate is
   orthogonal, so states are recovered by applying its transpose instead of being stored, and
   each angle gradient is one product and one matvec;
-* in eval mode without autograd a token's unitary depends only on its id: the per-vocabulary
-  unitaries are cached (keyed on the parameters) and ``M`` is one weighted ``embedding_bag``
-  over them, after which each power is one matrix-vector product.
+* in eval mode without autograd a token's circuit depends only on its id, so per-vocabulary
+  data is cached (keyed on the parameters): on CUDA the unitaries, ``M`` being one weighted
+  ``embedding_bag`` over them; on a CPU the gate coefficients and first columns ``U_v |0>``.
+
+On a CPU the same maths runs in the fused kernel of :mod:`quixer.native` where it builds:
+all gates of a circuit per tile of instances in L1 cache, one call per LCU power forward
+(:class:`_LCUPowerFunction`) and backward, the whole eval forward up to the measurement in
+one call, and cheap dropout masks (:class:`Dropout`). Without it, the torch path above runs.
 
 Differences from the official code, on purpose: the returned postselection probability is
 per sequence and squared (``<psi|psi>``; the official code returns the batch mean of the
