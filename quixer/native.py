@@ -78,6 +78,7 @@ def build() -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building the fused CPU circuit kernel into %s (once, a few seconds)", path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
     os.close(fd)
     try:
