@@ -90,16 +90,64 @@ inline void store_tile(Real* x, const Vec<Real, T>* buf, int rows, int64_t N, in
     for (int r = 0; r < rows; ++r) std::memcpy(x + r * N + n0, buf + r, sizeof(Real) * nt);
 }
 
-// Per-gate coefficients of one tile, padded with the identity (c = 1, s = 0) past the last instance.
-template <typename Real, int T>
-inline void load_coefficients(Vec<Real, T>* cb, Vec<Real, T>* sb, const Real* c, const Real* s, int G, int64_t N,
-                              int64_t n0, int nt) {
-    for (int k = 0; k < G; ++k) {
-        for (int i = 0; i < T; ++i) {
-            cb[k][i] = i < nt ? c[(n0 + i) * G + k] : Real(1);
-            sb[k][i] = i < nt ? s[(n0 + i) * G + k] : Real(0);
+// Per-gate coefficients of one tile: lane i < nt takes row row(i) of the [*][G] tables c, s
+// (an instance, or a token id for per-vocabulary tables); padding lanes get the identity
+// (c = 1, s = 0).
+template <typename Real, int T, typename Row>
+inline void load_coefficients(Vec<Real, T>* cb, Vec<Real, T>* sb, const Real* c, const Real* s, int G, int nt,
+                              Row row) {
+    for (int i = 0; i < T; ++i) {
+        const Real* ci = i < nt ? c + row(i) * G : nullptr;
+        const Real* si = i < nt ? s + row(i) * G : nullptr;
+        for (int k = 0; k < G; ++k) {
+            cb[k][i] = ci ? ci[k] : Real(1);
+            sb[k][i] = si ? si[k] : Real(0);
         }
     }
+}
+
+// The complex LCU weights of positions w0 .. w0 + nt - 1 as lanes (zero on padding lanes).
+template <typename Real, int T>
+inline void lcu_lanes(const Real* lcu_re, const Real* lcu_im, int64_t w0, int nt, Vec<Real, T>& wr, Vec<Real, T>& wi) {
+    wr = Vec<Real, T>{};
+    wi = Vec<Real, T>{};
+    for (int i = 0; i < nt; ++i) {
+        wr[i] = lcu_re[w0 + i];
+        wi[i] = lcu_im[w0 + i];
+    }
+}
+
+// Every lane of the tile starts from the same state, row r being psi[r * stride].
+template <typename Real, int T>
+inline void broadcast_tile(Vec<Real, T>* buf, const Real* psi, int64_t stride, int rows) {
+    for (int r = 0; r < rows; ++r) buf[r] = Vec<Real, T>{} + psi[r * stride];
+}
+
+// acc += the lanes of the tile weighted by the complex LCU weights (wr + i wi).
+template <typename Real, int T>
+inline void accumulate_lcu(Vec<Real, T>* acc, const Vec<Real, T>* buf, Vec<Real, T> wr, Vec<Real, T> wi, int dim) {
+    for (int d = 0; d < dim; ++d) {
+        const Vec<Real, T> yr = buf[d], yi = buf[dim + d];
+        acc[d] += wr * yr - wi * yi;
+        acc[dim + d] += wr * yi + wi * yr;
+    }
+}
+
+// out[r * stride] = the sum of the lanes of acc[r].
+template <typename Real, int T>
+inline void lane_sums(const Vec<Real, T>* acc, int rows, Real* out, int64_t stride) {
+    for (int r = 0; r < rows; ++r) {
+        Real total = 0;
+        for (int i = 0; i < T; ++i) total += acc[r][i];
+        out[r * stride] = total;
+    }
+}
+
+// Angle gradients of lanes i < nt (instances n0 + i) from the adjoint's accumulators.
+template <typename Real, int T>
+inline void store_angle_gradients(Real* grad_gates, const Vec<Real, T>* acc, int G, int64_t n0, int nt) {
+    for (int i = 0; i < nt; ++i)
+        for (int k = 0; k < G; ++k) grad_gates[(n0 + i) * G + k] = Real(0.5) * acc[k][i];
 }
 
 // The r-th basis index (r < dim / 4) whose control bit is 1 and target bit is 0: r with a zero
@@ -219,7 +267,7 @@ void forward_tiles(const Real* in, Real* out, int64_t L, int64_t N, const Real* 
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
         const int64_t n0 = tile * T;
         const int nt = static_cast<int>(std::min<int64_t>(T, N - n0));
-        load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
+        load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, nt, [n0](int i) { return n0 + i; });
         for (int64_t l = 0; l < L; ++l) {
             load_tile<Real, T>(buf.data(), in + l * rows * N, rows, N, n0, nt);
             run_gates<Real, T>(buf.data(), circ, cb.data(), sb.data());
@@ -237,7 +285,7 @@ void adjoint_tiles(const Real* y, const Real* g, Real* grad_in, Real* grad_gates
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
         const int64_t n0 = tile * T;
         const int nt = static_cast<int>(std::min<int64_t>(T, N - n0));
-        load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
+        load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, nt, [n0](int i) { return n0 + i; });
         std::fill(acc.begin(), acc.end(), V{});
         for (int64_t l = 0; l < L; ++l) {
             load_tile<Real, T>(yb.data(), y + l * rows * N, rows, N, n0, nt);
@@ -245,8 +293,7 @@ void adjoint_tiles(const Real* y, const Real* g, Real* grad_in, Real* grad_gates
             run_adjoint_gates<Real, T>(yb.data(), gb.data(), circ, cb.data(), sb.data(), acc.data());
             if (grad_in) store_tile<Real, T>(grad_in + l * rows * N, gb.data(), rows, N, n0, nt);
         }
-        for (int k = 0; k < G; ++k)
-            for (int i = 0; i < nt; ++i) grad_gates[(n0 + i) * G + k] = Real(0.5) * acc[k][i];
+        store_angle_gradients<Real, T>(grad_gates, acc.data(), G, n0, nt);
     }
 }
 
@@ -302,7 +349,7 @@ int run_adjoint(const Real* y, const Real* g, Real* grad_in, Real* grad_gates, i
 // psi [2 dim][B] (real rows then imaginary rows, sequences last), the circuit of instance b*W + w
 // given by c/s [B*W][G], and the complex LCU weights (lcu_re, lcu_im) [W]. Tiles hold T
 // positions of one sequence, all starting from psi_b, so no [2 dim][B*W] copy of the states is
-// made; if Y is not null, the circuit outputs U_{b,w} psi_b are also written to Y [2 dim][B*W].
+// made; the circuit outputs U_{b,w} psi_b (which the backward needs) go to Y [2 dim][B*W].
 template <typename Real, int T>
 void lcu_power_sequences(const Real* psi, Real* out, Real* Y, int64_t B, int64_t W, const Real* c, const Real* s,
                          const Real* lcu_re, const Real* lcu_im, const Circuit& circ, int64_t b_begin, int64_t b_end) {
@@ -315,30 +362,15 @@ void lcu_power_sequences(const Real* psi, Real* out, Real* Y, int64_t B, int64_t
         for (int64_t w0 = 0; w0 < W; w0 += T) {
             const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
             const int64_t n0 = b * W + w0;
-            load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
-            for (int r = 0; r < rows; ++r) {
-                V v;
-                for (int i = 0; i < T; ++i) v[i] = psi[r * B + b];
-                buf[r] = v;
-            }
+            load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, nt, [n0](int i) { return n0 + i; });
+            broadcast_tile<Real, T>(buf.data(), psi + b, B, rows);
             run_gates<Real, T>(buf.data(), circ, cb.data(), sb.data());
-            if (Y) store_tile<Real, T>(Y, buf.data(), rows, N, n0, nt);
-            V wr = {}, wi = {};
-            for (int i = 0; i < nt; ++i) {
-                wr[i] = lcu_re[w0 + i];
-                wi[i] = lcu_im[w0 + i];
-            }
-            for (int d = 0; d < dim; ++d) {
-                const V yr = buf[d], yi = buf[dim + d];
-                acc[d] += wr * yr - wi * yi;
-                acc[dim + d] += wr * yi + wi * yr;
-            }
+            store_tile<Real, T>(Y, buf.data(), rows, N, n0, nt);
+            V wr, wi;
+            lcu_lanes<Real, T>(lcu_re, lcu_im, w0, nt, wr, wi);
+            accumulate_lcu<Real, T>(acc.data(), buf.data(), wr, wi, dim);
         }
-        for (int r = 0; r < rows; ++r) {
-            Real total = 0;
-            for (int i = 0; i < T; ++i) total += acc[r][i];
-            out[r * B + b] = total;
-        }
+        lane_sums<Real, T>(acc.data(), rows, out + b, B);
     }
 }
 
@@ -359,13 +391,10 @@ void lcu_power_adjoint_sequences(const Real* Y, const Real* gout, Real* dpsi, Re
         for (int64_t w0 = 0; w0 < W; w0 += T) {
             const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
             const int64_t n0 = b * W + w0;
-            load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, N, n0, nt);
+            load_coefficients<Real, T>(cb.data(), sb.data(), c, s, G, nt, [n0](int i) { return n0 + i; });
             load_tile<Real, T>(yb.data(), Y, rows, N, n0, nt);
-            V wr = {}, wi = {};
-            for (int i = 0; i < nt; ++i) {
-                wr[i] = lcu_re[w0 + i];
-                wi[i] = lcu_im[w0 + i];
-            }
+            V wr, wi;
+            lcu_lanes<Real, T>(lcu_re, lcu_im, w0, nt, wr, wi);
             V d_re = {}, d_im = {};
             for (int d = 0; d < dim; ++d) {
                 const Real g_re = gout[d * B + b], g_im = gout[(dim + d) * B + b];
@@ -381,15 +410,10 @@ void lcu_power_adjoint_sequences(const Real* Y, const Real* gout, Real* dpsi, Re
             }
             std::fill(acc.begin(), acc.end(), V{});
             run_adjoint_gates<Real, T>(yb.data(), gb.data(), circ, cb.data(), sb.data(), acc.data());
-            for (int k = 0; k < G; ++k)
-                for (int i = 0; i < nt; ++i) grad_gates[(n0 + i) * G + k] = Real(0.5) * acc[k][i];
+            store_angle_gradients<Real, T>(grad_gates, acc.data(), G, n0, nt);
             for (int r = 0; r < rows; ++r) dpsi_acc[r] += gb[r];  // padded lanes carry zero gradient
         }
-        for (int r = 0; r < rows; ++r) {
-            Real total = 0;
-            for (int i = 0; i < T; ++i) total += dpsi_acc[r][i];
-            dpsi[r * B + b] = total;
-        }
+        lane_sums<Real, T>(dpsi_acc.data(), rows, dpsi + b, B);
     }
 }
 
@@ -456,7 +480,7 @@ void measure(const Real* psi, const Real* ff, int n, Real* features, Real* posts
 // of first columns, each further power applies the token circuits as lcu_power_sequences does.
 // Writes state [B][2 dim]. poly holds the degree + 1 coefficients, already divided by ||c||_1.
 template <typename Real, int T>
-void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t B, int64_t W, const Real* cos_v, const Real* sin_v,
+void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t W, const Real* cos_v, const Real* sin_v,
                          const Real* first, const Real* lcu_re, const Real* lcu_im, const Real* poly, int degree,
                          const Real* ff, Real* features, Real* postselection, const Circuit& circ, int64_t b_begin,
                          int64_t b_end) {
@@ -481,16 +505,8 @@ void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t B, int64_t W, 
         if (degree > 1) {  // this sequence's gate coefficients, gathered once for all powers
             for (int64_t w0 = 0, tile = 0; w0 < W; w0 += T, ++tile) {
                 const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
-                V* ct = cb.data() + tile * G;
-                V* st = sb.data() + tile * G;
-                for (int i = 0; i < T; ++i) {
-                    const Real* cv = i < nt ? cos_v + tok[w0 + i] * G : nullptr;
-                    const Real* sv = i < nt ? sin_v + tok[w0 + i] * G : nullptr;
-                    for (int g = 0; g < G; ++g) {
-                        ct[g][i] = cv ? cv[g] : Real(1);
-                        st[g][i] = sv ? sv[g] : Real(0);
-                    }
-                }
+                load_coefficients<Real, T>(cb.data() + tile * G, sb.data() + tile * G, cos_v, sin_v, G, nt,
+                                           [tok, w0](int i) { return tok[w0 + i]; });
             }
         }
         for (int k = 1; k <= degree; ++k) {
@@ -498,28 +514,13 @@ void qsvt_eval_sequences(const int64_t* ids, Real* state, int64_t B, int64_t W, 
                 std::fill(acc.begin(), acc.end(), V{});
                 for (int64_t w0 = 0, tile = 0; w0 < W; w0 += T, ++tile) {
                     const int nt = static_cast<int>(std::min<int64_t>(T, W - w0));
-                    for (int r = 0; r < rows; ++r) {
-                        V v;
-                        for (int i = 0; i < T; ++i) v[i] = psi[r];
-                        buf[r] = v;
-                    }
+                    broadcast_tile<Real, T>(buf.data(), psi.data(), 1, rows);
                     run_gates<Real, T>(buf.data(), circ, cb.data() + tile * G, sb.data() + tile * G);
-                    V wr = {}, wi = {};
-                    for (int i = 0; i < nt; ++i) {
-                        wr[i] = lcu_re[w0 + i];
-                        wi[i] = lcu_im[w0 + i];
-                    }
-                    for (int d = 0; d < dim; ++d) {
-                        const V yr = buf[d], yi = buf[dim + d];
-                        acc[d] += wr * yr - wi * yi;
-                        acc[dim + d] += wr * yi + wi * yr;
-                    }
+                    V wr, wi;
+                    lcu_lanes<Real, T>(lcu_re, lcu_im, w0, nt, wr, wi);
+                    accumulate_lcu<Real, T>(acc.data(), buf.data(), wr, wi, dim);
                 }
-                for (int r = 0; r < rows; ++r) {
-                    Real sum = 0;
-                    for (int i = 0; i < T; ++i) sum += acc[r][i];
-                    psi[r] = sum;
-                }
+                lane_sums<Real, T>(acc.data(), rows, psi.data(), 1);
             }
             for (int r = 0; r < rows; ++r) total[r] += poly[k] * psi[r];
         }
@@ -539,7 +540,7 @@ int run_qsvt_eval(const int64_t* ids, Real* state, int64_t B, int64_t W, int64_t
     const Circuit circ(n_qubits, G, kind, wire0, wire1);
     const int64_t work = std::max(0, degree - 1) * ((W + T - 1) / T) * (int64_t(2) << n_qubits) * T * G;
     parallel_tiles(B, n_threads, work, [&](int64_t b, int64_t e) {
-        qsvt_eval_sequences<Real, T>(ids, state, B, W, cos_v, sin_v, first, lcu_re, lcu_im, poly, degree, ff, features,
+        qsvt_eval_sequences<Real, T>(ids, state, W, cos_v, sin_v, first, lcu_re, lcu_im, poly, degree, ff, features,
                                      postselection, circ, b, e);
     });
     return 0;
