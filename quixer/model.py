@@ -129,7 +129,7 @@ class CircuitPlan:
         self.rows = 2 ** (n + 1)
         self.gates = gates
         self.params = torch.tensor([g.param for g in gates], dtype=torch.long)
-        self.params_are_identity = self.params.tolist() == list(range(len(gates)))  # gate k reads angle k
+        self._params_in_order = self.params.tolist() == list(range(len(gates)))  # gate k reads angle k
         # for the fused CPU kernel (quixer.native): gate kind (0 RY, 1 CRX) and wires, int32
         self.wiring = (torch.tensor([0 if g.kind == "ry" else 1 for g in gates], dtype=torch.int32),
                        torch.tensor([g.wires[0] for g in gates], dtype=torch.int32),
@@ -146,6 +146,22 @@ class CircuitPlan:
             (2.0 * bits[:, g.wires[0]] - 1).expand(2, -1) if g.kind == "ry" else reim * bits[:, g.wires[0]]
             for g in gates]).reshape(len(gates), self.rows)
         self._moved: dict = {}
+
+    def _reads_angles_in_order(self, n_params: int) -> bool:
+        return self._params_in_order and n_params == len(self.gates)
+
+    def gate_angles(self, angles: torch.Tensor) -> torch.Tensor:
+        """Angles ``[N, P]`` -> the angle each gate reads, ``[N, G]`` (the same tensor when in order)."""
+        if self._reads_angles_in_order(angles.shape[1]):
+            return angles
+        return angles[:, self.tables(angles.device, angles.dtype)[2]]
+
+    def angle_gradients(self, per_gate: torch.Tensor, n_params: int) -> torch.Tensor:
+        """Per-gate angle gradients ``[N, G]`` -> gradients of the angles ``[N, n_params]``."""
+        if self._reads_angles_in_order(n_params):
+            return per_gate
+        params = self.tables(per_gate.device, per_gate.dtype)[2]
+        return per_gate.new_zeros(per_gate.shape[0], n_params).index_add_(1, params, per_gate)
 
     def tables(self, device: torch.device, dtype: torch.dtype):
         """Per gate: partner rows ``[R]`` and derivative pattern ``[1, R]``; and params ``[G]``."""
@@ -172,14 +188,8 @@ class GateCoefficients:
     @classmethod
     def from_angles(cls, plan: "CircuitPlan", angles: torch.Tensor) -> "GateCoefficients":
         """From angles ``[N, P]`` (gate ``k`` reads angle ``plan.params[k]``)."""
-        if not (plan.params_are_identity and angles.shape[1] == len(plan.gates)):
-            angles = angles[:, plan.params.to(angles.device)]
-        half = angles * 0.5
+        half = plan.gate_angles(angles) * 0.5
         return cls(plan, torch.cos(half), torch.sin(half))
-
-    def select(self, index: torch.Tensor) -> "GateCoefficients":
-        """The coefficients of instances ``index`` (e.g. token ids into per-vocabulary coefficients)."""
-        return GateCoefficients(self.plan, F.embedding(index, self.cos), F.embedding(index, self.sin))
 
     def butterflies(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-gate butterfly coefficients ``(A, B)``, shaped to broadcast against the state layout.
@@ -269,10 +279,9 @@ class _CircuitFunction(torch.autograd.Function):
             rows_view = out.view(-1, plan.rows, n_inst)
             grad_in, per_gate = native.adjoint(rows_view, grad.reshape(rows_view.shape).contiguous(), coefficients.cos,
                                                coefficients.sin, plan.wiring, plan.n_qubits, ctx.needs_input_grad[0])
-            grad_angles = per_gate if plan.params_are_identity and ctx.n_params == len(plan.gates) else \
-                out.new_zeros(n_inst, ctx.n_params).index_add_(1, plan.params, per_gate)
+            grad_angles = plan.angle_gradients(per_gate, ctx.n_params)
             return (grad_in.view(out.shape) if grad_in is not None else None), grad_angles, None, None
-        partners, patterns, params = plan.tables(out.device, out.dtype)
+        partners, patterns, _ = plan.tables(out.device, out.dtype)
         butterflies = coefficients.butterflies()
         # state and gradient stacked, so that one gather and one butterfly serve both
         both = torch.stack((out, grad.reshape(out.shape)))
@@ -294,8 +303,8 @@ class _CircuitFunction(torch.autograd.Function):
             if k == 0 and not ctx.needs_input_grad[0]:
                 break
             both.mul_(a).addcmul_(b, scratch, value=-1)  # state <- input of gate k; grad <- G^T grad
-        grad_angles = out.new_zeros(ctx.n_params, n_inst).index_add_(0, params, per_gate.squeeze(1), alpha=0.5)
-        return (both[1] if ctx.needs_input_grad[0] else None), grad_angles.t(), None, None
+        grad_angles = plan.angle_gradients(per_gate.squeeze(1).t() * 0.5, ctx.n_params)
+        return (both[1] if ctx.needs_input_grad[0] else None), grad_angles, None, None
 
 
 class _LCUPowerFunction(torch.autograd.Function):
@@ -310,7 +319,7 @@ class _LCUPowerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, psi, angles, lcu, plan, coefficients):
         out, outputs = native.lcu_power(psi.contiguous(), coefficients.cos, coefficients.sin, plan.wiring,
-                                        plan.n_qubits, lcu.detach(), keep_outputs=True)
+                                        plan.n_qubits, lcu.detach())
         ctx.plan, ctx.coefficients, ctx.n_params = plan, coefficients, angles.shape[1]
         ctx.save_for_backward(outputs, lcu)
         return out
@@ -322,8 +331,7 @@ class _LCUPowerFunction(torch.autograd.Function):
         plan, coefficients = ctx.plan, ctx.coefficients
         dpsi, dlcu, per_gate = native.lcu_power_adjoint(outputs, grad.contiguous(), coefficients.cos,
                                                         coefficients.sin, plan.wiring, plan.n_qubits, lcu.detach())
-        grad_angles = per_gate if plan.params_are_identity and ctx.n_params == len(plan.gates) else \
-            per_gate.new_zeros(per_gate.shape[0], ctx.n_params).index_add_(1, plan.params, per_gate)
+        grad_angles = plan.angle_gradients(per_gate, ctx.n_params)
         # torch's gradient for a complex input of a real loss: dL/d(re) + i dL/d(im)
         return dpsi, grad_angles, torch.complex(dlcu[:, 0], dlcu[:, 1]).to(lcu.dtype), None, None
 
@@ -480,7 +488,9 @@ class Quixer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids ``[B, n_tokens]`` -> logits ``[B, V]`` and postselection probabilities ``[B]``."""
         if not self.training and not torch.is_grad_enabled() and native.supports(self.embedding.weight):
-            features, postselection = self._eval_features_native(x)  # one kernel call up to the measurement
+            self._check_tokens(x)
+            self._refresh_eval_cache()
+            _, features, postselection = self._native_eval(x, measure=True)  # one kernel call
             return self.output_feedforward(features), postselection
         state = self.qsvt_state(x)
         postselection = (state.real**2 + state.imag**2).sum(-1)
@@ -504,14 +514,17 @@ class Quixer(nn.Module):
     def qsvt_state(self, x: torch.Tensor) -> torch.Tensor:
         """The unnormalised LCU + QSVT state ``sum_k c_k M^k |0> / ||c||_1``, complex ``[B, 2^n]``.
 
-        In eval mode without autograd the cached per-vocabulary unitaries are used; otherwise
-        (training, or gradients requested) every token position gets its own circuit.
+        In eval mode without autograd cached per-vocabulary data are used (:meth:`_native_eval`
+        on a CPU with the fused kernel, else :meth:`_qsvt_state_cached`); otherwise (training, or
+        gradients requested) every token position gets its own circuit.
         """
         self._check_tokens(x)
         if not self.training and not torch.is_grad_enabled():
             self._refresh_eval_cache()
             if native.supports(self.embedding.weight):
-                return self._qsvt_state_cached_circuits(x)
+                state, _, _ = self._native_eval(x, measure=False)
+                dim = 2**self.n_qubits
+                return torch.complex(state[:, :dim], state[:, dim:])
             return self._qsvt_state_cached(x)
         return self._qsvt_state(x)
 
@@ -521,13 +534,12 @@ class Quixer(nn.Module):
         if x.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be an integer tensor, got {x.dtype}")
 
-    def _polynomial(self, psi: torch.Tensor, apply_m, first: torch.Tensor | None = None) -> torch.Tensor:
-        """``sum_k c_k M^k psi / ||c||_1`` given ``psi = |0>`` and ``apply_m(psi) -> M psi``
-        (``first``, if given, is ``M psi``)."""
+    def _polynomial(self, psi: torch.Tensor, apply_m) -> torch.Tensor:
+        """``sum_k c_k M^k psi / ||c||_1`` given ``psi = |0>`` and ``apply_m(psi) -> M psi``."""
         coeffs = self.qsvt_polynomial_coefficients
         acc = coeffs[0] * psi
         for k in range(1, self.degree + 1):
-            psi = first if k == 1 and first is not None else apply_m(psi)
+            psi = apply_m(psi)
             acc = acc + coeffs[k] * psi
         return acc / coeffs.abs().sum()
 
@@ -601,52 +613,37 @@ class Quixer(nn.Module):
 
         return self._eval_cached("vocab_table", build)
 
-    def _vocab_circuits(self) -> tuple[GateCoefficients, torch.Tensor]:
-        """Per-vocabulary gate coefficients (``[V, G]``) and first columns ``U_v |0>`` (real rows
-        ``[V, 2 * dim]``), cached: the eval path of the fused CPU kernel."""
+    def _native_eval_tables(self) -> tuple:
+        """The cached inputs of :func:`quixer.native.qsvt_eval`, the eval path of the fused CPU kernel:
+        per-vocabulary gate coefficients (``[V, G]``) and first columns ``U_v |0>`` (real rows
+        ``[V, 2 dim]``), the feed-forward unitary transposed (real part rows, then imaginary), the
+        LCU weights (real and imaginary parts) and the polynomial divided by its L1 norm."""
         def build():
             plan, dim = self._plan(), 2**self.n_qubits
             ids = torch.arange(self.vocabulary_size, device=self.embedding.weight.device)
-            coefficients = gate_coefficients(plan, self.token_angles(ids))
-            zero = torch.zeros(1, 2 * dim, self.vocabulary_size, dtype=coefficients.cos.dtype)
+            vocab = gate_coefficients(plan, self.token_angles(ids))
+            zero = torch.zeros(1, 2 * dim, self.vocabulary_size, dtype=vocab.cos.dtype)
             zero[:, 0] = 1
-            first = apply_gates(plan, coefficients, zero).view(2 * dim, -1).t().contiguous()
-            return coefficients, first
-
-        return self._eval_cached("vocab_circuits", build)
-
-    def _eval_features_native(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eval forward up to the classical head in one kernel call: the QSVT state
-        (:meth:`_qsvt_state_cached_circuits`), its postselection probability, the normalised state
-        through the cached feed-forward unitary, and the Pauli expectations ``[B, 3n]``."""
-        self._check_tokens(x)
-        self._refresh_eval_cache()
-        vocab, first = self._vocab_circuits()
-
-        def small_tables():
-            unitary = self.feedforward_unitary().t()  # F^T: rows of the transposed unitary
+            first = apply_gates(plan, vocab, zero).view(2 * dim, -1).t().contiguous()
+            unitary = self.feedforward_unitary().t()
             lcu, coeffs = self.lcu_weights(), self.qsvt_polynomial_coefficients
-            real = unitary.real.dtype
-            return (torch.cat((unitary.real, unitary.imag)).contiguous(),
+            real = first.dtype
+            return (vocab, first, torch.cat((unitary.real, unitary.imag)).contiguous(),
                     (lcu.real.to(real).contiguous(), lcu.imag.to(real).contiguous()),
                     (coeffs / coeffs.abs().sum()).to(real).contiguous())
 
-        feedforward, lcu, poly = self._eval_cached("small_tables", small_tables)
-        _, features, postselection = native.qsvt_eval(x, vocab.cos, vocab.sin, first, self._plan().wiring,
-                                                      self.n_qubits, lcu, poly, feedforward=feedforward)
-        return features, postselection
+        return self._eval_cached("native_eval_tables", build)
 
-    def _qsvt_state_cached_circuits(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval path with the fused CPU kernel (:func:`quixer.native.qsvt_eval`): per sequence,
-        ``M |0>`` is the LCU sum of cached first columns ``U_v |0>``, and each further power applies
-        the token circuits with cached per-vocabulary gate coefficients. Cheaper on a CPU than
-        summing ``B * W`` cached ``4^n`` unitaries, and the cache is small and quick to build."""
-        vocab, first = self._vocab_circuits()
-        coeffs = self.qsvt_polynomial_coefficients
-        state = native.qsvt_eval(x, vocab.cos, vocab.sin, first, self._plan().wiring, self.n_qubits,
-                                 self.lcu_weights(), coeffs / coeffs.abs().sum())
-        dim = 2**self.n_qubits
-        return torch.complex(state[:, :dim], state[:, dim:])
+    def _native_eval(self, x: torch.Tensor, measure: bool):
+        """Eval path with the fused CPU kernel, one call (:func:`quixer.native.qsvt_eval`): per
+        sequence, ``M |0>`` is the LCU sum of cached first columns ``U_v |0>`` and each further power
+        applies the token circuits with cached per-vocabulary gate coefficients (cheaper on a CPU than
+        summing ``B * W`` cached ``4^n`` unitaries, and the cache is small and quick to build).
+        Returns the state (real rows ``[B, 2 dim]``) and, if ``measure``, the Pauli expectations of
+        the normalised state after the feed-forward unitary and the postselection probabilities."""
+        vocab, first, feedforward, lcu, poly = self._native_eval_tables()
+        return native.qsvt_eval(x, vocab.cos, vocab.sin, first, self._plan().wiring, self.n_qubits, lcu, poly,
+                                feedforward=feedforward if measure else None)
 
     def _qsvt_state_cached(self, x: torch.Tensor) -> torch.Tensor:
         """Eval path: ``M^T = sum_w b_w U_{x_w}^T`` from the cached table; powers are matvecs.

@@ -174,13 +174,21 @@ def _check(t: torch.Tensor, dtype: torch.dtype, name: str) -> None:
         raise ValueError(f"{name} must be a contiguous CPU {dtype} tensor, got {t.dtype} on {t.device}")
 
 
-def _call(name: str, dtype: torch.dtype, *args) -> None:
+def _require() -> ctypes.CDLL:
     lib = library()
     if lib is None:
         raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {unavailable_reason()}")
-    suffix = "f32" if dtype == torch.float32 else "f64"
-    if getattr(lib, f"{name}_{suffix}")(*args):
-        raise RuntimeError(f"{name}_{suffix} rejected its arguments")
+    return lib
+
+
+def _call(name: str, dtype: torch.dtype, *args) -> None:
+    """Call ``name`` for ``dtype``; a nonzero status becomes an exception (2: token ids out of range)."""
+    function = f"{name}_{'f32' if dtype == torch.float32 else 'f64'}"
+    status = getattr(_require(), function)(*args)
+    if status == 2:
+        raise ValueError(f"{function}: token ids outside the vocabulary")
+    if status:
+        raise RuntimeError(f"{function} rejected its arguments")
 
 
 def forward(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: tuple, n_qubits: int,
@@ -224,12 +232,12 @@ def adjoint(output: torch.Tensor, grad: torch.Tensor, cos: torch.Tensor, sin: to
 
 
 def lcu_power(psi: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: tuple, n_qubits: int,
-              lcu: torch.Tensor, keep_outputs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+              lcu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One LCU power for ``B`` sequences of ``W`` tokens: ``sum_w b_w U_{b,w} psi_b``.
 
     ``psi``: contiguous real ``[2^(n+1), B]`` (real rows, then imaginary rows); ``cos``/``sin``:
-    ``[B * W, G]`` (instance ``b * W + w``); ``lcu``: complex ``[W]``. Returns ``[2^(n+1), B]`` and,
-    if ``keep_outputs``, the circuit outputs ``U_{b,w} psi_b`` as ``[2^(n+1), B * W]``.
+    ``[B * W, G]`` (instance ``b * W + w``); ``lcu``: complex ``[W]``. Returns ``[2^(n+1), B]`` and
+    the circuit outputs ``U_{b,w} psi_b`` as ``[2^(n+1), B * W]`` (what the backward needs).
     """
     rows, B = psi.shape
     kind, wire0, wire1 = wiring
@@ -240,10 +248,10 @@ def lcu_power(psi: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: t
         raise ValueError("inconsistent shapes for the LCU power kernel")
     lcu_re, lcu_im = lcu.real.to(psi.dtype).contiguous(), lcu.imag.to(psi.dtype).contiguous()
     out = torch.empty_like(psi)
-    outputs = torch.empty(rows, B * W, dtype=psi.dtype) if keep_outputs else None
-    _call("qx_lcu_power", psi.dtype, _pointer(psi), _pointer(out), outputs.data_ptr() if keep_outputs else None,
-          B, W, n_qubits, _pointer(cos), _pointer(sin), cos.shape[1], _pointer(kind), _pointer(wire0),
-          _pointer(wire1), _pointer(lcu_re), _pointer(lcu_im), _threads())
+    outputs = torch.empty(rows, B * W, dtype=psi.dtype)
+    _call("qx_lcu_power", psi.dtype, _pointer(psi), _pointer(out), _pointer(outputs), B, W, n_qubits, _pointer(cos),
+          _pointer(sin), cos.shape[1], _pointer(kind), _pointer(wire0), _pointer(wire1), _pointer(lcu_re),
+          _pointer(lcu_im), _threads())
     return out, outputs
 
 
@@ -272,53 +280,40 @@ def lcu_power_adjoint(outputs: torch.Tensor, grad: torch.Tensor, cos: torch.Tens
 
 
 def qsvt_eval(ids: torch.Tensor, cos_v: torch.Tensor, sin_v: torch.Tensor, first: torch.Tensor, wiring: tuple,
-              n_qubits: int, lcu: torch.Tensor, poly: torch.Tensor, feedforward: torch.Tensor | None = None):
+              n_qubits: int, lcu: tuple[torch.Tensor, torch.Tensor], poly: torch.Tensor,
+              feedforward: torch.Tensor | None = None) -> tuple:
     """The eval-mode QSVT state ``sum_k poly_k M_b^k |0>`` of each sequence of token ``ids [B, W]``.
 
     From per-vocabulary half-angle cosines/sines ``[V, G]`` and first columns ``U_v |0>``
-    (``first``, real ``[V, 2^(n+1)]``); ``lcu``: complex ``[W]``; ``poly``: ``[d + 1]`` (already
-    divided by its L1 norm). Returns real ``[B, 2^(n+1)]`` (real parts, then imaginary parts).
-    With ``feedforward`` (real ``[2 * 2^n, 2^n]``: the real then the imaginary part of ``F^T`` for
-    a unitary ``F``) it returns ``(state, features [B, 3n], postselection [B])``: the state
-    normalised, through ``F``, measured as in :func:`quixer.model.pauli_expectations`. ``lcu`` may
-    also be given as its real and imaginary parts ``(re, im)`` (contiguous, the state's dtype).
+    (``first``, real ``[V, 2^(n+1)]``); ``lcu``: the real and imaginary parts of the LCU weights
+    (``[W]`` each); ``poly``: ``[d + 1]``, already divided by its L1 norm (all contiguous, of
+    ``first``'s dtype). Returns ``(state, features, postselection)``: the state as real
+    ``[B, 2^(n+1)]`` (real parts, then imaginary parts) and, with ``feedforward`` (real
+    ``[2 * 2^n, 2^n]``: the real then the imaginary part of ``F^T`` for a unitary ``F``), the
+    state normalised, through ``F``, measured as :func:`quixer.model.pauli_expectations` does
+    (``[B, 3n]``), and ``<psi|psi>`` (``[B]``); without it those two are None.
     """
     B, W = ids.shape
     kind, wire0, wire1 = wiring
-    dtype = first.dtype
-    for t, name in ((cos_v, "cos_v"), (sin_v, "sin_v"), (first, "first")):
-        _check(t, dtype, name)
-    ids = ids.to(torch.int64).contiguous()
-    rows = 2 ** (n_qubits + 1)
-    if (cos_v.shape != sin_v.shape or cos_v.shape[1] != len(kind) or first.shape != (cos_v.shape[0], rows)
-            or (lcu[0] if isinstance(lcu, tuple) else lcu).shape != (W,)):
-        raise ValueError("inconsistent shapes for the QSVT eval kernel")
-    if not isinstance(lcu, tuple):
-        lcu = (lcu.real.to(dtype).contiguous(), lcu.imag.to(dtype).contiguous())
+    dtype, rows = first.dtype, 2 ** (n_qubits + 1)
     lcu_re, lcu_im = lcu
-    poly = poly.detach().to(dtype).contiguous()
+    tables = [(cos_v, "cos_v"), (sin_v, "sin_v"), (first, "first"), (lcu_re, "lcu"), (lcu_im, "lcu"), (poly, "poly")]
+    for t, name in tables + ([(feedforward, "feedforward")] if feedforward is not None else []):
+        _check(t, dtype, name)
+    if (cos_v.shape != sin_v.shape or cos_v.shape[1] != len(kind) or first.shape != (cos_v.shape[0], rows)
+            or lcu_re.shape != (W,) or (feedforward is not None and feedforward.shape != (rows, rows // 2))):
+        raise ValueError("inconsistent shapes for the QSVT eval kernel")
+    ids = ids.to(torch.int64).contiguous()
     state = torch.empty(B, rows, dtype=dtype)
-    features = torch.empty(B, 3 * n_qubits, dtype=dtype) if feedforward is not None else None
-    postselection = torch.empty(B, dtype=dtype) if feedforward is not None else None
+    features = postselection = None
+    measured = (None, None, None)
     if feedforward is not None:
-        _check(feedforward, dtype, "feedforward")
-        if feedforward.shape != (rows, rows // 2):
-            raise ValueError("inconsistent shapes for the QSVT eval kernel")
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {unavailable_reason()}")
-    status = getattr(lib, "qx_qsvt_eval_" + ("f32" if dtype == torch.float32 else "f64"))(
-        _pointer(ids), _pointer(state), B, W, cos_v.shape[0], n_qubits, _pointer(cos_v), _pointer(sin_v),
-        cos_v.shape[1], _pointer(kind), _pointer(wire0), _pointer(wire1), _pointer(first), _pointer(lcu_re),
-        _pointer(lcu_im), _pointer(poly), poly.shape[0] - 1,
-        *((None, None, None) if feedforward is None else (_pointer(feedforward), _pointer(features),
-                                                          _pointer(postselection))),
-        _threads())
-    if status == 2:
-        raise ValueError(f"token ids must be in [0, {cos_v.shape[0]})")
-    if status:
-        raise RuntimeError("qx_qsvt_eval rejected its arguments")
-    return state if feedforward is None else (state, features, postselection)
+        features, postselection = torch.empty(B, 3 * n_qubits, dtype=dtype), torch.empty(B, dtype=dtype)
+        measured = (_pointer(feedforward), _pointer(features), _pointer(postselection))
+    _call("qx_qsvt_eval", dtype, _pointer(ids), _pointer(state), B, W, cos_v.shape[0], n_qubits, _pointer(cos_v),
+          _pointer(sin_v), cos_v.shape[1], _pointer(kind), _pointer(wire0), _pointer(wire1), _pointer(first),
+          _pointer(lcu_re), _pointer(lcu_im), _pointer(poly), poly.shape[0] - 1, *measured, _threads())
+    return state, features, postselection
 
 
 def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
@@ -327,14 +322,12 @@ def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tenso
     The stream's seed is one draw from torch's global generator, so ``torch.manual_seed`` and
     ``torch.set_rng_state`` govern it (the values differ from ``bernoulli_``'s).
     """
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the fused CPU circuit kernel is unavailable: {unavailable_reason()}")
     mask = torch.empty(shape, dtype=dtype)
     seed = int(torch.randint(0, 2**62, (1,)).item())
     threshold = min(2**32, round((1 - p) * 2**32))
     suffix = "f32" if dtype == torch.float32 else "f64"
-    getattr(lib, f"qx_dropout_mask_{suffix}")(_pointer(mask), mask.numel(), seed, threshold, 1.0 / (1 - p), _threads())
+    getattr(_require(), f"qx_dropout_mask_{suffix}")(_pointer(mask), mask.numel(), seed, threshold, 1.0 / (1 - p),
+                                                     _threads())
     return mask
 
 

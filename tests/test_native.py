@@ -113,7 +113,7 @@ def test_lcu_power_is_the_weighted_sum_of_circuit_outputs(dtype, atol):
     lcu = torch.complex(torch.randn(window, generator=gen, dtype=torch.float64),
                         torch.randn(window, generator=gen, dtype=torch.float64))
     coefficients = gate_coefficients(plan, angles)
-    out, outputs = native.lcu_power(psi, coefficients.cos, coefficients.sin, plan.wiring, n, lcu, keep_outputs=True)
+    out, outputs = native.lcu_power(psi, coefficients.cos, coefficients.sin, plan.wiring, n, lcu)
     expanded = psi.unsqueeze(-1).expand(-1, -1, window).reshape(1, 2 * 2**n, batch * window)
     each = apply_gates(plan, coefficients, expanded)[0]
     torch.testing.assert_close(outputs, each, rtol=0, atol=atol)
