@@ -25,6 +25,25 @@ def run_script(script: str, *args, cwd=None, timeout: float = 300, env=None) -> 
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def adam_steps(model, x, y, steps: int, lr: float = 0.03, check=None) -> list[float]:
+    """Fit ``model`` (logits first in its output) to one fixed batch with Adam and cross-entropy;
+    returns the losses. ``check(output)`` runs on every step's full output."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out[0], y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if check is not None:
+            check(out)
+    return losses
+
+
 @pytest.fixture(scope="session")
 def sample_fasta() -> Path:
     return SAMPLE_FASTA

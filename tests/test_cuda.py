@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from conftest import adam_steps
 
 from quixer.model import Quixer
 
@@ -52,13 +53,5 @@ def test_training_steps_on_the_gpu_lower_the_loss():
     gpu.dropout.p = 0.1
     x = torch.randint(0, 13, (32, 7), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     y = (x[:, -1] + 1) % 13
-    optimizer = torch.optim.Adam(gpu.parameters(), lr=0.03)
-    losses = []
-    for _ in range(30):
-        logits, _ = gpu(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_steps(gpu, x, y, 30)
     assert losses[-1] < 0.7 * losses[0]
