@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Stage 1: RNA FASTA -> windows of overlapping k-mers, split by gene group.
+"""Stage 1: RNA FASTA -> windows of overlapping k-mers, split by shared-sequence group.
 
   python prepare_autoregressive_data.py --fasta data/sample_rna.fasta.gz --output_dir autoregressive_data
 
 Writes {train,val,test}/sentences.txt (one window of space-separated k-mers per line),
-labels.txt (index of the window's last k-mer), sources.txt (ACCESSION OFFSET) and
-metadata.json. Rerunning with the same input and flags does nothing; other flags on a
+labels.txt (index of the window's last k-mer), sources.txt (ACCESSION OFFSET), for val and
+test novel.txt (per window position: 1 if its context is found in no train transcript), and
+metadata.json (with the split groups and the leakage statistics). Rerunning with the same input and flags does nothing; other flags on a
 finished directory are refused unless --force.
 """
 from __future__ import annotations
@@ -35,9 +36,12 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     meta = prepare_autoregressive_data(args.fasta, args.output_dir, window_config_from_args(args), force=args.force)
     counts = ", ".join(f"{s} {meta['counts'][s]['windows']:,}" for s in SPLITS)
-    log.info("%s: %s windows (%s) from %d sequences in %.1f s, peak memory %.0f MiB", args.output_dir,
-             f"{sum(meta['counts'][s]['windows'] for s in SPLITS):,}", counts, meta["records_used"],
-             time.perf_counter() - start, peak_rss_mb())
+    split, leak = meta["split"], meta["leakage"]
+    log.info("%s: %s windows (%s) from %d sequences in %d %s groups (largest %.1f %% of windows); "
+             "contexts found in train: val %.2f %%, test %.2f %%; %.1f s, peak memory %.0f MiB", args.output_dir,
+             f"{sum(meta['counts'][s]['windows'] for s in SPLITS):,}", counts, meta["records_used"], split["groups"],
+             split["method"], 100 * split["largest_group_share"], 100 * leak["val"]["fraction"],
+             100 * leak["test"]["fraction"], time.perf_counter() - start, peak_rss_mb())
     return 0
 
 

@@ -55,6 +55,7 @@ from .common import (
     sha256_file,
     staged_output_dir,
 )
+from .window_sources import WindowSources
 from .windows import BASES, SPLITS, all_kmers, load_metadata, split_kmer_ids
 
 log = logging.getLogger(__name__)
@@ -507,7 +508,9 @@ def encode_windows(data_dir: str | os.PathLike, output_dir: str | os.PathLike, s
             ids = split_kmer_ids(data_dir, split)  # int16 while 4^k <= 32768, else int32
             labels = _read_labels(data_dir, split, len(ids))
             counts[split] = int(len(ids))
-            atomic_torch_save(tmp / f"{split}.pt", {"kmer_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)})
+            sources = WindowSources.from_stage1(data_dir, split, data_meta).to_torch()
+            atomic_torch_save(tmp / f"{split}.pt", {"kmer_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+                                                    "sources": sources})
             if options.materialize:
                 full = WindowEmbeddings(table, torch.from_numpy(ids)).materialize()
                 atomic_torch_save(tmp / f"{split}_embeddings.pt", {"embeddings": full})
@@ -606,8 +609,10 @@ def load_table(enc_dir: str | os.PathLike) -> tuple[list[str], torch.Tensor]:
     return kmers, emb
 
 
-def load_split_ids(enc_dir: str | os.PathLike, split: str, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kmer_ids [N, W], labels [N]) of one split, ids checked against the table size."""
+def load_split_ids(enc_dir: str | os.PathLike, split: str, vocab_size: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, WindowSources | None]:
+    """(kmer_ids [N, W], labels [N], window sources or None for older files) of one split, ids
+    checked against the table size."""
     path = Path(enc_dir) / f"{split}.pt"
     obj = _torch_load(path)
     ids, labels = obj.get("kmer_ids"), obj.get("labels")
@@ -615,7 +620,7 @@ def load_split_ids(enc_dir: str | os.PathLike, split: str, vocab_size: int | Non
         raise UserError(f"{path}: expected kmer_ids [N, W]")
     if vocab_size is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise UserError(f"{path}: k-mer ids outside the table of {vocab_size} k-mers (files from different runs?)")
-    return ids, labels
+    return ids, labels, WindowSources.from_torch(obj.get("sources"), path, int(ids.shape[0]), int(ids.shape[1]))
 
 
 class WindowEmbeddings:
@@ -633,7 +638,7 @@ class WindowEmbeddings:
     @classmethod
     def from_dir(cls, enc_dir: str | os.PathLike, split: str) -> "WindowEmbeddings":
         _, table = load_table(enc_dir)
-        ids, labels = load_split_ids(enc_dir, split, len(table))
+        ids, labels, _ = load_split_ids(enc_dir, split, len(table))
         return cls(table, ids, labels)
 
     def __len__(self) -> int:

@@ -1,15 +1,16 @@
 """Classical-benchmark tokens: the stage-1 windows as ids over the raw k-mer vocabulary.
 
-The same windows and splits as stage 1 (the windowing code is shared, and deterministic for
-a seed), written as ``{split}.pt`` with ``sequences [N, W]`` (int64 k-mer ids, see
-:func:`quixer.windows.kmer_id`), ``labels [N] = sequences[:, -1]`` and ``vocab`` (all 4^k
-k-mers, no specials: every window is made of A/C/G/T k-mers only). The classical baselines
+The same windows and splits as stage 1 (from a FASTA, stage 1 runs on the side), written as
+``{split}.pt`` with ``sequences [N, W]`` (int64 k-mer ids, see :func:`quixer.windows.kmer_id`),
+``labels [N] = sequences[:, -1]``, ``vocab`` (all 4^k k-mers, no specials: every window is
+made of A/C/G/T k-mers only) and ``sources`` (:class:`quixer.window_sources.WindowSources`). The classical baselines
 then run on the un-quantised task.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,20 +18,10 @@ import numpy as np
 import torch
 
 from .common import UserError, atomic_write_json, check_output_dir, read_json, sha256_file, staged_output_dir
-from .windows import SPLITS, WindowConfig, all_kmers, check_fasta_path, iter_windows, kmer_id, load_metadata, plan_splits, split_kmer_ids
+from .window_sources import WindowSources
+from .windows import SPLITS, WindowConfig, all_kmers, check_fasta_path, load_metadata, prepare_autoregressive_data, split_kmer_ids
 
 log = logging.getLogger(__name__)
-
-
-def _from_fasta(fasta: Path, cfg: WindowConfig) -> dict[str, np.ndarray]:
-    _, group_split = plan_splits(fasta, cfg)
-    rows: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
-    for split, _, _, kmers in iter_windows(fasta, cfg, group_split):
-        rows[split].append([kmer_id(km) for km in kmers])
-    empty = [s for s in SPLITS if not rows[s]]
-    if empty:
-        raise UserError(f"split(s) {', '.join(empty)} got no windows: the input is too small to split")
-    return {s: np.asarray(r, dtype=np.int64) for s, r in rows.items()}
 
 
 def prepare_classical_benchmarks(output_dir: str | os.PathLike, *, fasta: str | os.PathLike | None = None,
@@ -54,15 +45,20 @@ def prepare_classical_benchmarks(output_dir: str | os.PathLike, *, fasta: str | 
         log.info("%s is up to date; nothing to do", output_dir)
         return read_json(Path(output_dir) / "metadata.json")
 
-    if fasta is not None:
-        ids = _from_fasta(fasta, cfg)
-    else:
-        ids = {s: split_kmer_ids(data_dir, s).astype(np.int64) for s in SPLITS}
     vocab = all_kmers(k)
     with staged_output_dir(output_dir) as tmp:
+        if fasta is not None:  # the very windows, splits and sources of stage 1, made on the side
+            data_dir = tmp / "_stage1"
+            prepare_autoregressive_data(fasta, data_dir, cfg)
+        meta = load_metadata(data_dir)
+        ids = {s: split_kmer_ids(data_dir, s).astype(np.int64) for s in SPLITS}
         for split in SPLITS:
             seq = torch.from_numpy(ids[split])
-            torch.save({"sequences": seq, "labels": seq[:, -1].clone(), "vocab": vocab}, tmp / f"{split}.pt")
+            sources = WindowSources.from_stage1(data_dir, split, meta).to_torch()
+            torch.save({"sequences": seq, "labels": seq[:, -1].clone(), "vocab": vocab, "sources": sources},
+                       tmp / f"{split}.pt")
+        if fasta is not None:
+            shutil.rmtree(data_dir)
         metadata = {
             "stage": "prepare_classical_benchmarks",
             "signature": signature,
@@ -70,6 +66,8 @@ def prepare_classical_benchmarks(output_dir: str | os.PathLike, *, fasta: str | 
             "k": k,
             "window_size": int(ids["train"].shape[1]),
             "counts": {s: int(ids[s].shape[0]) for s in SPLITS},
+            "split": meta.get("split"),
+            "leakage": meta.get("leakage"),
             "token_ids": "k-mer index in lexicographic order over ACGT (A=0, C=1, G=2, T=3, first base most significant)",
         }
         atomic_write_json(tmp / "metadata.json", metadata)

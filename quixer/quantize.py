@@ -17,7 +17,7 @@ import argparse
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from .common import (
     staged_output_dir,
 )
 from .encoding import TABLE_FILE, _torch_load, load_encoder_metadata, load_split_ids, load_table, table_sha256
+from .window_sources import WindowSources
 from .windows import SPLITS
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class _Inputs:
     ids: dict[str, np.ndarray]  # split -> [N, W] int64 indices into table
     kmers: list[str] | None  # None for the full-tensor format
     source: dict  # identifies the input (hashes), goes into the signature
+    sources: dict[str, WindowSources | None] = field(default_factory=dict)  # carried to the token files
 
 
 def _check_splits_exist(input_dir: Path) -> None:
@@ -87,8 +89,9 @@ def _load_table_format(input_dir: Path) -> _Inputs:
     if meta.get("table_sha256") not in (None, digest):
         raise UserError(f"{input_dir}/{TABLE_FILE}: table hash differs from the one in metadata.json")
     ids: dict[str, np.ndarray] = {}
+    sources: dict[str, WindowSources | None] = {}
     for split in SPLITS:
-        kid, _ = load_split_ids(input_dir, split, len(table))
+        kid, _, sources[split] = load_split_ids(input_dir, split, len(table))
         ids[split] = kid.numpy().astype(np.int64)
     widths = {s: a.shape[1] for s, a in ids.items()}
     if len(set(widths.values())) != 1:
@@ -98,7 +101,7 @@ def _load_table_format(input_dir: Path) -> _Inputs:
         "table_sha256": digest,
         "split_sha256": {s: recorded.get(f"{s}.pt") or sha256_file(input_dir / f"{s}.pt") for s in SPLITS},
         "encoder_signature": meta.get("signature"),
-    })
+    }, sources)
 
 
 def _load_full_format(input_dir: Path) -> _Inputs:
@@ -226,7 +229,10 @@ def quantize_embeddings(input_dir: str | os.PathLike, output_dir: str | os.PathL
     with staged_output_dir(output_dir) as tmp:
         for split in SPLITS:
             seq = torch.from_numpy(tokens[ids[split]])
-            atomic_torch_save(tmp / f"{split}.pt", {"sequences": seq, "labels": seq[:, -1].clone()})
+            out = {"sequences": seq, "labels": seq[:, -1].clone()}
+            if inputs.sources.get(split) is not None:
+                out["sources"] = inputs.sources[split].to_torch()
+            atomic_torch_save(tmp / f"{split}.pt", out)
             unseen = int(np.sum(train_counts[ids[split]] == 0))
             split_stats[split] = {"windows": int(seq.shape[0]), "window_size": int(seq.shape[1]),
                                   "positions_with_kmers_unseen_in_train": unseen}

@@ -1,9 +1,11 @@
-"""Stage 1: FASTA -> windows of overlapping k-mers, split by gene group (and the readers).
+"""Stage 1: FASTA -> windows of overlapping k-mers, split by shared-sequence group (and the readers).
 
-Two streaming passes over the FASTA keep memory at one transcript plus output buffers:
-pass 1 validates every record and counts the windows of each split group, the groups are then
-assigned to train/val/test so each split gets its share of windows, and pass 2 writes the
-windows. A window is ``window_size`` consecutive overlapping k-mers (stride 1), so it spans
+Three streaming passes over the FASTA keep memory at one transcript, output buffers and the
+sequence indexes of :mod:`quixer.homology`: pass 1 validates every record, counts its windows
+and collects the sequence evidence that joins transcripts into split groups; the groups are
+then assigned to train/val/test so each split gets its share of windows; pass 2 indexes the
+train transcripts' sequence; pass 3 writes the windows, marking for every val/test position
+whether its context occurs in train (the leakage statistic and the ``novel`` flag). A window is ``window_size`` consecutive overlapping k-mers (stride 1), so it spans
 ``window_size + k - 1`` bases, all inside one run of A/C/G/T: bases are never invented or
 skipped over.
 """
@@ -24,6 +26,7 @@ from tqdm import tqdm
 
 from .common import UserError, check_output_dir, read_json, sha256_file, staged_output_dir, atomic_write_json
 from .fasta import FastaRecord, acgt_runs, group_of, iter_fasta, normalise
+from .homology import HomologyConfig, SharedSequenceGrouper, TrainIndex, context_length, context_seen
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 BASES = "ACGT"
 DEFAULT_FASTA = "GRCh38_genomic_dataset/rna_sequences.fasta"
 DEFAULT_DATA_DIR = "autoregressive_data"
+SPLIT_METHODS = ("homology", "locus", "window")
 
 
 # --------------------------------------------------------------------------- k-mer vocabulary
@@ -61,7 +65,8 @@ class WindowConfig:
     max_sequences: int | None = None
     max_windows_per_sequence: int | None = None
     seed: int = 42
-    split_by: str = "group"
+    split_by: str = "homology"
+    homology: HomologyConfig = HomologyConfig()
 
     @property
     def stride(self) -> int:
@@ -78,8 +83,9 @@ class WindowConfig:
                 raise UserError(f"--{name if name != 'stride' else 'window_stride'} must be >= 1")
         if self.k > 12:
             raise UserError("--k must be <= 12 (4^k k-mers)")
-        if self.split_by not in ("group", "window"):
-            raise UserError(f"--split_by must be group or window, not {self.split_by!r}")
+        if self.split_by not in SPLIT_METHODS:
+            raise UserError(f"--split_by must be one of {', '.join(SPLIT_METHODS)}, not {self.split_by!r}")
+        self.homology.validate()
         for name in ("max_sequences", "max_windows_per_sequence"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -109,9 +115,9 @@ def window_kmers(normalised: str, offset: int, cfg: WindowConfig) -> list[str]:
 
 @dataclass
 class _Scan:
-    """What pass 1 learns: kept records in order, windows per group, and skip counts."""
+    """What pass 1 learns: kept records in order, their gene tags and windows, and skip counts."""
 
-    kept: list[tuple[str, str, int]] = field(default_factory=list)  # (accession, group, n_windows)
+    kept: list[tuple[str, str | None, int]] = field(default_factory=list)  # (accession, gene tag, n_windows)
     skipped: Counter = field(default_factory=Counter)
     records: int = 0
     bases: int = 0
@@ -120,7 +126,7 @@ class _Scan:
 def _usable_records(fasta: Path, cfg: WindowConfig, desc: str) -> Iterator[tuple[FastaRecord, str, list[int]]]:
     """Records that give at least one window, de-duplicated by accession, up to max_sequences.
 
-    Both passes call this, so they agree on exactly which records and windows are used.
+    Every pass calls this, so they agree on exactly which records and windows are used.
     """
     seen: set[str] = set()
     used = 0
@@ -145,15 +151,29 @@ def _usable_records(fasta: Path, cfg: WindowConfig, desc: str) -> Iterator[tuple
         yield record, "", offsets
 
 
-def scan_fasta(fasta: Path, cfg: WindowConfig) -> _Scan:
+def _kept_records(fasta: Path, cfg: WindowConfig, desc: str) -> Iterator[tuple[FastaRecord, list[int]]]:
+    for record, skip, offsets in _usable_records(fasta, cfg, desc):
+        if not skip:
+            yield record, offsets
+
+
+def _gene_tag(header: str, accession: str) -> str | None:
+    group = group_of(header)
+    return None if group == accession else group
+
+
+def scan_fasta(fasta: Path, cfg: WindowConfig, grouper: SharedSequenceGrouper | None = None) -> _Scan:
+    """Pass 1: validate every record, count windows; feed used transcripts to ``grouper``."""
     scan = _Scan()
     for record, skip, offsets in _usable_records(fasta, cfg, "scan"):
         scan.records += 1
         scan.bases += len(record.sequence)
         if skip:
             scan.skipped[skip] += 1
-        else:
-            scan.kept.append((record.accession, group_of(record.header), len(offsets)))
+            continue
+        scan.kept.append((record.accession, _gene_tag(record.header, record.accession), len(offsets)))
+        if grouper is not None:
+            grouper.add(record.sequence)
     if not scan.kept:
         if scan.skipped.get("shorter_than_window") or scan.skipped.get("shorter_than_min_length"):
             raise UserError(
@@ -173,7 +193,7 @@ def assign_groups(group_windows: dict[str, int], seed: int) -> dict[str, str]:
     groups = sorted(group_windows)
     if len(groups) < len(SPLITS):
         raise UserError(
-            f"only {len(groups)} gene group(s) in the input: a split by group needs at least 3 "
+            f"only {len(groups)} split group(s) in the input: a split by group needs at least 3 "
             "(add sequences, or use --split_by window and accept leakage)"
         )
     order = np.random.default_rng(seed).permutation(len(groups))
@@ -200,29 +220,85 @@ def _window_split(cfg: WindowConfig, accession: str, offset: int) -> str:
     return "train" if u < SPLIT_FRACTIONS[0] else ("val" if u < SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1] else "test")
 
 
-def iter_windows(fasta: Path, cfg: WindowConfig, group_split: dict[str, str] | None) -> Iterator[tuple[str, str, int, list[str]]]:
-    """Pass 2: (split, accession, offset, kmers) for every window, in file order."""
-    for record, skip, offsets in _usable_records(fasta, cfg, "windows"):
-        if skip:
-            continue
-        seq = normalise(record.sequence)
-        acc = record.accession
-        fixed = group_split[group_of(record.header)] if group_split is not None else None
-        for offset in offsets:
-            yield fixed or _window_split(cfg, acc, offset), acc, offset, window_kmers(seq, offset, cfg)
+@dataclass
+class SplitPlan:
+    """Where every used transcript goes: its split group, the group's split (``None`` per
+    transcript with ``--split_by window``), the train sequence index, and grouping figures."""
+
+    group_of: dict[str, str]
+    split_of_group: dict[str, str] | None
+    train_index: TrainIndex
+    statistics: dict
+
+    def split_of(self, accession: str) -> str | None:
+        return None if self.split_of_group is None else self.split_of_group[self.group_of[accession]]
 
 
-def plan_splits(fasta: Path, cfg: WindowConfig) -> tuple[_Scan, dict[str, str] | None]:
-    """Pass 1 and the split plan: group -> split (None with ``--split_by window``)."""
-    scan = scan_fasta(fasta, cfg)
+@dataclass(frozen=True)
+class Window:
+    split: str
+    accession: str
+    offset: int
+    kmers: list[str]
+    context_seen: np.ndarray | None  # [W] bools for val/test windows, None for train
+
+
+def _group_transcripts(scan: _Scan, cfg: WindowConfig, grouper: SharedSequenceGrouper | None) -> tuple[dict[str, str], dict]:
+    """accession -> group name (the group's first accession, or its gene tag with --split_by locus)."""
+    accessions = [acc for acc, _, _ in scan.kept]
+    if cfg.split_by == "window":
+        return {a: a for a in accessions}, {"method": "window"}
+    if cfg.split_by == "locus":
+        return {a: (tag or a) for a, tag, _ in scan.kept}, {"method": "locus"}
+    grouping = grouper.groups([tag for _, tag, _ in scan.kept], [n for _, _, n in scan.kept])
+    stats = {"method": "homology", "joined_by_gene_tag": grouping.joined_by_tag,
+             "sharing_pairs": grouping.joined_by_sequence, "refused_joins": grouping.refused,
+             **asdict(cfg.homology)}
+    if grouping.refused:
+        log.warning("%d joins of transcripts sharing sequence were refused because the group would hold "
+                    "more than %.1f %% of the windows (--max_group_share); their shared sequence may leak",
+                    grouping.refused, 100 * cfg.homology.max_group_share)
+    return {a: accessions[int(root)] for a, root in zip(accessions, grouping.labels)}, stats
+
+
+def plan_splits(fasta: Path, cfg: WindowConfig) -> tuple[_Scan, SplitPlan]:
+    """Pass 1, the split groups and their splits, and the pass that indexes train sequence."""
+    grouper = SharedSequenceGrouper(cfg.homology) if cfg.split_by == "homology" else None
+    scan = scan_fasta(fasta, cfg, grouper)
+    group_of_acc, stats = _group_transcripts(scan, cfg, grouper)
+    group_windows: dict[str, int] = Counter()
+    for acc, _, n in scan.kept:
+        group_windows[group_of_acc[acc]] += n
+    total = sum(group_windows.values())
+    stats.update(groups=len(group_windows), largest_group_windows=max(group_windows.values()),
+                 largest_group_share=max(group_windows.values()) / total)
     if cfg.split_by == "window":
         log.warning("--split_by window: overlapping windows and shared exons leak between splits; "
                     "numbers from this split overstate generalisation")
-        return scan, None
-    group_windows: dict[str, int] = Counter()
-    for _, group, n in scan.kept:
-        group_windows[group] += n
-    return scan, assign_groups(group_windows, cfg.seed)
+        split_of_group = None
+    else:
+        split_of_group = assign_groups(group_windows, cfg.seed)
+    index = TrainIndex(context_length(cfg.window_size, cfg.k))
+    for record, _ in _kept_records(fasta, cfg, "index"):  # with --split_by window every transcript is train
+        if split_of_group is None or split_of_group[group_of_acc[record.accession]] == "train":
+            index.add(normalise(record.sequence))
+    return scan, SplitPlan(group_of_acc, split_of_group, index.freeze(), stats)
+
+
+def iter_windows(fasta: Path, cfg: WindowConfig, plan: SplitPlan) -> Iterator[Window]:
+    """Pass 2: every window in file order, with whether each position's context is in train."""
+    length = plan.train_index.length
+    for record, offsets in _kept_records(fasta, cfg, "windows"):
+        seq = normalise(record.sequence)
+        acc = record.accession
+        fixed = plan.split_of(acc)
+        splits = [fixed or _window_split(cfg, acc, o) for o in offsets]
+        seen = None
+        if any(s != "train" for s in splits):
+            seen = context_seen(plan.train_index.seen(seq), np.asarray(offsets), cfg.window_size, cfg.k, length)
+        for i, (split, offset) in enumerate(zip(splits, offsets)):
+            yield Window(split, acc, offset, window_kmers(seq, offset, cfg),
+                         None if split == "train" else seen[i])
 
 
 def check_fasta_path(fasta: str | os.PathLike) -> Path:
@@ -244,30 +320,9 @@ def prepare_autoregressive_data(fasta: str | os.PathLike, output_dir: str | os.P
         log.info("%s is up to date (same input and parameters); nothing to do", output_dir)
         return read_json(output_dir / "metadata.json")
 
-    scan, group_split = plan_splits(fasta, cfg)
-
-    counts = {s: {"windows": 0, "sequences": 0} for s in SPLITS}
+    scan, plan = plan_splits(fasta, cfg)
     with staged_output_dir(output_dir) as tmp:
-        handles = {}
-        for split in SPLITS:
-            (tmp / split).mkdir()
-            handles[split] = {name: open(tmp / split / f"{name}.txt", "w", encoding="ascii", buffering=1 << 20)
-                              for name in ("sentences", "labels", "sources")}
-        last_acc = {s: None for s in SPLITS}
-        try:
-            for split, acc, offset, kmers in iter_windows(fasta, cfg, group_split):
-                h = handles[split]
-                h["sentences"].write(" ".join(kmers) + "\n")
-                h["labels"].write(f"{kmer_id(kmers[-1])}\n")
-                h["sources"].write(f"{acc} {offset}\n")
-                counts[split]["windows"] += 1
-                if last_acc[split] != acc:
-                    counts[split]["sequences"] += 1
-                    last_acc[split] = acc
-        finally:
-            for h in handles.values():
-                for fh in h.values():
-                    fh.close()
+        counts = _write_windows(tmp, fasta, cfg, plan)
         empty = [s for s in SPLITS if counts[s]["windows"] == 0]
         if empty:
             raise UserError(f"split(s) {', '.join(empty)} got no windows: the input is too small to split")
@@ -285,13 +340,64 @@ def prepare_autoregressive_data(fasta: str | os.PathLike, output_dir: str | os.P
             "records_skipped": dict(scan.skipped),
             "counts": counts,
             "labels": f"index of the window's last k-mer in the {4 ** cfg.k} k-mers over ACGT in lexicographic order",
+            "split": plan.statistics | {"shares": _shares(counts)},
+            "leakage": _leakage(counts, plan.train_index.length),
             "groups": (
-                {s: sorted(g for g, gs in group_split.items() if gs == s) for s in SPLITS}
-                if group_split is not None else None
+                {s: sorted({g for a, g in plan.group_of.items() if plan.split_of(a) == s}) for s in SPLITS}
+                if plan.split_of_group is not None else None
             ),
+            "transcript_groups": plan.group_of,
         }
         atomic_write_json(tmp / "metadata.json", metadata)
     return metadata
+
+
+#: Text files per split; val and test also get novel.txt (see :func:`read_window_sources`).
+_SPLIT_FILES = ("sentences", "labels", "sources")
+_HELD_OUT_FILES = _SPLIT_FILES + ("novel",)
+
+
+def _write_windows(tmp: Path, fasta: Path, cfg: WindowConfig, plan: SplitPlan) -> dict:
+    """Pass 3: the per-split text files; returns the counts (and context-in-train counts)."""
+    counts = {s: {"windows": 0, "sequences": 0} | ({"context_in_train": 0} if s != "train" else {}) for s in SPLITS}
+    handles = {}
+    for split in SPLITS:
+        (tmp / split).mkdir()
+        names = _SPLIT_FILES if split == "train" else _HELD_OUT_FILES
+        handles[split] = {n: open(tmp / split / f"{n}.txt", "w", encoding="ascii", buffering=1 << 20) for n in names}
+    last_acc = dict.fromkeys(SPLITS)
+    try:
+        for w in iter_windows(fasta, cfg, plan):
+            h, c = handles[w.split], counts[w.split]
+            h["sentences"].write(" ".join(w.kmers) + "\n")
+            h["labels"].write(f"{kmer_id(w.kmers[-1])}\n")
+            h["sources"].write(f"{w.accession} {w.offset}\n")
+            if w.context_seen is not None:
+                h["novel"].write(np.where(w.context_seen, 48, 49).astype(np.uint8).tobytes().decode() + "\n")
+                c["context_in_train"] += bool(w.context_seen[-1])
+            c["windows"] += 1
+            if last_acc[w.split] != w.accession:
+                c["sequences"] += 1
+                last_acc[w.split] = w.accession
+    finally:
+        for h in handles.values():
+            for fh in h.values():
+                fh.close()
+    return counts
+
+
+def _shares(counts: dict) -> dict[str, float]:
+    total = sum(c["windows"] for c in counts.values())
+    return {s: c["windows"] / total if total else 0.0 for s, c in counts.items()}
+
+
+def _leakage(counts: dict, length: int) -> dict:
+    """Share of val/test windows whose context's last ``length`` bases occur in a train transcript."""
+    out: dict = {"context_bases": length}
+    for split in ("val", "test"):
+        n, leaked = counts[split]["windows"], counts[split]["context_in_train"]
+        out[split] = {"windows": n, "context_in_train": leaked, "fraction": leaked / n if n else 0.0}
+    return out
 
 
 def add_window_args(parser: argparse.ArgumentParser) -> None:
@@ -305,8 +411,20 @@ def add_window_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max_sequences", type=int, default=None, help="use at most this many sequences (default: all)")
     g.add_argument("--max_windows_per_sequence", type=int, default=None,
                    help="keep a seeded random subset of at most this many windows per sequence (default: all)")
-    g.add_argument("--split_by", choices=("group", "window"), default="group",
-                   help="group: no gene in two splits (default); window: the original shuffled-window split (leaks)")
+    g.add_argument("--split_by", choices=SPLIT_METHODS + ("group",), default="homology",
+                   help="homology: transcripts sharing sequence (isoforms, copies, paralogs) or a gene tag form "
+                        "one group, no group in two splits (default); locus: group by the header's locus=/gene= "
+                        "tag or gene symbol only ('group' is its old name); window: the original shuffled-window "
+                        "split (leaks)")
+    g.add_argument("--min_shared_kmers", type=int, default=HomologyConfig.min_shared_kmers,
+                   help="homology: join two transcripts sharing at least this many informative 32-mers "
+                        "(default: %(default)s)")
+    g.add_argument("--max_kmer_transcripts", type=int, default=HomologyConfig.max_kmer_transcripts,
+                   help="homology: ignore 32-mers found in more transcripts than this, as repeats "
+                        "(default: %(default)s)")
+    g.add_argument("--max_group_share", type=float, default=HomologyConfig.max_group_share,
+                   help="homology: refuse a join that would put more than this share of the windows in one "
+                        "group (default: %(default)s)")
     g.add_argument("--seed", type=int, default=42, help="seed for the split and window subsets (default: 42)")
 
 
@@ -314,7 +432,10 @@ def window_config_from_args(args: argparse.Namespace) -> WindowConfig:
     return WindowConfig(k=args.k, window_size=args.window_size, window_stride=args.window_stride,
                         min_length=args.min_length, max_sequences=args.max_sequences,
                         max_windows_per_sequence=args.max_windows_per_sequence, seed=args.seed,
-                        split_by=args.split_by)
+                        split_by="locus" if args.split_by == "group" else args.split_by,
+                        homology=HomologyConfig(min_shared_kmers=args.min_shared_kmers,
+                                                max_kmer_transcripts=args.max_kmer_transcripts,
+                                                max_group_share=args.max_group_share))
 
 
 # --------------------------------------------------------------------------- readers

@@ -67,13 +67,15 @@ def test_windows_are_exact_substrings_of_the_normalised_sequence(stage1_dir):
 
 
 def test_no_group_in_two_splits(stage1_dir):
-    groups = {}
+    meta = json.loads((stage1_dir / "metadata.json").read_text())
     headers = {r.accession: group_of(r.header) for r in iter_fasta(SAMPLE_FASTA)}
+    loci, groups = {}, {}
     for split in SPLITS:
         accs = {line.split()[0] for line in read_lines(stage1_dir / split / "sources.txt")}
-        groups[split] = {headers[a] for a in accs}
-    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
-    meta = json.loads((stage1_dir / "metadata.json").read_text())
+        loci[split] = {headers[a] for a in accs}  # gene tags are one of the joining signals
+        groups[split] = {meta["transcript_groups"][a] for a in accs}
+    for named in (loci, groups):
+        assert not (named["train"] & named["val"]) and not (named["train"] & named["test"]) and not (named["val"] & named["test"])
     assert {s: set(meta["groups"][s]) for s in SPLITS} == groups
 
 
@@ -210,7 +212,10 @@ def test_classical_tokens_match_stage1_windows(tmp_path, stage1_dir):
             assert [vocab[i] for i in seqs[row].tolist()] == windows[row]
     from_dir = tmp_path / "cb2"
     assert run_script("prepare_classical_benchmarks.py", "--data_dir", stage1_dir, "--output_dir", from_dir).returncode == 0
-    assert torch.equal(torch.load(from_dir / "test.pt")["sequences"], torch.load(out / "test.pt")["sequences"])
+    a, b = torch.load(from_dir / "test.pt"), torch.load(out / "test.pt")
+    assert torch.equal(a["sequences"], b["sequences"])
+    assert torch.equal(a["sources"]["offsets"], b["sources"]["offsets"]) and torch.equal(a["sources"]["novel"], b["sources"]["novel"])
+    assert a["sources"]["accessions"] == b["sources"]["accessions"] and a["sources"]["novel"].shape == a["sequences"].shape
 
 
 def test_classical_prep_usage_error():

@@ -13,6 +13,7 @@ from conftest import run_script
 from quixer.common import UserError, atomic_torch_save, atomic_write_json, sha256_file
 from quixer.encoding import TABLE_FILE, encode_windows, table_sha256
 from quixer.quantize import QuantizeConfig, mean_hamming, quantize_embeddings
+from quixer.window_sources import WindowSources
 
 import quantize_lambeq_embeddings
 
@@ -95,6 +96,20 @@ def test_outputs_on_real_embeddings(real_stage2, quantized):
     assert meta["empty_clusters"] == sum(1 for s in meta["cluster_sizes_distinct_kmers"]["sizes"] if s == 0)
     assert meta["hamming_within_cluster"] < 0.8 * meta["hamming_random_pairs"]
     assert meta["input_table_sha256"] == enc_meta["table_sha256"]
+
+
+def test_window_sources_travel_from_stage1_to_the_tokens(stage1_dir, real_stage2, quantized):
+    meta = json.loads((stage1_dir / "metadata.json").read_text())
+    for split in SPLITS:
+        expected = WindowSources.from_stage1(stage1_dir, split, meta)
+        for path in (real_stage2 / f"{split}.pt", quantized / f"{split}.pt"):
+            obj = torch.load(path)
+            got = WindowSources.from_torch(obj["sources"], path, len(expected), 32)
+            assert got.accessions == expected.accessions and got.groups == expected.groups
+            assert np.array_equal(got.transcript, expected.transcript) and np.array_equal(got.offsets, expected.offsets)
+            assert (got.novel is None) == (split == "train")
+            if got.novel is not None:
+                assert np.array_equal(got.novel, expected.novel) and got.novel[:, -1].mean() > 0.9
 
 
 def test_rerun_is_a_no_op_other_flags_refused_force_replaces(real_stage2, quantized):
