@@ -1,28 +1,32 @@
 #!/usr/bin/env bash
 # The main job: stages 1-4 and the report, on the embedded real-RNA sample by default.
 #
-#   bash run_pipeline.sh [--fasta FILE] [--out DIR] [--epochs N] [--device auto|cpu|cuda] [--jobs 1|2]
+#   bash run_pipeline.sh [--fasta FILE] [--out DIR] [--epochs N] [--seeds N] [--device auto|cpu|cuda] [--jobs 1|2]
 #
 # Everything goes under --out (default pipeline_out): one directory per stage with the names
-# the stage scripts use, runs/<model>/ per model, and results.json, results.md and the PNG
-# plots at the top. Rerunning reuses every stage whose input and parameters did not change.
-# --jobs 2 (default on 2+ cores) trains Quixer beside the baselines, splitting the cores.
+# the stage scripts use, runs/<model>/seed_<s>/ per trained model and seed (seeds 42, 43, ...),
+# runs/<reference>/ per reference, and results.json, results.md and the PNG plots at the top.
+# --epochs is the most epochs a run may take (early stopping usually ends it sooner).
+# Rerunning reuses every stage and run whose input and parameters did not change.
+# --jobs 2 (default on 2+ cores) trains Quixer beside the other models, splitting the cores.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
 
 fasta="$here/data/sample_rna.fasta.gz"
 out="pipeline_out"
-epochs=3
+epochs=6
+seeds=1
 device="auto"
 cores=$(nproc 2>/dev/null || echo 1)
 jobs=$([ "$cores" -ge 2 ] && echo 2 || echo 1)
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --fasta) fasta="${2:?--fasta needs a file}"; shift 2 ;;
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
     --epochs) epochs="${2:?--epochs needs a number}"; shift 2 ;;
+    --seeds) seeds="${2:?--seeds needs a number}"; shift 2 ;;
     --device) device="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
     --jobs) jobs="${2:?--jobs needs 1 or 2}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -30,6 +34,7 @@ while [ "$#" -gt 0 ]; do
   esac
 done
 case "$epochs" in ''|*[!0-9]*|0) echo "error: --epochs must be a positive integer" >&2; exit 2 ;; esac
+case "$seeds" in ''|*[!0-9]*|0) echo "error: --seeds must be a positive integer" >&2; exit 2 ;; esac
 case "$jobs" in 1|2) ;; *) echo "error: --jobs must be 1 or 2" >&2; exit 2 ;; esac
 [ -f "$fasta" ] || { echo "error: $fasta: file not found" >&2; exit 2; }
 
@@ -45,15 +50,20 @@ step "stage 2: lambeq k-mer embeddings"
 "$py" "$here/lambeq_encoder.py" --data_dir "$data" --output_dir "$emb" --device "$device"
 step "stage 3: k-means into 512 tokens"
 "$py" "$here/quantize_lambeq_embeddings.py" --input_dir "$emb" --output_dir "$tok"
-quixer_cmd=("$py" "$here/train_quixer_hybrid.py" --data_dir "$tok" --epochs "$epochs" --device "$device"
-            --output_dir "$runs/quixer" --resume)
+seed_list=$(seq 42 $((41 + seeds)))
+train_quixer() {  # every seed, one after the other
+  for s in $seed_list; do
+    "$py" "$here/train_quixer_hybrid.py" --data_dir "$tok" --epochs "$epochs" --device "$device" --seed "$s" \
+      --output_dir "$runs/quixer/seed_$s" --resume
+  done
+}
 qpid=""
 if [ "$jobs" -eq 2 ]; then
   # one core each: two processes with all threads each would fight over the cores
   threads=$(( cores / 2 > 0 ? cores / 2 : 1 ))
   export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
-  step "stage 4a: Quixer ($epochs epochs) in the background, log in $out/quixer_train.log"
-  "${quixer_cmd[@]}" > "$out/quixer_train.log" 2>&1 &
+  step "stage 4a: Quixer ($seeds seed(s), at most $epochs epochs) in the background, log in $out/quixer_train.log"
+  train_quixer > "$out/quixer_train.log" 2>&1 &
   qpid=$!
   trap '[ -n "$qpid" ] && kill "$qpid" 2>/dev/null' EXIT
 fi
@@ -61,10 +71,12 @@ for ref in uniform unigram ngram; do
   step "reference baseline: $ref"
   "$py" "$here/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --output_dir "$runs/$ref"
 done
-for model in lstm transformer; do
-  step "stage 4b: $model ($epochs epochs)"
-  "$py" "$here/train_classical_baselines.py" --model "$model" --data_dir "$tok" --epochs "$epochs" \
-    --device "$device" --output_dir "$runs/$model" --resume
+for model in quixer_ablation lstm transformer; do
+  for s in $seed_list; do
+    step "stage 4b: $model, seed $s (at most $epochs epochs)"
+    "$py" "$here/train_classical_baselines.py" --model "$model" --data_dir "$tok" --epochs "$epochs" \
+      --device "$device" --seed "$s" --output_dir "$runs/$model/seed_$s" --resume
+  done
 done
 if [ -n "$qpid" ]; then
   step "waiting for Quixer"
@@ -77,8 +89,8 @@ if [ -n "$qpid" ]; then
   qpid=""
   grep -E "epoch [0-9]+/|test:|already finished" "$out/quixer_train.log" >&2 || true
 else
-  step "stage 4a: Quixer ($epochs epochs)"
-  "${quixer_cmd[@]}"
+  step "stage 4a: Quixer ($seeds seed(s), at most $epochs epochs)"
+  train_quixer
 fi
 step "report"
 "$py" "$here/report_results.py" "$runs" --output_dir "$out"

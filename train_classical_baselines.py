@@ -3,16 +3,21 @@
 
 Neural models (trained by the same loop as Quixer, same flags, metrics and run files):
   lstm, transformer, fnet   sizes from --preset (default, paper96, paper128) or the size flags.
-Reference predictors (no gradient training; fitted on train, chosen on val, scored on test):
+  quixer_ablation           Quixer with its quantum block replaced by a classical pooling of the
+                            same embeddings (same embedding, head and training).
+Reference predictors (no gradient training; fitted on train, chosen on val, scored on the same
+test targets as the trained models):
   uniform, unigram, ngram   (interpolated Kneser-Ney, order chosen on validation).
 
-Output: runs/<model>/ (runs/<model>_<preset>/ for the paper presets) with config.json and
-results.json (+ metrics.jsonl, best.pt, last.pt for the neural models).
+Output: runs/<model>/ (runs/<model>_<preset>/ for the paper presets) with config.json,
+results.json and the per-target scores {val,test}_scores.npz (+ metrics.jsonl, best.pt,
+last.pt for the neural models).
 
 Examples:
   python train_classical_baselines.py --model lstm
   python train_classical_baselines.py --model transformer --preset paper128 --epochs 30
   python train_classical_baselines.py --model ngram
+  python train_classical_baselines.py --model quixer_ablation
   python train_classical_baselines.py --model lstm --data_dir classical_benchmarks   # raw k-mer tokens
 """
 from __future__ import annotations
@@ -38,9 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = parser.add_argument_group("reference models")
     g.add_argument("--max_order", type=int, default=DEFAULT_MAX_ORDER,
                    help="ngram: largest order tried on validation (default: %(default)s)")
-    g.add_argument("--positions", choices=("auto", "all", "last"), default="auto",
-                   help="ngram: count n-grams at every window position, only at the target, or pick on "
-                        "validation (default: %(default)s)")
     args = parse_args(parser, argv)
     setup_logging(args.verbose)
     train_classical(args)

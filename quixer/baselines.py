@@ -1,8 +1,10 @@
-"""Classical neural baselines: LSTM, Transformer and FNet next-token models.
+"""Classical neural baselines: LSTM, Transformer and FNet next-token models, and the Quixer
+ablation.
 
 Each reads the W - 1 input tokens and predicts the next token from the representation of
 the last input position, exactly the task Quixer solves, and returns plain logits
-``[B, vocab]``. The ``paper96`` / ``paper128`` presets follow the baselines of the Quixer
+``[B, vocab]``. ``quixer_ablation`` is Quixer with its quantum block replaced by a classical
+pooling (:class:`QuixerAblation`): what the LCU + QSVT block adds is the gap between the two. The ``paper96`` / ``paper128`` presets follow the baselines of the Quixer
 paper (arXiv:2406.04305): embedding 96 or 128, LSTM 2 layers (hidden = embedding),
 Transformer 1 layer 1 head (feed-forward 4x), FNet 2 layers (feed-forward 4x). The
 ``default`` preset sizes them for a 512-token vocabulary: LSTM about 220k parameters,
@@ -19,36 +21,45 @@ from torch import nn
 
 from .common import UserError
 
-NEURAL_MODELS = ("lstm", "transformer", "fnet")
+NEURAL_MODELS = ("lstm", "transformer", "fnet", "quixer_ablation")
 PRESETS = ("default", "paper96", "paper128")
 
-# Size per (preset, model): embedding_dim, hidden_dim, num_layers, num_heads.
+# Size per (preset, model): embedding_dim, hidden_dim, num_layers, num_heads. The ablation
+# mirrors Quixer's defaults in every preset (its angle map and features follow --qubits and
+# --ansatz_layers; hidden_dim, num_layers and num_heads are not used).
+_ABLATION_SIZE = dict(embedding_dim=512, hidden_dim=1, num_layers=1, num_heads=1)
 _SIZES: dict[str, dict[str, dict[str, int]]] = {
     "default": {
         "lstm": dict(embedding_dim=64, hidden_dim=96, num_layers=2, num_heads=1),
         "transformer": dict(embedding_dim=128, hidden_dim=512, num_layers=2, num_heads=4),
         "fnet": dict(embedding_dim=128, hidden_dim=512, num_layers=2, num_heads=1),
+        "quixer_ablation": _ABLATION_SIZE,
     },
     **{
         f"paper{d}": {
             "lstm": dict(embedding_dim=d, hidden_dim=d, num_layers=2, num_heads=1),
             "transformer": dict(embedding_dim=d, hidden_dim=4 * d, num_layers=1, num_heads=1),
             "fnet": dict(embedding_dim=d, hidden_dim=4 * d, num_layers=2, num_heads=1),
+            "quixer_ablation": _ABLATION_SIZE,
         }
         for d in (96, 128)
     },
 }
-# Training defaults of the Quixer paper's code for each baseline (used when a flag is not given).
+# Training defaults of the Quixer paper's code for each baseline (used when a flag is not given);
+# the ablation trains as Quixer does.
 _TRAINING_DEFAULTS = {
     "lstm": dict(lr=0.002, dropout=0.3),
     "transformer": dict(lr=0.001, dropout=0.1),
     "fnet": dict(lr=0.002, dropout=0.1),
+    "quixer_ablation": dict(lr=0.002, dropout=0.1),
 }
 _SIZE_KEYS = ("embedding_dim", "hidden_dim", "num_layers", "num_heads")
 
 
 class LSTMModel(nn.Module):
     """Embedding -> stacked LSTM -> linear read-out of the last time step."""
+
+    PARAMETER_GROUPS = {"embedding": ("embedding.",), "body": ("lstm.",), "head": ("project.",)}
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, num_layers: int, dropout: float) -> None:
         super().__init__()
@@ -65,7 +76,14 @@ class LSTMModel(nn.Module):
 
 
 class TransformerModel(nn.Module):
-    """Causal Transformer encoder with learned positions; predicts from the last position."""
+    """Causal Transformer encoder with learned positions; predicts from the last position.
+
+    Only the last position's output is read, so the final layer runs its attention for that one
+    query and its feed-forward on that one position: the same function as the full layer at
+    that position, without the work whose output would be dropped.
+    """
+
+    PARAMETER_GROUPS = {"embedding": ("embedding.", "position"), "body": ("encoder.",), "head": ("project.",)}
 
     def __init__(
         self, vocab_size: int, n_tokens: int, embedding_dim: int, hidden_dim: int, num_layers: int,
@@ -88,8 +106,19 @@ class TransformerModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
         h = self.dropout(self.embedding(x) + self.position[:t])
-        h = self.encoder(h, mask=self.causal_mask[:t, :t], is_causal=True)
-        return self.project(h[:, -1])
+        *layers, last = self.encoder.layers
+        for layer in layers:
+            h = layer(h, src_mask=self.causal_mask[:t, :t], is_causal=True)
+        return self.project(_last_position(last, h))
+
+
+def _last_position(layer: nn.TransformerEncoderLayer, h: torch.Tensor) -> torch.Tensor:
+    """``layer(h, causal)[:, -1]`` for a post-norm encoder layer, computing only that position
+    (the last query may attend to every key, so no mask is needed)."""
+    q = h[:, -1:]
+    z = layer.norm1(q + layer.dropout1(layer.self_attn(q, h, h, need_weights=False)[0]))
+    z = layer.norm2(z + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(z))))))
+    return z[:, 0]
 
 
 class FNetModel(nn.Module):
@@ -97,6 +126,9 @@ class FNetModel(nn.Module):
 
     Causality is not needed inside the window: every input token precedes the target.
     """
+
+    PARAMETER_GROUPS = {"embedding": ("embedding.", "position"), "body": ("mix_norms.", "ff_norms.", "ffs."),
+                        "head": ("project.",)}
 
     def __init__(
         self, vocab_size: int, n_tokens: int, embedding_dim: int, hidden_dim: int, num_layers: int, dropout: float,
@@ -125,6 +157,45 @@ class FNetModel(nn.Module):
         return self.project(h[:, -1])
 
 
+class QuixerAblation(nn.Module):
+    """Quixer with its quantum block replaced by a classical pooling of the same token embeddings.
+
+    Quixer: embedding -> angle map (Linear E -> 4 n L) -> token circuits -> LCU over positions
+    -> QSVT polynomial -> feed-forward circuit -> 3 n Pauli expectations -> head. Here the
+    same embedding and angle map, then a trainable weighted sum over positions (one weight
+    per position, as the LCU has) -> Linear(4 n L -> 3 n) -> tanh (3 n features in [-1, 1],
+    like expectation values) -> the same head (Linear(3 n -> E), ReLU, Linear(E -> V)). The
+    pooling is linear in the tokens: no products between positions, which is what the
+    polynomial of the LCU contributes. Initialised as Quixer's ``small_gaussian`` strategy
+    where the parts are shared (embedding N(0, 0.02^2), Xavier head, zero biases).
+    """
+
+    PARAMETER_GROUPS = {"embedding": ("embedding.",), "angle_map": ("embedding_to_angles.",),
+                        "pooling": ("position_weights", "to_features."), "head": ("output_feedforward.",)}
+
+    def __init__(self, vocab_size: int, n_tokens: int, embedding_dim: int, qubits: int, ansatz_layers: int,
+                 dropout: float) -> None:
+        super().__init__()
+        angles, features = 4 * qubits * ansatz_layers, 3 * qubits
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.embedding_to_angles = nn.Linear(embedding_dim, angles)
+        self.position_weights = nn.Parameter(torch.rand(n_tokens))
+        self.to_features = nn.Linear(angles, features)
+        self.output_feedforward = nn.Sequential(nn.Linear(features, embedding_dim), nn.ReLU(),
+                                                nn.Linear(embedding_dim, vocab_size))
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        for lin in (self.embedding_to_angles, self.to_features, self.output_feedforward[0], self.output_feedforward[2]):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = self.embedding_to_angles(self.dropout(self.embedding(x)))  # [B, W, 4 n L]
+        weights = self.position_weights / self.position_weights.abs().sum().clamp_min(1e-12)
+        pooled = torch.einsum("bwa,w->ba", angles, weights)
+        return self.output_feedforward(torch.tanh(self.to_features(pooled)))
+
+
 def add_classical_model_args(parser: argparse.ArgumentParser) -> None:
     """Size flags of the neural baselines; unset flags come from ``--preset``."""
     g = parser.add_argument_group("classical model size (unset flags come from --preset)")
@@ -136,6 +207,11 @@ def add_classical_model_args(parser: argparse.ArgumentParser) -> None:
                    help="LSTM hidden size / feed-forward width of Transformer and FNet")
     g.add_argument("--num_layers", type=int, default=None, help="LSTM / Transformer / FNet layers")
     g.add_argument("--num_heads", type=int, default=None, help="Transformer attention heads")
+    g.add_argument("--qubits", type=int, default=6,
+                   help="quixer_ablation: the Quixer qubits it mirrors (3 n features) (default: %(default)s)")
+    g.add_argument("--ansatz_layers", type=int, default=4,
+                   help="quixer_ablation: the Quixer ansatz layers it mirrors (angle map width 4 n L) "
+                        "(default: %(default)s)")
 
 
 def resolve_classical_args(args: argparse.Namespace) -> None:
@@ -148,16 +224,18 @@ def resolve_classical_args(args: argparse.Namespace) -> None:
     for key, value in _TRAINING_DEFAULTS[args.model].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for key in _SIZE_KEYS:
-        if getattr(args, key) < 1:
+    for key in _SIZE_KEYS + ("qubits", "ansatz_layers"):
+        if getattr(args, key, 1) < 1:
             raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
 
 
 def build_classical_model(
     name: str, vocab_size: int, n_tokens: int, *, embedding_dim: int, hidden_dim: int, num_layers: int,
-    num_heads: int = 1, dropout: float = 0.1,
+    num_heads: int = 1, dropout: float = 0.1, qubits: int = 6, ansatz_layers: int = 4,
 ) -> nn.Module:
     """One of :data:`NEURAL_MODELS` with the given size."""
+    if name == "quixer_ablation":
+        return QuixerAblation(vocab_size, n_tokens, embedding_dim, qubits, ansatz_layers, dropout)
     if name == "lstm":
         return LSTMModel(vocab_size, embedding_dim, hidden_dim, num_layers, dropout)
     if name == "transformer":

@@ -1,17 +1,20 @@
 """Token datasets the trainers read: stage-3 tokens or classical-benchmark tokens.
 
-Both directories hold ``{train,val,test}.pt`` with ``sequences`` (int64 ``[N, W]``) and
-``labels`` (``[N]`` = ``sequences[:, -1]``). The task is next-token prediction: the model
-reads ``sequences[:, :-1]`` (W - 1 tokens) and predicts ``sequences[:, -1]``.
+Both directories hold ``{train,val,test}.pt`` with ``sequences`` (int64 ``[N, W]``),
+``labels`` (``[N]`` = ``sequences[:, -1]``) and, from stage 1 on, ``sources`` (where each
+window comes from, :mod:`quixer.window_sources`). The task is next-token prediction: a model
+reads W - 1 tokens and predicts the next one. The windows of each transcript are chained back
+into token streams (:mod:`quixer.streams`): training draws windows at every offset, scoring
+uses every position (or a fixed sample), the same targets for every model.
 
 The vocabulary size comes, in this order, from ``cluster_centers.pt`` (K centroids, stage 3),
 from the ``vocab`` list stored in the split files (classical benchmarks), or else from the
 largest token id over all splits + 1 (a fallback that can undercount when the largest ids
 never occur; it is logged).
 
-Loaders shuffle through a :class:`torch.utils.data.DistributedSampler` in every case (one
-replica when not distributed): the order of epoch ``e`` is a pure function of ``(seed, e)``,
-so a resumed run sees exactly the batches an unbroken run would.
+The windows of training epoch ``e`` are a pure function of ``(seed, e)``
+(:class:`quixer.streams.TrainSchedule`), so a resumed run sees exactly the batches an
+unbroken run would; under DDP each process takes a contiguous share.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
 from .common import UserError, load_torch_file
+from .streams import EvalTargets, TokenStreams
+from .window_sources import WindowSources
 from .windows import SPLITS
 
 log = logging.getLogger("quixer")
@@ -32,8 +37,9 @@ log = logging.getLogger("quixer")
 CLUSTER_CENTERS_FILE = "cluster_centers.pt"
 
 
-def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, list[str] | None]:
-    """Read and validate ``data_dir/{split}.pt``; return (sequences int64 [N, W], vocab or None)."""
+def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, list[str] | None, WindowSources | None]:
+    """Read and validate ``data_dir/{split}.pt``; return (sequences int64 [N, W], vocab or None,
+    window sources or None for files written before they existed)."""
     path = Path(data_dir) / f"{split}.pt"
     if not path.is_file():
         raise UserError(f"{path}: split file not found (expected {', '.join(s + '.pt' for s in SPLITS)} in {data_dir})")
@@ -67,7 +73,8 @@ def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, list[str
     vocab = obj.get("vocab")
     if vocab is not None and not isinstance(vocab, (list, tuple)):
         raise UserError(f"{path}: 'vocab' must be a list of k-mers, got {type(vocab).__name__}")
-    return seq, (list(vocab) if vocab is not None else None)
+    sources = WindowSources.from_torch(obj.get("sources"), path, int(seq.shape[0]), int(seq.shape[1]))
+    return seq, (list(vocab) if vocab is not None else None), sources
 
 
 def load_cluster_centers(data_dir: str | Path) -> torch.Tensor:
@@ -91,19 +98,22 @@ class TokenData:
     vocab_size: int
     vocab_source: str
     vocab: list[str] | None = None
+    sources: dict[str, WindowSources | None] = field(default_factory=dict)
     window_size: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.window_size = int(next(iter(self.splits.values())).shape[1])
+        self._streams: dict[str, TokenStreams] = {}
 
     @property
     def n_input_tokens(self) -> int:
         return self.window_size - 1
 
-    def dataset(self, split: str) -> TensorDataset:
-        """(input ``[N, W-1]``, target ``[N]``) pairs of one split."""
-        seq = self.splits[split]
-        return TensorDataset(seq[:, :-1].contiguous(), seq[:, -1].contiguous())
+    def streams(self, split: str) -> TokenStreams:
+        """The split's windows chained into per-transcript token streams (cached)."""
+        if split not in self._streams:
+            self._streams[split] = TokenStreams.from_windows(self.splits[split], self.sources.get(split))
+        return self._streams[split]
 
 
 def load_token_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> TokenData:
@@ -115,9 +125,10 @@ def load_token_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> T
             "prepare_classical_benchmarks.py first, or pass --data_dir)"
         )
     loaded: dict[str, torch.Tensor] = {}
+    sources: dict[str, WindowSources | None] = {}
     vocab: list[str] | None = None
     for split in splits:
-        seq, split_vocab = load_split(data_dir, split)
+        seq, split_vocab, sources[split] = load_split(data_dir, split)
         if loaded:
             first = next(iter(loaded))
             if seq.shape[1] != loaded[first].shape[1]:
@@ -142,62 +153,41 @@ def load_token_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> T
                  data_dir, CLUSTER_CENTERS_FILE, vocab_size)
     if max_id >= vocab_size:
         raise UserError(f"{data_dir}: token id {max_id} out of range for a vocabulary of {vocab_size} ({source})")
-    return TokenData(data_dir=data_dir, splits=loaded, vocab_size=vocab_size, vocab_source=source, vocab=vocab)
+    return TokenData(data_dir=data_dir, splits=loaded, vocab_size=vocab_size, vocab_source=source, vocab=vocab,
+                     sources=sources)
 
 
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...`` in order: every example exactly once over all ranks.
-
-    Used for evaluation, where :class:`DistributedSampler`'s padding would count examples twice.
-    """
-
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.rank, self.world_size = n, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
+def _shard(items: np.ndarray, rank: int, world_size: int, pad: bool) -> np.ndarray:
+    """Rank ``rank``'s contiguous share of ``items``; with ``pad`` every rank gets the same
+    count (DDP needs the same number of steps), by repeating items from the start."""
+    if world_size == 1:
+        return items
+    if pad and len(items) % world_size:
+        items = np.concatenate([items, items[: world_size - len(items) % world_size]])
+    return np.array_split(items, world_size)[rank]
 
 
-def make_loader(
-    dataset: TensorDataset,
-    batch_size: int,
-    *,
-    train: bool,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A loader whose order depends only on ``(seed, epoch)``; call ``loader.sampler.set_epoch(e)``.
-
-    Training shuffles and pads the last shard so every rank runs the same number of steps
-    (DDP needs that); evaluation visits each example exactly once across ranks. The loader
-    has its own seeded generator (saved in checkpoints) so it never draws from the global
-    torch RNG that dropout uses.
-    """
-    sampler: Sampler[int]
-    if train:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    else:
-        sampler = ShardSampler(len(dataset), rank, world_size)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        generator=generator,
-        persistent_workers=False,
-    )
+def train_batches(streams: TokenStreams, starts: np.ndarray, width: int, batch_size: int, *, rank: int = 0,
+                  world_size: int = 1, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input ``[B, width-1]``, target ``[B]``) batches of one epoch's window starts, this rank's share."""
+    mine = _shard(starts, rank, world_size, pad=True)
+    for i, lo in enumerate(range(0, len(mine), batch_size)):
+        if limit is not None and i >= limit:
+            return
+        windows = streams.windows(mine[lo: lo + batch_size], width)
+        yield windows[:, :-1], windows[:, -1]
 
 
-def batches_per_epoch(n: int, batch_size: int, world_size: int = 1, limit: int | None = None) -> int:
-    """Optimizer steps per epoch for ``n`` training examples (what the LR schedule spans)."""
-    steps = math.ceil(math.ceil(n / world_size) / batch_size)
+def eval_batches(streams: TokenStreams, targets: EvalTargets, width: int, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches over this rank's contiguous share of the targets (each target exactly once)."""
+    mine = _shard(targets.starts, rank, world_size, pad=False)
+    for lo in range(0, len(mine), batch_size):
+        windows = streams.windows(mine[lo: lo + batch_size], width)
+        yield windows[:, :-1], windows[:, -1]
+
+
+def steps_per_epoch(epoch_size: int, batch_size: int, world_size: int = 1, limit: int | None = None) -> int:
+    """Optimizer steps per epoch of ``epoch_size`` training windows (what a schedule spans)."""
+    steps = math.ceil(math.ceil(epoch_size / world_size) / batch_size)
     return min(steps, limit) if limit else steps

@@ -12,9 +12,12 @@ split leak is shared *sequence*, so groups are built from it (:class:`SharedSequ
    ``max_kmer_transcripts`` transcripts (the commonest repeats);
 3. transcripts with the same gene tag are joined first; then pairs of transcripts that share
    at least ``min_shared_kmers`` informative 32-mers (isoforms, ``_dupN`` copies, paralogous
-   copies), strongest evidence first (union-find). A join that would make a group hold more
-   than ``max_group_share`` of all windows is refused and counted: that bounds any chaining
-   through repeats that slipped past step 2, and the leakage statistic shows what it costs.
+   copies), strongest evidence first (union-find). A *weak* join (the shared 32-mers are less
+   than ``strong_fraction`` of the smaller transcript's informative ones, as when two genes
+   share only a repeat the filters missed) that would make a group hold more than
+   ``max_group_share`` of all windows is refused and counted: that bounds chaining through
+   repeats, and the leakage statistic shows what it costs. Strong joins (isoforms, copies)
+   are never refused, whatever the size of the input.
 
 Leakage is measured exactly, not sampled (:class:`TrainIndex`): a val/test context *leaks*
 when its last 32 bases (all of it when shorter) occur anywhere in a train transcript, repeats
@@ -42,6 +45,7 @@ class HomologyConfig:
     min_shared_kmers: int = 32
     max_kmer_transcripts: int = 200
     max_group_share: float = 0.03
+    strong_fraction: float = 0.2
     max_dust_score: float = 2.0
 
     def validate(self) -> None:
@@ -130,11 +134,11 @@ class _CappedUnionFind:
             a = p[a]
         return int(a)
 
-    def union(self, a: int, b: int) -> None:
+    def union(self, a: int, b: int, capped: bool = True) -> None:
         ra, rb = sorted((self.find(a), self.find(b)))
         if ra == rb:
             return
-        if self.weight[ra] + self.weight[rb] > self.cap:
+        if capped and self.weight[ra] + self.weight[rb] > self.cap:
             self.refused += 1
             return
         self.parent[rb] = ra
@@ -212,17 +216,19 @@ class SharedSequenceGrouper:
                 if j != i:
                     uf.union(j, i)
                     by_tag += 1
-        owners = np.repeat(np.arange(len(self._keys), dtype=np.int32), [len(k) for k in self._keys])
+        sizes = np.array([len(k) for k in self._keys], dtype=np.int64)
+        owners = np.repeat(np.arange(len(self._keys), dtype=np.int32), sizes)
         keys = np.concatenate(self._keys) if self._keys else np.empty(0, np.uint64)
         self._keys = []  # the pair search below needs the memory
         pairs, counts = shared_kmer_pairs(keys, owners, self.cfg)
         del keys, owners
         refused_by_tag = uf.refused
-        for a, b in pairs.tolist():
-            uf.union(a, b)
+        strong = counts >= self.cfg.strong_fraction * np.minimum(sizes[pairs[:, 0]], sizes[pairs[:, 1]])
+        for (a, b), is_strong in zip(pairs.tolist(), strong.tolist()):
+            uf.union(a, b, capped=not is_strong)
         return Grouping(labels=uf.labels(), joined_by_tag=by_tag, joined_by_sequence=len(pairs),
                         refused=uf.refused, statistics={"refused_tag_joins": refused_by_tag,
-                                                        "sharing_pairs": len(pairs)})
+                                                        "strong_pairs": int(strong.sum())})
 
 
 # --------------------------------------------------------------------------- leakage

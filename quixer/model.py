@@ -412,6 +412,9 @@ class Quixer(nn.Module):
     """Quixer next-token model: ``forward(x [B, n_tokens]) -> (logits [B, V], p_postselect [B])``."""
 
     INIT_STRATEGIES = ("small_gaussian", "uniform", "xavier", "centroid")
+    PARAMETER_GROUPS = {"embedding": ("embedding.",), "angle_map": ("embedding_to_angles.",),
+                        "quantum": ("lcu_coefficients", "qsvt_polynomial_coefficients", "quantum_feedforward_parameters"),
+                        "head": ("output_feedforward.",)}
 
     def __init__(
         self,

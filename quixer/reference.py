@@ -4,15 +4,18 @@ The next 6-mer shares five bases with the last input k-mer, so the task is close
 prediction. These references put every trained model's number in context: a model is only
 interesting if it beats the n-gram on the same tokens.
 
-Task (as everywhere): input ``sequences[:, :-1]``, target ``sequences[:, -1]``. Only the last
-position of each validation / test window is scored.
+Task and protocol (as everywhere, :mod:`quixer.streams`): the train windows are chained into
+per-transcript token streams and every position of them is training data; validation and test
+score the same targets as the trained models (every position with a full window of context,
+or the fixed sample), with the same per-target scores (:mod:`quixer.scoring`: top-k counts
+ties as expected accuracy under random tie-breaking, so uniform top-1 is exactly 1/V).
 
 Models
 ------
 ``uniform``  p(w) = 1/V. Perplexity is exactly V. ``parameters`` = 0.
 
-``unigram``  add-alpha smoothed frequencies of the train *targets* (the last token of every train
-             window, the same distribution the test scores): p(w) = (c_w + alpha) / (N + alpha V),
+``unigram``  add-alpha smoothed frequencies of the train tokens (every position of the train
+             streams, the targets the trained models draw from): p(w) = (c_w + alpha) / (N + alpha V),
              alpha picked on validation cross-entropy from ``UNIGRAM_ALPHAS``.
              ``parameters`` = V - 1 (free probabilities).
 
@@ -33,13 +36,8 @@ Models
              A context with c(h) = 0 (unseen) uses P_{n-1} unchanged. The recursion ends in the
              uniform distribution 1/V, so P_n is a proper distribution over all V tokens.
 
-             Training counts: ``positions="all"`` counts every (context, next) pair inside each
-             train window (all of it is train data; each window position that has n-1 tokens of
-             left context inside the window); ``positions="last"`` counts only the target
-             position of each window (with stride-1 windows that already covers each n-gram of a
-             transcript about once, whereas "all" counts overlapping windows' n-grams repeatedly).
-             ``positions="auto"`` (default) fits both and keeps the one with the lower validation
-             cross-entropy.
+             Training counts: every (context, next) pair of the train token streams, each
+             position once, its context cut at the start of its transcript segment.
 
              ``parameters`` = stored table entries of the chosen order: for each order used
              (1..n), the number of (context, token) pairs with a nonzero count, plus one back-off
@@ -47,12 +45,11 @@ Models
 
 Contexts get exact integer ids (no hashing): each position's context is packed into int64 keys
 and sorted once per block of orders (see :class:`KneserNeyModel`); counting is a handful of
-``np.unique`` calls. On the chrX benchmark (158k train windows of 32 tokens, V = 512) fitting all
-orders up to 12 takes about 10 s on 2 CPU cores, and the tables take about 0.6 GB.
+``np.unique`` calls.
 
-``DEFAULT_MAX_ORDER`` is 12: on that benchmark the validation cross-entropy keeps falling up to
-order ~11 (repeats and shared exons between loci make long contexts informative), so a cap of 6
-would leave the reference needlessly weak.
+``DEFAULT_MAX_ORDER`` is 12: on the chrX benchmark with the old locus split the validation
+cross-entropy kept falling up to order ~11 (shared exons between loci made long contexts
+informative); the order is chosen on validation, so a high cap costs only fitting time.
 """
 from __future__ import annotations
 
@@ -62,11 +59,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .common import UserError, atomic_write_json, read_json, sha256_file
+from .data import TokenData, load_token_data
+from .scoring import TargetScores, expected_in_top, fixed_distribution_scores, prefixed
+from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TokenStreams, eval_targets
 from .windows import SPLITS
 
 log = logging.getLogger(__name__)
@@ -80,65 +80,7 @@ _BATCH_ELEMENTS = 1 << 22  # rows * V per dense probability batch (32 MiB of flo
 
 
 # ----------------------------------------------------------------------------------------------
-# Data
-
-
-def _load_splits(data_dir: str | Path) -> tuple[dict[str, np.ndarray], int]:
-    """Token windows of every split as int64 numpy arrays, and the vocabulary size (the shared
-    loader :func:`quixer.data.load_token_data` validates them and resolves V)."""
-    from .data import load_token_data
-
-    data = load_token_data(data_dir)
-    splits = {s: np.ascontiguousarray(data.splits[s].numpy(), dtype=np.int64) for s in SPLITS}
-    return splits, int(data.vocab_size)
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics over full distributions
-
-
-@dataclass
-class Scores:
-    """Sums over scored windows; ``finish`` turns them into the reported metrics."""
-
-    nll: float = 0.0
-    top1: int = 0
-    top5: int = 0
-    count: int = 0
-
-    def add(self, proba: np.ndarray, targets: np.ndarray) -> None:
-        rank, p_t = target_rank(proba, targets, limit=5, return_proba=True)
-        self.nll += float(-np.log(np.maximum(p_t, 1e-300)).sum())
-        self.top1 += int((rank == 0).sum())
-        self.top5 += int((rank < 5).sum())
-        self.count += len(targets)
-
-    def finish(self) -> dict[str, float]:
-        loss = self.nll / max(self.count, 1)
-        return {
-            "loss": loss,
-            "perplexity": math.exp(loss),
-            "top1": self.top1 / max(self.count, 1),
-            "top5": self.top5 / max(self.count, 1),
-        }
-
-
-def target_rank(proba: np.ndarray, targets: np.ndarray, limit: int | None = None, return_proba: bool = False):
-    """0-based rank of each target under a deterministic order: higher probability first, ties by
-    lower token id (the order ``argmax`` and a stable sort of ``-proba`` use).
-
-    With ``limit``, ranks >= limit are only guaranteed to stay >= limit (ties are resolved only
-    where they can matter), which saves a pass over the [B, V] matrix.
-    """
-    rows = np.arange(len(targets))
-    p_t = proba[rows, targets]
-    rank = np.count_nonzero(proba > p_t[:, None], axis=1)
-    near = np.flatnonzero(rank < limit) if limit is not None else rows
-    if len(near):
-        sub = proba[near]
-        ties = (sub == p_t[near, None]) & (np.arange(proba.shape[1])[None, :] < targets[near, None])
-        rank[near] += np.count_nonzero(ties, axis=1)
-    return (rank, p_t) if return_proba else rank
+# Data and scores
 
 
 def _batches(n: int, vocab_size: int) -> Iterator[slice]:
@@ -147,28 +89,41 @@ def _batches(n: int, vocab_size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + step))
 
 
-# ----------------------------------------------------------------------------------------------
-# Uniform and unigram
+def _proba_scores(proba: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-target (nll, expected top-1, expected top-5) of normalised distributions ``[B, V]``
+    (the rule of :func:`quixer.scoring.score_logits`, without its log-softmax)."""
+    p_t = proba[np.arange(len(targets)), targets][:, None]
+    above = np.count_nonzero(proba > p_t, axis=1).astype(np.float64)
+    tied = np.count_nonzero(proba == p_t, axis=1).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        nll = -np.log(p_t[:, 0])
+    k5 = min(5, proba.shape[1])
+    return nll, expected_in_top(1, above, tied), expected_in_top(k5, above, tied)
 
 
-def unigram_proba(targets: np.ndarray, vocab_size: int, alpha: float) -> np.ndarray:
-    """Add-alpha smoothed target frequencies, shape [V]."""
-    counts = np.bincount(targets, minlength=vocab_size).astype(np.float64)
+def unigram_proba(tokens: np.ndarray, vocab_size: int, alpha: float) -> np.ndarray:
+    """Add-alpha smoothed token frequencies, shape [V]."""
+    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)
     return (counts + alpha) / (counts.sum() + alpha * vocab_size)
 
 
-def _score_fixed(p: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Metrics of one context-free distribution ``p`` [V] on ``targets`` (no [N, V] matrix)."""
-    order = np.lexsort((np.arange(len(p)), -p))  # rank order: probability desc, then id asc
-    rank = np.empty(len(p), dtype=np.int64)
-    rank[order] = np.arange(len(p))
-    loss = float(-np.log(p[targets]).mean())
-    return {
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "top1": float((rank[targets] == 0).mean()),
-        "top5": float((rank[targets] < 5).mean()),
-    }
+@dataclass
+class _Split:
+    """One evaluation split: the contexts and targets of its scored positions."""
+
+    contexts: np.ndarray  # int64 [M, W-1]
+    targets: np.ndarray  # int64 [M]
+    scored: EvalTargets
+
+    @classmethod
+    def of(cls, data: TokenData, split: str, max_targets: int | None) -> "_Split":
+        streams = data.streams(split)
+        scored = eval_targets(streams, data.window_size, max_targets)
+        windows = streams.windows(scored.starts, data.window_size).numpy()
+        return cls(np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, -1]), scored)
+
+    def scores(self, nll, top1, top5) -> TargetScores:
+        return TargetScores(nll, top1, top5, self.scored.novel, self.scored.groups, None, self.scored.key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,17 +234,18 @@ class KneserNeyModel:
     def n_ctx(self) -> list[int]:
         return [len(k) for k in self.ctx_keys]
 
-    def _train_contexts(self, x: np.ndarray, cols: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield per L = 0..max_order-1: (context id, next token) of every (row, col) position
-        with at least L tokens before it in its window (in some fixed order), and the parent id
-        (the context without its oldest token) of each level-L context id."""
+    def _train_contexts(self, tokens: np.ndarray, first: np.ndarray, positions: np.ndarray
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield per L = 0..max_order-1: (context id, next token) of every counted position
+        with at least L tokens before it in its segment (in some fixed order), and the parent
+        id (the context without its oldest token) of each level-L context id. Position ``p``'s
+        segment starts at ``first[p]``."""
         base = self.vocab_size + 1
         lmax = self.max_order - 1
-        n_cols = len(cols)
-        targets = x[:, cols].ravel()
+        targets = tokens[positions]
         self.ctx_keys, self.block_start = [np.zeros(1, dtype=np.int64)], [False]
         yield np.zeros(len(targets), dtype=np.int64), targets, np.zeros(1, dtype=np.int64)
-        active = np.arange(len(targets))  # flat positions with a level-L context, and their ids
+        active = np.arange(len(targets))  # counted positions with a level-L context, and their ids
         active_ids = np.zeros(len(targets), dtype=np.int64)
         L = 0
         while L < lmax:
@@ -299,12 +255,12 @@ class KneserNeyModel:
             j = 1
             while L + j < lmax and (self.block is None or j < self.block) and n_prev * base ** (j + 1) < 2**62:
                 j += 1
-            row, col = np.divmod(active, n_cols)
+            at = positions[active]
             comp = active_ids * base**j
             for d in range(1, j + 1):
-                src = cols[col] - (L + d)
-                comp += np.where(src >= 0, x[row, np.maximum(src, 0)] + 1, 0) * base ** (j - d)
-            del row, col
+                src = at - (L + d)
+                comp += np.where(src >= first[at], tokens[np.maximum(src, 0)] + 1, 0) * base ** (j - d)
+            del at
             order = np.argsort(comp)
             comp = comp[order]
             pos = active[order]
@@ -329,20 +285,27 @@ class KneserNeyModel:
             L += j
 
     def fit(self, sequences: np.ndarray, positions: str = "all") -> "KneserNeyModel":
-        """Count every order's (context, next) pairs in ``sequences`` [N, W] (see module doc)."""
+        """Count the (context, next) pairs of windows ``[N, W]``: at every position, contexts cut at
+        the window start, or (``positions="last"``) only at each window's last position."""
         x = np.asarray(sequences, dtype=np.int64)
-        width = x.shape[1]
+        n, width = x.shape
         if self.max_order > width:
             raise UserError(f"max_order {self.max_order} needs windows of at least that many tokens (W={width})")
-        if positions == "all":
-            cols = np.arange(width)
-        elif positions == "last":
-            cols = np.array([width - 1])
-        else:
+        if positions not in ("all", "last"):
             raise UserError(f"positions must be 'all' or 'last', got {positions!r}")
+        first = np.repeat(np.arange(n, dtype=np.int64) * width, width)
+        counted = np.arange(n * width) if positions == "all" else np.arange(1, n + 1) * width - 1
+        return self._fit(x.reshape(-1), first, counted)
+
+    def fit_streams(self, streams: TokenStreams) -> "KneserNeyModel":
+        """Count every position of the token streams once, contexts cut at segment starts."""
+        first = np.repeat(streams.segment_starts, streams.segment_lengths)
+        return self._fit(streams.tokens.numpy(), first, np.arange(len(streams)))
+
+    def _fit(self, tokens: np.ndarray, first: np.ndarray, positions: np.ndarray) -> "KneserNeyModel":
         V = self.vocab_size
         self.raw, self.cont = [], []
-        for L, (ids, tgt, parent) in enumerate(self._train_contexts(x, cols)):
+        for L, (ids, tgt, parent) in enumerate(self._train_contexts(tokens, first, positions)):
             pk, pc = np.unique(ids * V + tgt, return_counts=True)
             p_ctx = pk // V
             p_tok = pk - p_ctx * V
@@ -409,31 +372,19 @@ class KneserNeyModel:
         tables = self.cont[: order - 1] + [self.raw[order - 1]]
         return [list(t.discounts) for t in tables]
 
-    def score_all_orders(self, sequences: np.ndarray) -> list[dict[str, float]]:
-        """Metrics of every order 1..max_order on the last position of each window."""
-        seq = np.asarray(sequences, dtype=np.int64)
-        scores = [Scores() for _ in range(self.max_order)]
-        for sl in _batches(len(seq), self.vocab_size):
-            chunk = seq[sl]
-            for n, proba in self.iter_orders(chunk[:, :-1]):
-                scores[n - 1].add(proba, chunk[:, -1])
-        return [s.finish() for s in scores]
-
-    def score(self, sequences: np.ndarray, order: int) -> dict[str, float]:
-        seq = np.asarray(sequences, dtype=np.int64)
-        scores = Scores()
-        for sl in _batches(len(seq), self.vocab_size):
-            chunk = seq[sl]
-            scores.add(self.predict_proba(chunk[:, :-1], order), chunk[:, -1])
-        return scores.finish()
+    def scores_by_order(self, contexts: np.ndarray, targets: np.ndarray,
+                        max_order: int | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per order n = 1..max_order: per-target (nll, expected top-1, expected top-5)."""
+        top = self.max_order if max_order is None else max_order
+        parts: list[list[tuple]] = [[] for _ in range(top)]
+        for sl in _batches(len(targets), self.vocab_size):
+            for n, proba in self.iter_orders(contexts[sl], top):
+                parts[n - 1].append(_proba_scores(proba, targets[sl]))
+        return [tuple(np.concatenate([p[i] for p in part]) for i in range(3)) for part in parts]
 
 
 # ----------------------------------------------------------------------------------------------
 # Runs
-
-
-def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}_{k}": v for k, v in metrics.items()}
 
 
 def _check_order(max_order: int, width: int) -> int:
@@ -453,40 +404,88 @@ def _finished_with(output_dir: Path, config: dict) -> bool:
     return read_json(output_dir / "config.json") == json.loads(json.dumps(config))
 
 
+@dataclass
+class _Fitted:
+    """A reference fitted on train with its hyperparameters chosen on validation."""
+
+    val: TargetScores
+    predict: Callable[[_Split], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    parameters: dict[str, int]
+    extra: dict[str, Any]
+
+
+def _fit_fixed(name: str, data: TokenData, val: _Split, alphas: tuple[float, ...]) -> _Fitted:
+    """uniform, or unigram with add-alpha chosen on validation: one distribution for every context."""
+    V = data.vocab_size
+    if name == "uniform":
+        p = np.full(V, 1.0 / V)
+        return _Fitted(val.scores(*fixed_distribution_scores(p, val.targets)),
+                       lambda split: fixed_distribution_scores(p, split.targets), {}, {})
+    train = data.streams("train").tokens.numpy()
+    best = None
+    for alpha in alphas:
+        p = unigram_proba(train, V, alpha)
+        scores = val.scores(*fixed_distribution_scores(p, val.targets))
+        log.info("unigram alpha=%g: val loss %.4f", alpha, scores.metrics()["loss"])
+        if best is None or scores.metrics()["loss"] < best[1].metrics()["loss"] - 1e-12:
+            best = (alpha, scores, p)
+    alpha, scores, p = best
+    return _Fitted(scores, lambda split: fixed_distribution_scores(p, split.targets), {"frequencies": V - 1},
+                   {"alpha": alpha})
+
+
+def _fit_ngram(data: TokenData, val: _Split, max_order: int, tolerance: float) -> _Fitted:
+    """Kneser-Ney tables of every order from the train streams; the order chosen on validation
+    (the smallest within ``tolerance`` nats of the best, so longer contexts do not win by noise)."""
+    t0 = time.perf_counter()
+    model = KneserNeyModel(data.vocab_size, max_order).fit_streams(data.streams("train"))
+    log.info("ngram: orders 1-%d fitted in %.2f s", max_order, time.perf_counter() - t0)
+    by_order = [val.scores(*arrays) for arrays in model.scores_by_order(val.contexts, val.targets)]
+    losses = [s.metrics()["loss"] for s in by_order]
+    for n, s in enumerate(by_order, start=1):
+        log.info("ngram order=%d: val loss %.4f top1 %.4f", n, losses[n - 1], s.metrics()["top1"])
+    order = next(n for n in range(1, max_order + 1) if losses[n - 1] <= min(losses) + tolerance)
+    if order == max_order and max_order < data.window_size:
+        log.warning("ngram: the chosen order %d is the largest tried; a larger --max_order may do better", order)
+
+    def predict(split: _Split):
+        return model.scores_by_order(split.contexts, split.targets, order)[order - 1]
+
+    return _Fitted(by_order[order - 1], predict, {"table": model.parameters(order)},
+                   {"order": order, "discounts": model.discounts(order), "val_loss_by_order": losses})
+
+
 def run_reference(
     name: str,
     data_dir: str | Path,
     output_dir: str | Path,
     *,
     max_order: int = DEFAULT_MAX_ORDER,
-    positions: str = "auto",
+    eval_targets_count: int | None = DEFAULT_EVAL_TARGETS,
     order_tolerance: float = DEFAULT_ORDER_TOLERANCE,
     unigram_alphas: tuple[float, ...] = UNIGRAM_ALPHAS,
 ) -> dict[str, Any]:
-    """Fit reference ``name`` on train, choose its hyperparameters on val, score test, and write
-    ``output_dir/config.json`` and ``output_dir/results.json``. Returns the results dict."""
+    """Fit reference ``name`` on the train streams, choose its hyperparameters on val, score
+    the test targets; write ``config.json``, ``results.json`` and the per-target score files
+    (the format the trainers write). Returns the results dict."""
     if name not in REFERENCE_MODELS:
         raise UserError(f"unknown reference model {name!r}: choose from {', '.join(REFERENCE_MODELS)}")
-    if positions not in ("auto", "all", "last"):
-        raise UserError(f"positions must be auto, all or last, got {positions!r}")
-    splits, V = _load_splits(data_dir)
-    train, val, test = (splits[s] for s in SPLITS)
-    width = train.shape[1]
+    data = load_token_data(data_dir)
+    width = data.window_size
+    val, test = (_Split.of(data, s, eval_targets_count) for s in ("val", "test"))
     config = {
-        "model": name,
-        "data": str(data_dir),
-        "vocab_size": V,
-        "window_size": width,
-        "n_windows": {s: int(len(splits[s])) for s in SPLITS},
-        "objective": "last position of each window (input sequences[:, :-1], target sequences[:, -1])",
+        "model": name, "data_dir": str(data_dir), "vocab_size": data.vocab_size, "window_size": width,
+        "n_windows": {s: int(t.shape[0]) for s, t in data.splits.items()}, "eval_targets": eval_targets_count,
+        "targets_sha256": test.scored.key,
+        "objective": "the next token after W-1 tokens, at the scored positions of the token streams",
+        "data_sha256": {s: sha256_file(Path(data_dir) / f"{s}.pt") for s in SPLITS},
     }
     if name == "ngram":
         max_order = _check_order(max_order, width)
-        config.update(max_order=max_order, positions=positions, order_tolerance=order_tolerance,
-                      smoothing="interpolated modified Kneser-Ney")
+        config.update(max_order=max_order, order_tolerance=order_tolerance,
+                      smoothing="interpolated modified Kneser-Ney", counts="every position of the train streams")
     elif name == "unigram":
-        config.update(unigram_alphas=list(unigram_alphas), counts="train targets (last token of each window)")
-    config["data_sha256"] = {s: sha256_file(Path(data_dir) / f"{s}.pt") for s in SPLITS}
+        config.update(unigram_alphas=list(unigram_alphas), counts="every token of the train streams")
     output_dir = Path(output_dir)
     if _finished_with(output_dir, config):
         log.info("%s: %s already fitted on the same data with the same settings; results.json kept", output_dir, name)
@@ -495,82 +494,23 @@ def run_reference(
     (output_dir / "results.json").unlink(missing_ok=True)  # never leave results of other settings
     atomic_write_json(output_dir / "config.json", config)
 
-    extra: dict[str, Any] = {}
     t0 = time.perf_counter()
-    if name == "uniform":
-        p = np.full(V, 1.0 / V)
-        parameters = 0
-        val_m = _score_fixed(p, val[:, -1])
-        train_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        test_m = _score_fixed(p, test[:, -1])
-        eval_seconds = time.perf_counter() - t1
-    elif name == "unigram":
-        best = None
-        for alpha in unigram_alphas:
-            p = unigram_proba(train[:, -1], V, alpha)
-            m = _score_fixed(p, val[:, -1])
-            log.info("unigram alpha=%g: val loss %.4f", alpha, m["loss"])
-            if best is None or m["loss"] < best[1]["loss"] - 1e-12:
-                best = (alpha, m, p)
-        alpha, val_m, p = best
-        extra["alpha"] = alpha
-        parameters = V - 1
-        train_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        test_m = _score_fixed(p, test[:, -1])
-        eval_seconds = time.perf_counter() - t1
-    else:
-        candidates = ["all", "last"] if positions == "auto" else [positions]
-        per_mode = {}
-        for mode in candidates:
-            tf = time.perf_counter()
-            model = KneserNeyModel(V, max_order).fit(train, positions=mode)
-            fit_s = time.perf_counter() - tf
-            val_scores = model.score_all_orders(val)
-            for n, m in enumerate(val_scores, start=1):
-                log.info("ngram positions=%s order=%d: val loss %.4f top1 %.4f", mode, n, m["loss"], m["top1"])
-            log.info("ngram positions=%s: fitted in %.2f s", mode, fit_s)
-            per_mode[mode] = (model, val_scores)
-        best_loss = min(m["loss"] for _, scores in per_mode.values() for m in scores)
-        chosen = None
-        for n in range(1, max_order + 1):  # smallest order within tolerance of the best
-            for mode in candidates:
-                if per_mode[mode][1][n - 1]["loss"] <= best_loss + order_tolerance:
-                    chosen = (mode, n)
-                    break
-            if chosen:
-                break
-        mode, order = chosen
-        if order == max_order and max_order < width:
-            log.warning("ngram: the chosen order %d is the largest tried; a larger --max_order may do better", order)
-        model = per_mode[mode][0]
-        val_m = per_mode[mode][1][order - 1]
-        parameters = model.parameters(order)
-        extra.update(
-            order=order,
-            positions=mode,
-            discounts=model.discounts(order),
-            val_loss_by_order={m: [s["loss"] for s in per_mode[m][1]] for m in candidates},
-        )
-        train_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        test_m = model.score(test, order)
-        eval_seconds = time.perf_counter() - t1
-
+    fitted = (_fit_ngram(data, val, max_order, order_tolerance) if name == "ngram"
+              else _fit_fixed(name, data, val, unigram_alphas))
+    train_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    test_scores = test.scores(*fitted.predict(test))
+    eval_seconds = time.perf_counter() - t1
     results = {
-        "model": name,
-        "parameters": int(parameters),
-        **_prefixed("test", test_m),
-        "train_seconds": train_seconds,
-        "sequences_per_second": len(test) / max(eval_seconds, 1e-9),
-        **_prefixed("val", val_m),
-        "vocab_size": V,
-        **extra,
+        "model": name, "seed": None, "data_dir": str(data_dir),
+        "parameters": int(sum(fitted.parameters.values())), "parameter_breakdown": fitted.parameters,
+        **prefixed("test", test_scores.metrics()), "test_targets": len(test_scores), "targets_sha256": test.scored.key,
+        "train_seconds": train_seconds, "eval_sequences_per_second": len(test_scores) / max(eval_seconds, 1e-9),
+        **prefixed("val", fitted.val.metrics()), "vocab_size": data.vocab_size, **fitted.extra,
     }
+    fitted.val.save(output_dir / "val_scores.npz")
+    test_scores.save(output_dir / "test_scores.npz")
     atomic_write_json(output_dir / "results.json", results)
-    log.info(
-        "%s: test loss %.4f, perplexity %.2f, top-1 %.2f %%, top-5 %.2f %%",
-        name, test_m["loss"], test_m["perplexity"], 100 * test_m["top1"], 100 * test_m["top5"],
-    )
+    log.info("%s: test loss %.4f, perplexity %.2f, top-1 %.2f %%, top-5 %.2f %%", name, results["test_loss"],
+             results["test_perplexity"], 100 * results["test_top1"], 100 * results["test_top5"])
     return results

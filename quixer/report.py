@@ -1,10 +1,14 @@
-"""The results table and plots over a directory of runs (``runs/<name>/results.json``).
+"""The results table and plots over a directory of runs, with intervals over groups and seeds.
 
-Every run directory written by the trainers or by :mod:`quixer.reference` holds a
-``results.json`` (test metrics) and, for trained models, ``metrics.jsonl`` (one JSON object per
-epoch). :func:`write_report` gathers them into one table (``results.json``, ``results.md``) and
-three PNGs that put every model beside the uniform / unigram / n-gram references: without those
-levels no number means anything on a task this close to next-base prediction.
+``RUNS_DIR/<name>/`` is one row: either a run directory itself (``results.json``, written by
+the trainers or by :mod:`quixer.reference`) or a directory of runs of one model with different
+seeds (``RUNS_DIR/<name>/<seed run>/results.json``, as ``run_pipeline.sh --seeds N`` writes).
+A row reports the mean over its seeds of the test metrics, on every scored target and on the
+novel-context ones, 95 % intervals from the bootstrap of :mod:`quixer.intervals` (test gene
+groups and seeds resampled), the parameter count by component, why each run stopped, and,
+against Quixer, the paired difference on the very same targets. Every number sits beside the
+uniform / unigram / n-gram references: on a task this close to next-base prediction nothing
+means anything without them.
 """
 from __future__ import annotations
 
@@ -12,25 +16,38 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .common import UserError, atomic_path, atomic_write_json, atomic_write_text, read_json
+from .intervals import GroupBootstrap, interval
 from .reference import REFERENCE_MODELS
+from .scoring import TargetScores
 
 log = logging.getLogger(__name__)
 
-ROW_KEYS = (
-    "model", "run", "data", "parameters", "test_top1", "test_top5", "test_perplexity", "test_loss",
-    "train_seconds", "sequences_per_second", "postselection",
-)
 PLOTS = ("learning_curves.png", "test_accuracy.png", "test_perplexity.png")
+MEAN_KEYS = ("test_top1", "test_top5", "test_perplexity", "test_loss", "novel_test_top1", "novel_test_top5",
+             "novel_test_perplexity", "novel_test_loss", "novel_fraction", "postselection", "train_seconds",
+             "train_sequences_per_second", "eval_sequences_per_second")
 DPI = 120
 _REF_STYLE = {  # reference level lines: colour, label
     "uniform": ("#7f7f7f", "uniform"),
     "unigram": ("#8c564b", "unigram"),
     "ngram": ("#2ca02c", "n-gram"),
 }
+METHOD_NOTE = (
+    "Every model is scored on the same test targets: every position of the test transcripts with a full "
+    "window of context, or a fixed sample of them. Novel: the targets whose context (its last 32 bases) "
+    "occurs in no train transcript. Values are means over seeds; [95 % intervals] come from a bootstrap that "
+    "resamples test gene groups (transcripts sharing sequence) and seeds; the differences against Quixer are "
+    "paired (the same groups in every replicate). Top-k counts ties as expected accuracy under random "
+    "tie-breaking; perplexity = exp(mean cross-entropy in nats); parameters are trainable real numbers "
+    "(a complex one counts twice), references count stored table entries."
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,61 +82,144 @@ def load_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def load_row(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """One table row from ``run_dir/results.json`` (plus ``data`` from its ``config.json``)."""
-    run_dir = Path(run_dir)
+@dataclass
+class Entry:
+    """One row's runs: a model under ``RUNS_DIR/<name>``, one run per seed."""
+
+    name: str
+    run_dirs: list[Path]
+    results: list[dict] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return str(self.results[0].get("model") or self.name)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.model in REFERENCE_MODELS
+
+    def scores(self) -> list[TargetScores] | None:
+        """The per-target test scores of every seed, or None if a run has none (older runs)."""
+        paths = [d / "test_scores.npz" for d in self.run_dirs]
+        return [TargetScores.load(p) for p in paths] if all(p.is_file() for p in paths) else None
+
+
+def _read_results(run_dir: Path) -> dict:
     results = read_json(run_dir / "results.json")
     if not isinstance(results, dict):
         raise UserError(f"{run_dir / 'results.json'}: expected a JSON object")
-    row: dict[str, Any] = {key: results.get(key) for key in ROW_KEYS if key in results}
-    row["run"] = run_dir.name
-    row["model"] = str(results.get("model") or run_dir.name)
-    config_path = run_dir / "config.json"
-    if "data" not in row and config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            config = {}
-        data = config.get("data", config.get("data_dir")) if isinstance(config, dict) else None
-        if data is not None:
-            row["data"] = str(data)
-    return {key: row[key] for key in ROW_KEYS if key in row}
+    return results
 
 
-def find_run_dirs(runs_dir: str | os.PathLike) -> list[Path]:
-    """Subdirectories of ``runs_dir`` with a ``results.json``; others are skipped with a warning."""
+def find_entries(runs_dir: str | os.PathLike) -> list[Entry]:
+    """Rows under ``runs_dir``: run directories, and directories of seed runs; others are skipped
+    with a warning."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: runs directory not found")
-    found = []
+    entries = []
     for sub in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (sub / "results.json").is_file():
-            found.append(sub)
-        else:
+        runs = [sub] if (sub / "results.json").is_file() else sorted(
+            d for d in sub.iterdir() if d.is_dir() and (d / "results.json").is_file())
+        if not runs:
             log.warning("%s: no results.json (unfinished or not a run), skipped", sub)
-    if not found:
+            continue
+        entries.append(Entry(sub.name, runs, [_read_results(d) for d in runs]))
+    if not entries:
         raise UserError(f"{runs_dir}: no <run>/results.json found (train a model or run the references first)")
-    return found
+    return entries
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+
+
+def _data_of(entry: Entry) -> str | None:
+    first = entry.results[0]
+    data = first.get("data_dir") or first.get("data")
+    if data is None and (entry.run_dirs[0] / "config.json").is_file():
+        config = read_json(entry.run_dirs[0] / "config.json")
+        data = config.get("data_dir", config.get("data")) if isinstance(config, dict) else None
+    return None if data is None else str(data)
+
+
+def _mean(entry: Entry, key: str) -> float | None:
+    values = [_finite(r.get(key)) for r in entry.results]
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
+def _base_row(entry: Entry) -> dict[str, Any]:
+    first = entry.results[0]
+    seeds = [r.get("seed") for r in entry.results if r.get("seed") is not None]
+    row: dict[str, Any] = {"model": entry.model, "run": entry.name, "data": _data_of(entry), "seeds": seeds,
+                           "parameters": first.get("parameters"), "parameter_breakdown": first.get("parameter_breakdown")}
+    for key in MEAN_KEYS:
+        value = _mean(entry, key)
+        if value is not None:
+            row[key] = value
+    for key in ("test_targets", "targets_sha256"):
+        if key in first:
+            row[key] = first[key]
+    if not entry.is_reference:
+        row["epochs_run"] = [r.get("epochs_run") for r in entry.results]
+        row["stop_reasons"] = [r.get("stop_reason") for r in entry.results]
+        row["converged"] = all(r.get("converged") for r in entry.results)
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def _add_intervals(rows: list[dict], entries: list[Entry]) -> None:
+    """Bootstrap intervals per row, and Quixer's paired differences against every other row."""
+    scored = {e.name: e.scores() for e in entries}
+    quixer = next((e for e in entries if e.model == "quixer" and scored[e.name]), None)
+    boots: dict[str, GroupBootstrap] = {}
+    samples: dict[str, dict[str, np.ndarray]] = {}
+    for row, entry in zip(rows, entries):
+        runs = scored[entry.name]
+        if not runs:
+            continue
+        key = runs[0].key
+        if key not in boots:
+            boots[key] = GroupBootstrap(runs[0].groups, len(runs[0]))
+        boot = boots[key]
+        sums = boot.sums(runs)
+        samples[entry.name] = {m: boot.samples(sums, m) for m in ("top1", "perplexity")}
+        row["test_top1_ci95"] = interval(samples[entry.name]["top1"])
+        row["test_perplexity_ci95"] = interval(samples[entry.name]["perplexity"])
+        if runs[0].novel is not None and runs[0].novel.any():
+            row["novel_test_top1_ci95"] = interval(boot.samples(boot.sums(runs, runs[0].novel), "top1"))
+    if quixer is None:
+        return
+    q_key = scored[quixer.name][0].key
+    for row, entry in zip(rows, entries):
+        if entry is quixer or entry.name not in samples or scored[entry.name][0].key != q_key:
+            continue
+        for metric in ("top1", "perplexity"):
+            diff = samples[quixer.name][metric] - samples[entry.name][metric]
+            q, m = row_metric(rows, quixer.name, metric), row.get(f"test_{metric}")
+            row[f"quixer_{metric}_difference"] = {"mean": q - m if q is not None and m is not None else None,
+                                                  "ci95": interval(diff)}
+
+
+def row_metric(rows: list[dict], run: str, metric: str) -> float | None:
+    return next((r.get(f"test_{metric}") for r in rows if r["run"] == run), None)
+
+
+def sort_key(row: dict[str, Any]) -> tuple:
+    """Per data set: the references (uniform, unigram, n-gram) first, then models by test top-1."""
+    top1 = _finite(row.get("test_top1"))
+    ref = REFERENCE_MODELS.index(row["model"]) if row["model"] in REFERENCE_MODELS else len(REFERENCE_MODELS)
+    return (str(row.get("data", "")), ref, -(top1 if top1 is not None else -1.0), row["run"])
+
+
+def collect_rows(runs_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Entry]]:
+    entries = sorted(find_entries(runs_dir), key=lambda e: sort_key(_base_row(e)))
+    rows = [_base_row(e) for e in entries]
+    _add_intervals(rows, entries)
+    return rows, entries
 
 
 def is_reference(row: dict[str, Any]) -> bool:
     return row.get("model") in REFERENCE_MODELS
-
-
-def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group by data set; in each, the references (uniform, unigram, n-gram) first, then the
-    trained models by test top-1, best first."""
-
-    def key(row: dict[str, Any]) -> tuple:
-        top1 = _finite(row.get("test_top1"))
-        ref = REFERENCE_MODELS.index(row["model"]) if is_reference(row) else len(REFERENCE_MODELS)
-        return (str(row.get("data", "")), ref, -(top1 if top1 is not None else -1.0), row["run"])
-
-    return sorted(rows, key=key)
-
-
-def collect_rows(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    return sort_rows([load_row(d) for d in find_run_dirs(runs_dir)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,38 +254,81 @@ def _duration(value: Any) -> str:
     return f"{v / 3600:.2f} h"
 
 
-def markdown_table(rows: list[dict[str, Any]], title: str | None = None) -> str:
-    """The rows as a Markdown table (accuracies in %, 2 decimals)."""
+def _ci(ci: Any, scale: float = 100.0, digits: int = 2) -> str:
+    if not isinstance(ci, list) or len(ci) != 2 or any(_finite(v) is None for v in ci):
+        return ""
+    return f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
+
+
+def _stopped(row: dict[str, Any]) -> str:
+    reasons = row.get("stop_reasons")
+    if not reasons:
+        return "–"
+    early = sum(1 for r in reasons if r == "early_stop")
+    epochs = "/".join(str(e) for e in row.get("epochs_run", []))
+    return f"{early}/{len(reasons)} early ({epochs} ep.)"
+
+
+def _table(header: list[str], align: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + \
+        ["| " + " | ".join(cells) + " |" for cells in lines]
+
+
+def _main_table(rows: list[dict[str, Any]]) -> list[str]:
     show_data = len({r.get("data") for r in rows}) > 1
     show_post = any("postselection" in r for r in rows)
     header = ["Model", "Run"] + (["Data"] if show_data else []) + [
-        "Parameters", "Test top-1", "Test top-5", "Test perplexity", "Test loss (nats)", "Train time", "Seq/s",
-    ] + (["Postselection"] if show_post else [])
-    align = ["---", "---"] + (["---"] if show_data else []) + ["---:"] * 7 + (["---:"] if show_post else [])
+        "Seeds", "Test top-1 [95 % CI]", "Test top-5", "Test perplexity [95 % CI]", "Novel top-1", "Novel top-5",
+        "Novel perplexity", "Novel share", "Stopped"] + (["Postselection"] if show_post else [])
     lines = []
-    if title:
-        lines += [f"## {title}", ""]
-    lines += ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     for r in rows:
-        model = r["model"] + (" (reference)" if is_reference(r) else "")
-        cells = [model, r["run"]]
+        cells = [r["model"] + (" (reference)" if is_reference(r) else ""), r["run"]]
         if show_data:
             cells.append(Path(r["data"]).name if r.get("data") else "–")
-        cells += [
-            _count(r.get("parameters")), _pct(r.get("test_top1")), _pct(r.get("test_top5")),
-            _num(r.get("test_perplexity")), _num(r.get("test_loss"), 4), _duration(r.get("train_seconds")),
-            _count(r.get("sequences_per_second")),
-        ]
+        cells += [str(len(r.get("seeds", []))) if r.get("seeds") else "–",
+                  _pct(r.get("test_top1")) + _ci(r.get("test_top1_ci95")), _pct(r.get("test_top5")),
+                  _num(r.get("test_perplexity")) + _ci(r.get("test_perplexity_ci95"), 1.0),
+                  _pct(r.get("novel_test_top1")), _pct(r.get("novel_test_top5")), _num(r.get("novel_test_perplexity")),
+                  _pct(r.get("novel_fraction")), _stopped(r)]
         if show_post:
             cells.append(_pct(r.get("postselection")))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Scored on the last token of each test window (input: the window's other tokens). "
-        "Perplexity = exp(mean cross-entropy in nats). Reference parameters count stored table entries. "
-        "Seq/s: training throughput (windows per second of optimisation) for trained models, "
-        "scoring throughput for the references.",
-    ]
+        lines.append(cells)
+    return _table(header, ["---"] * (2 + show_data) + ["---:"] * (len(header) - 2 - show_data), lines)
+
+
+def _paired_table(rows: list[dict[str, Any]]) -> list[str]:
+    paired = [r for r in rows if "quixer_top1_difference" in r]
+    if not paired:
+        return []
+    lines = []
+    for r in paired:
+        d1, dp = r["quixer_top1_difference"], r["quixer_perplexity_difference"]
+        lines.append([r["model"], r["run"], _num(None if d1["mean"] is None else 100 * d1["mean"]) + _ci(d1["ci95"]),
+                      _num(dp["mean"]) + _ci(dp["ci95"], 1.0)])
+    return ["", "Quixer minus each model, paired on the same targets (top-1 in points; a negative perplexity "
+            "difference favours Quixer):", ""] + _table(
+        ["Model", "Run", "Δ top-1 [95 % CI]", "Δ perplexity [95 % CI]"], ["---", "---", "---:", "---:"], lines)
+
+
+def _cost_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in rows:
+        parts = r.get("parameter_breakdown") or {}
+        lines.append([r["model"], r["run"], _count(r.get("parameters")),
+                      ", ".join(f"{k} {v:,}" for k, v in parts.items()) or "–", _duration(r.get("train_seconds")),
+                      _count(r.get("train_sequences_per_second")), _count(r.get("eval_sequences_per_second"))])
+    return ["", "Parameters by component and cost (per seed; train seq/s: windows per second of optimisation, "
+            "eval seq/s: scored targets per second):", ""] + _table(
+        ["Model", "Run", "Parameters", "Components", "Train time", "Train seq/s", "Eval seq/s"],
+        ["---", "---", "---:", "---", "---:", "---:", "---:"], lines)
+
+
+def markdown_table(rows: list[dict[str, Any]], title: str | None = None, links: list[str] | None = None) -> str:
+    """The rows as Markdown: the results with intervals, the paired differences, the costs."""
+    lines = [f"## {title}", ""] if title else []
+    lines += _main_table(rows) + _paired_table(rows) + _cost_table(rows) + ["", METHOD_NOTE]
+    if links:
+        lines += [""] + links
     return "\n".join(lines) + "\n"
 
 
@@ -228,32 +371,35 @@ def _reference_lines(ax, refs: list[dict[str, Any]], key: str, scale: float = 1.
         ax.axhline(v * scale, color=colour, linestyle=linestyle, linewidth=1.4, label=label, zorder=3)
 
 
-def plot_learning_curves(curves: list[tuple[str, list[dict[str, Any]]]], refs: list[dict[str, Any]], path: Path,
+def plot_learning_curves(curves: list[tuple[str, list[list[dict[str, Any]]]]], refs: list[dict[str, Any]], path: Path,
                          title: str | None = None) -> None:
-    """Train / val loss and val top-1 per epoch of every trained run, reference val levels as lines."""
+    """Train / val loss and val top-1 per epoch of every trained model (one line per seed, one
+    colour per model), reference val levels as lines."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = False
-    for i, (name, records) in enumerate(curves):
+    for i, (name, seeds) in enumerate(curves):
         colour = colours[i % len(colours)]
-        for key, style, what in (("train_loss", "-", "train"), ("val_loss", "--", "val")):
-            pts = [(r.get("epoch"), _finite(r.get(key))) for r in records]
-            pts = [(e, v) for e, v in pts if _finite(e) is not None and v is not None]
+        for s, records in enumerate(seeds):
+            for key, style, what in (("train_loss", "-", "train"), ("val_loss", "--", "val")):
+                pts = [(r.get("epoch"), _finite(r.get(key))) for r in records]
+                pts = [(e, v) for e, v in pts if _finite(e) is not None and v is not None]
+                if pts:
+                    ax_loss.plot(*zip(*pts), style, color=colour, marker="o", markersize=3,
+                                 label=f"{name} ({what})" if s == 0 else None)
+                    drawn = True
+            pts = [(r.get("epoch"), _finite(r.get("val_top1"))) for r in records]
+            pts = [(e, 100 * v) for e, v in pts if _finite(e) is not None and v is not None]
             if pts:
-                ax_loss.plot(*zip(*pts), style, color=colour, marker="o", markersize=3, label=f"{name} ({what})")
+                ax_acc.plot(*zip(*pts), "-", color=colour, marker="o", markersize=3, label=name if s == 0 else None)
                 drawn = True
-        pts = [(r.get("epoch"), _finite(r.get("val_top1"))) for r in records]
-        pts = [(e, 100 * v) for e, v in pts if _finite(e) is not None and v is not None]
-        if pts:
-            ax_acc.plot(*zip(*pts), "-", color=colour, marker="o", markersize=3, label=name)
-            drawn = True
     _reference_lines(ax_loss, refs, "val_loss", fmt="{:.3f}", linestyle=":", suffix=" val")
     _reference_lines(ax_acc, refs, "val_top1", 100, fmt="{:.1f} %", linestyle=":", suffix=" val")
     none = "" if drawn else "\n(no run has per-epoch metrics: only reference levels)"
-    ax_loss.set(title="Loss per epoch (solid: train, dashed: val)" + none, xlabel="epoch",
+    ax_loss.set(title="Loss per epoch (solid: train, dashed: val; one line per seed)" + none, xlabel="epoch",
                 ylabel="cross-entropy (nats)")
     ax_acc.set(title="Validation top-1 accuracy per epoch" + none, xlabel="epoch", ylabel="val top-1 (%)")
     for ax in (ax_loss, ax_acc):
@@ -280,24 +426,42 @@ def _annotate(ax, bars, values: list[float | None], fmt: str) -> None:
                         textcoords="offset points", ha="center", va="bottom", fontsize=8)
 
 
+def _errors(rows: list[dict[str, Any]], key: str, values: list[float | None], scale: float) -> np.ndarray:
+    """[2, n] distances from each value to its interval ends (0 where there is no interval)."""
+    out = np.zeros((2, len(rows)))
+    for i, (r, v) in enumerate(zip(rows, values)):
+        ci = r.get(key)
+        if v is not None and isinstance(ci, list) and all(_finite(c) is not None for c in ci):
+            out[:, i] = [max(v - scale * ci[0], 0.0), max(scale * ci[1] - v, 0.0)]
+    return out
+
+
+def _percent(rows: list[dict[str, Any]], key: str) -> list[float | None]:
+    return [None if _finite(r.get(key)) is None else 100 * r[key] for r in rows]
+
+
 def plot_test_accuracy(rows: list[dict[str, Any]], path: Path, title: str | None = None) -> None:
+    """Top-1 (with its 95 % interval), novel-context top-1 and top-5 bars per model."""
     plt = _pyplot()
     bars_rows, refs = _bar_rows(rows)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(bars_rows) + 4), 5))
-    x = list(range(len(bars_rows)))
-    width = 0.38
-    top1 = [None if _finite(r.get("test_top1")) is None else 100 * r["test_top1"] for r in bars_rows]
-    top5 = [None if _finite(r.get("test_top5")) is None else 100 * r["test_top5"] for r in bars_rows]
-    b1 = ax.bar([i - width / 2 for i in x], [v or 0 for v in top1], width, label="top-1", color="#1f77b4", zorder=2)
-    b5 = ax.bar([i + width / 2 for i in x], [v or 0 for v in top5], width, label="top-5", color="#ff7f0e", zorder=2)
-    _annotate(ax, b1, top1, "{:.1f}")
-    _annotate(ax, b5, top5, "{:.1f}")
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(bars_rows) + 4), 5))
+    x = np.arange(len(bars_rows))
+    width = 0.27
+    series = [("test_top1", "top-1 (95 % CI)", "#1f77b4", "test_top1_ci95"),
+              ("novel_test_top1", "top-1, novel contexts", "#17becf", "novel_test_top1_ci95"),
+              ("test_top5", "top-5", "#ff7f0e", None)]
+    for i, (key, label, colour, ci_key) in enumerate(series):
+        values = _percent(bars_rows, key)
+        err = _errors(bars_rows, ci_key, values, 100) if ci_key else None
+        bars = ax.bar(x + (i - 1) * width, [v or 0 for v in values], width, yerr=err, capsize=3, label=label,
+                      color=colour, zorder=2)
+        _annotate(ax, bars, values, "{:.1f}")
     _reference_lines(ax, refs, "test_top1", 100, fmt="{:.1f} %", suffix=" top-1")
     _reference_lines(ax, refs, "test_top5", 100, fmt="{:.1f} %", linestyle="--", suffix=" top-5")
     ax.set_xticks(x, _labels(bars_rows))
     ax.set_xlim(-0.9, len(bars_rows) - 0.1)
     ax.set_ylim(0, 105)
-    ax.set(ylabel="test accuracy (%)", title="Test accuracy (bars: models; lines: reference levels)")
+    ax.set(ylabel="test accuracy (%)", title="Test accuracy (bars: models, error bars: 95 % CI; lines: references)")
     if title:
         fig.suptitle(title)
     ax.grid(axis="y", alpha=0.3)
@@ -312,7 +476,8 @@ def plot_test_perplexity(rows: list[dict[str, Any]], path: Path, title: str | No
     x = list(range(len(bars_rows)))
     values = [_finite(r.get("test_perplexity")) for r in bars_rows]
     values = [v if v is not None and v > 0 else None for v in values]
-    bars = ax.bar(x, [v or float("nan") for v in values], 0.6, color="#9467bd", label="test perplexity", zorder=2)
+    bars = ax.bar(x, [v or float("nan") for v in values], 0.6, color="#9467bd", label="test perplexity (95 % CI)",
+                  yerr=_errors(bars_rows, "test_perplexity_ci95", values, 1.0), capsize=3, zorder=2)
     _annotate(ax, bars, values, "{:.2f}")
     _reference_lines(ax, refs, "test_perplexity", fmt="{:.2f}")
     ax.set_yscale("log")
@@ -322,7 +487,7 @@ def plot_test_perplexity(rows: list[dict[str, Any]], path: Path, title: str | No
     ax.set_xticks(x, _labels(bars_rows))
     ax.set_xlim(-0.9, len(bars_rows) - 0.1)
     ax.set(ylabel="test perplexity (log scale, lower is better)",
-           title="Test perplexity (bars: models; lines: reference levels)")
+           title="Test perplexity (bars: models, error bars: 95 % CI; lines: references)")
     if title:
         fig.suptitle(title)
     ax.grid(axis="y", which="major", alpha=0.3)
@@ -338,29 +503,29 @@ def write_report(runs_dir: str | os.PathLike, output_dir: str | os.PathLike | No
     """Write ``results.json``, ``results.md`` and the three PNGs; return the rows and paths."""
     runs_dir = Path(runs_dir)
     output_dir = Path(output_dir) if output_dir is not None else runs_dir
-    run_dirs = find_run_dirs(runs_dir)
-    rows = sort_rows([load_row(d) for d in run_dirs])
-    by_run = {d.name: d for d in run_dirs}
-    curves = [(label, load_metrics(by_run[r["run"]])) for r, label in zip(rows, _labels(rows))
-              if not is_reference(r)]
-    curves = [(label.replace("\n", " / "), recs) for label, recs in curves if recs]
-    # the references' validation levels, drawn as lines beside the learning curves
-    ref_lines = []
-    for r in rows:
-        if is_reference(r):
-            results = read_json(by_run[r["run"]] / "results.json")
-            ref_lines.append({**r, "val_loss": results.get("val_loss"), "val_top1": results.get("val_top1")})
+    rows, entries = collect_rows(runs_dir)
+    curves = [(label.replace("\n", " / "), [load_metrics(d) for d in e.run_dirs])
+              for e, r, label in zip(entries, rows, _labels(rows)) if not e.is_reference]
+    curves = [(label, seeds) for label, seeds in curves if any(seeds)]
+    ref_lines = [{**r, "val_loss": _mean(e, "val_loss"), "val_top1": _mean(e, "val_top1")}
+                 for e, r in zip(entries, rows) if e.is_reference]
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = markdown_table(rows, title)
+    markdown = markdown_table(rows, title, _hardware_links(entries))
     atomic_write_json(output_dir / "results.json", rows)
     atomic_write_text(output_dir / "results.md", markdown)
     plot_learning_curves(curves, ref_lines, output_dir / "learning_curves.png", title)
     plot_test_accuracy(rows, output_dir / "test_accuracy.png", title)
     plot_test_perplexity(rows, output_dir / "test_perplexity.png", title)
-    log.info("report of %d runs written to %s", len(rows), output_dir)
+    log.info("report of %d rows (%d runs) written to %s", len(rows), sum(len(e.run_dirs) for e in entries), output_dir)
     return {
         "rows": rows,
         "markdown": markdown,
         "paths": [output_dir / "results.json", output_dir / "results.md", *(output_dir / p for p in PLOTS)],
     }
+
+
+def _hardware_links(entries: list[Entry]) -> list[str]:
+    """Links to the hardware estimates (``hardware.md``) of Quixer runs that have one."""
+    return [f"Hardware estimate of {e.name}/{d.name}: {d / 'hardware.md'}"
+            for e in entries if e.model == "quixer" for d in e.run_dirs if (d / "hardware.md").is_file()]

@@ -7,26 +7,33 @@ What a run does (``runs/<name>/``):
   val_top1, val_top5, epoch_seconds, lr, sequences_per_second, and postselection /
   active_layers where the model has them);
 - ``best.pt`` (lowest validation loss) and ``last.pt`` (everything needed to continue:
-  model, optimizer, scheduler, completed epochs, the RNG states of python / numpy / torch /
-  CUDA / the data-loader generator of every rank, best loss, patience counter, timers),
-  both written atomically after every epoch;
-- ``results.json`` at the end: test (and validation) metrics of the best checkpoint.
+  model, optimizer, schedule, run state, the RNG states of every rank), both written
+  atomically after every epoch;
+- ``results.json`` at the end: validation and test metrics of the best checkpoint, on the
+  whole split and on its novel-context targets, why the run stopped, and the parameter count
+  by component; ``val_scores.npz`` / ``test_scores.npz`` hold the per-target scores
+  (:mod:`quixer.scoring`), the same format the references write.
 
-Optimisation follows the official Quixer code: Adam (eps 1e-10, weight decay 1e-4 by
-default), gradient clipping at norm 5, cross-entropy on the last token; the learning rate
-follows one cosine curve over all optimizer steps of the run.
+Protocol (:mod:`quixer.streams`): every epoch draws ``--epoch_size`` training windows starting
+at any position of the train transcripts (the target is each window's last token), so over
+the epochs every position is a target, as for the count-based n-gram; validation and test
+score every position with a full context, or a fixed sample of ``--eval_targets``.
 
-Determinism: the shuffling order of epoch ``e`` is a pure function of ``(seed, e)``
-(:func:`quixer.data.make_loader`) and the RNG states are checkpointed, so ``--resume`` after a
-kill reproduces the unbroken run bit for bit on the same device and world size.
+Optimisation follows the official Quixer code where it is not a protocol choice: Adam (eps
+1e-10, weight decay 1e-4 by default), gradient clipping at norm 5, cross-entropy on each
+window's target. The learning rate halves after every epoch without a lower validation loss
+(``--lr_schedule plateau``, the default: it does not run to zero at an arbitrary epoch), and
+the run stops after ``--patience`` such epochs in a row, or at ``--epochs``; ``cosine`` is the
+official schedule over all steps of ``--epochs``.
 
-Distributed: launched by ``torchrun`` (``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` set), the
-loop wraps the model in DistributedDataParallel (gloo on CPU, NCCL on CUDA), each process
-reads ``--batch_size`` windows per step (global batch = batch_size x world size), metrics
-are summed over all processes and only rank 0 writes files.
+Determinism: the windows of epoch ``e`` are a pure function of ``(seed, e)`` and the RNG
+states are checkpointed, so ``--resume`` after a kill reproduces the unbroken run bit for bit
+on the same device and world size. Distributed (``torchrun``): see :mod:`quixer.distributed`;
+each process takes its share of every batch list, and only rank 0 writes files.
 
 Layerwise training is a generic hook: any model with ``set_active_layers(k)``,
-``frozen_masks()`` and ``n_ansatz_layers`` (or ``n_layerwise_layers``) can use it.
+``frozen_masks()`` and ``n_ansatz_layers`` (or ``n_layerwise_layers``) can use it; switching a
+layer on resets the patience count.
 """
 from __future__ import annotations
 
@@ -34,10 +41,8 @@ import argparse
 import json
 import logging
 import math
-import os
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -54,17 +59,20 @@ from .common import (
     load_torch_file,
     peak_rss_mb,
     read_json,
-    resolve_device,
     seed_everything,
 )
-from .data import TokenData, batches_per_epoch, load_cluster_centers, load_token_data, make_loader
+from .data import TokenData, eval_batches, load_cluster_centers, load_token_data, steps_per_epoch, train_batches
+from .distributed import DistContext, init_distributed, rng_state, set_rng_state
+from .scoring import TargetScores, prefixed, score_logits
+from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
 
 log = logging.getLogger("quixer")
 
 ADAM_EPS = 1e-10  # as the official Quixer code
 DEFAULT_QUIXER_DATA_DIR = "quantized_embeddings_autoregressive"
+LR_SCHEDULES = ("plateau", "cosine")
 # Flags that do not change what a run computes: they may differ when resuming.
-_IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "num_workers", "verbose", "resume", "config"})
+_IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "resume", "config"})
 # Flags that are never part of a run's config.json.
 _NOT_CONFIG = frozenset({"config", "resume", "verbose"})
 
@@ -93,25 +101,34 @@ def add_training_args(
     g.add_argument("--data_dir", default=data_dir,
                    help="token directory with {train,val,test}.pt (stage-3 output or classical-benchmark "
                         "tokens) (default: %(default)s)")
-    g.add_argument("--num_workers", type=int, default=0, help="data-loader worker processes (default: %(default)s)")
+    g.add_argument("--epoch_size", type=int, default=None,
+                   help="training windows per epoch, drawn at every offset of the train transcripts "
+                        "(default: the number of train windows in --data_dir)")
+    g.add_argument("--eval_targets", type=int, default=DEFAULT_EVAL_TARGETS,
+                   help="scored validation / test positions: every position, or a fixed sample of this many "
+                        "where there are more, the same for every model; 0 = all (default: %(default)s)")
     g.add_argument("--max_train_batches", type=int, default=None,
                    help="cap on training batches per epoch, for quick runs (default: all)")
     g = parser.add_argument_group("optimisation")
     if run_flags:
-        g.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
+        g.add_argument("--epochs", type=int, default=50,
+                       help="most training epochs; early stopping (--patience) usually ends a run first "
+                            "(default: %(default)s)")
     g.add_argument("--batch_size", type=int, default=32,
                    help="windows per optimizer step and process (default: %(default)s)")
-    g.add_argument("--eval_batch_size", type=int, default=None,
-                   help="windows per evaluation batch (default: --batch_size)")
+    g.add_argument("--eval_batch_size", type=int, default=256,
+                   help="windows per evaluation batch (default: %(default)s)")
     g.add_argument("--lr", type=float, default=lr,
-                   help="peak learning rate of the cosine schedule (default: %s)"
-                        % (lr if lr is not None else "the model's own default"))
+                   help="initial learning rate (default: %s)" % (lr if lr is not None else "the model's own default"))
+    g.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="plateau",
+                   help="plateau: halve the learning rate after each epoch without a lower validation loss; "
+                        "cosine: the official schedule, to zero over all steps of --epochs (default: %(default)s)")
     g.add_argument("--weight_decay", type=float, default=1e-4, help="Adam weight decay (default: %(default)s)")
     g.add_argument("--max_grad_norm", type=float, default=5.0,
                    help="gradient clipping norm, 0 = no clipping (default: %(default)s)")
     if run_flags:
-        g.add_argument("--patience", type=int, default=0,
-                       help="stop after this many epochs without a lower validation loss, 0 = never "
+        g.add_argument("--patience", type=int, default=3,
+                       help="stop after this many epochs in a row without a lower validation loss, 0 = never "
                             "(default: %(default)s)")
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=int, default=42, help="seed of weights, shuffling and dropout (default: %(default)s)")
@@ -169,7 +186,8 @@ def validate_training_args(args: argparse.Namespace) -> None:
         ("weight_decay", lambda v: v >= 0, ">= 0"),
         ("max_grad_norm", lambda v: v >= 0, ">= 0"),
         ("patience", lambda v: v >= 0, ">= 0"),
-        ("num_workers", lambda v: v >= 0, ">= 0"),
+        ("epoch_size", lambda v: v is None or v >= 1, ">= 1"),
+        ("eval_targets", lambda v: v is None or v >= 0, ">= 0"),
         ("max_train_batches", lambda v: v is None or v >= 1, ">= 1"),
         ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ]
@@ -184,68 +202,7 @@ def run_config(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Distributed context
-
-
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
-        return values
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def gather_object(self, obj: Any) -> list:
-        if not self.enabled:
-            return [obj]
-        out: list = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.owns_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def init_distributed(device_flag: str) -> DistContext:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_flag)
-    if world <= 1:
-        return DistContext(device=device)
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if rank != 0:  # one copy of the progress log
-        log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
-    owns = not torch.distributed.is_initialized()
-    if owns:
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, owns_group=owns)
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
+# Evaluation
 
 
 def split_output(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -255,47 +212,34 @@ def split_output(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return out, None
 
 
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else float("inf")
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, dist: DistContext | None = None,
-             desc: str = "eval") -> dict[str, float]:
-    """Cross-entropy (nats), perplexity = exp(mean CE), top-1 / top-5 accuracy and, for models
-    that return it, the mean postselection probability; summed exactly over all processes."""
-    dist = dist or DistContext(device=device)
+def evaluate(model: nn.Module, data: TokenData, split: str, targets: EvalTargets, batch_size: int,
+             dist: DistContext, desc: str = "eval") -> TargetScores:
+    """Per-target scores of ``model`` on ``targets`` of ``split``, gathered over all processes."""
     model.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, top1, top5, postselection, n
-    has_post = torch.zeros(1, dtype=torch.float64, device=device)
-    for x, y in _progress(loader, dist, desc):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    parts: dict[str, list] = {"nll": [], "top1": [], "top5": [], "post": []}
+    batches = eval_batches(data.streams(split), targets, data.window_size, batch_size, rank=dist.rank,
+                           world_size=dist.world_size)
+    for x, y in _progress(batches, dist, desc, total=math.ceil(len(targets) / dist.world_size / batch_size)):
+        x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
         logits, post = split_output(model(x))
-        logits = logits.float()
-        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-        sums[1] += (logits.argmax(-1) == y).sum()
-        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        sums[2] += (top == y[:, None]).any(-1).sum()
+        for key, value in zip(("nll", "top1", "top5"), score_logits(logits, y)):
+            parts[key].append(value.cpu().numpy())
         if post is not None:
-            sums[3] += post.detach().double().sum()
-            has_post[0] = 1
-        sums[4] += len(y)
-    dist.all_reduce_sum(sums)
-    dist.all_reduce_sum(has_post)
-    n = float(sums[4])
-    if n == 0:
-        raise UserError("evaluation split is empty")
-    loss = float(sums[0]) / n
-    metrics = {"loss": loss, "perplexity": _perplexity(loss), "top1": float(sums[1]) / n, "top5": float(sums[2]) / n}
-    if float(has_post[0]) > 0:
-        metrics["postselection"] = float(sums[3]) / n
-    return metrics
+            parts["post"].append(post.detach().double().cpu().numpy())
+    mine = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+    gathered = dist.gather_object(mine)  # contiguous shards: rank order is target order
+    joined = {k: (np.concatenate([g[k] for g in gathered]) if gathered[0][k] is not None else None) for k in mine}
+    return TargetScores(joined["nll"], joined["top1"], joined["top5"], targets.novel, targets.groups,
+                        joined["post"], targets.key)
 
 
-def _progress(iterable, dist: DistContext, desc: str):
+def _progress(iterable, dist: DistContext, desc: str, total: int | None = None):
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=None if dist.is_main else True)
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                disable=None if dist.is_main else True)
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,35 +292,6 @@ class FrozenEntries:
 
 
 # ----------------------------------------------------------------------------------------------
-# RNG state (checkpointed for exact resume)
-
-
-def _rng_state(loader_generator: torch.Generator) -> dict:
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]),
-                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "loader": loader_generator.get_state(),
-    }
-
-
-def _set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npst = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
-                         "has_gauss": npst["has_gauss"], "gauss": npst["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    loader_generator.set_state(state["loader"])
-
-
 # ----------------------------------------------------------------------------------------------
 # Run directory
 
@@ -426,15 +341,75 @@ def _rewrite_metrics(path: Path, keep_through_epoch: int, new: dict | None = Non
 
 def _data_summary(data: TokenData) -> dict:
     return {"vocab_size": data.vocab_size, "window_size": data.window_size,
-            "windows": {s: int(t.shape[0]) for s, t in data.splits.items()}}
+            "windows": {s: int(t.shape[0]) for s, t in data.splits.items()},
+            "tokens": {s: len(data.streams(s)) for s in data.splits}}
+
+
+# ----------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
+# Parameter accounting
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable real numbers (a complex parameter counts twice)."""
+    return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters() if p.requires_grad)
+
+
+def parameter_breakdown(model: nn.Module) -> dict[str, int]:
+    """Trainable real numbers per component, from the model's ``PARAMETER_GROUPS`` (component ->
+    parameter-name prefixes); whatever no prefix claims is counted as ``other``."""
+    groups: dict[str, tuple[str, ...]] = getattr(model, "PARAMETER_GROUPS", {})
+    out = dict.fromkeys(groups, 0)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            part = next((g for g, prefixes in groups.items() if name.startswith(prefixes)), "other")
+            out[part] = out.get(part, 0) + p.numel() * (2 if p.is_complex() else 1)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+@dataclass
+class RunState:
+    """What the loop carries from epoch to epoch (checkpointed in last.pt)."""
+
+    epoch: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    active_layers: int = 0
+    stop_reason: str = ""  # "", then "early_stop" (patience ran out) or "max_epochs"
+    train_seconds: float = 0.0
+    step_seconds: float = 0.0
+    train_sequences: int = 0
+
+
+@dataclass
+class Run:
+    """One training run, set up: data and targets, model, optimiser, schedule and state."""
+
+    args: argparse.Namespace
+    dist: DistContext
+    out: Path
+    config: dict
+    model_name: str
+    data: TokenData
+    schedule: TrainSchedule
+    targets: dict[str, EvalTargets]
+    model: nn.Module
+    step_model: nn.Module  # the DDP wrapper when distributed, else the model
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    steps: int  # optimizer steps per epoch
+    n_layers: int  # layers switched on one by one (0: no layerwise training)
+    state: RunState = field(default_factory=RunState)
+    epoch_callback: EpochCallback | None = None
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.args.eval_batch_size or self.args.batch_size
 
 
 def train_model(
@@ -454,204 +429,241 @@ def train_model(
     validate_training_args(args)
     dist = init_distributed(args.device)
     try:
-        return _train(args, dist, model_name, build_model, layerwise, epoch_callback)
+        out = Path(args.output_dir)
+        config = run_config(args)
+        mode = prepare_run_dir(out, config, args.resume)
+        if mode == "done":
+            log.info("%s: run already finished; results.json kept", out)
+            return read_json(out / "results.json")
+        run = _setup(args, dist, out, config, model_name, build_model, layerwise)
+        run.epoch_callback = epoch_callback
+        if mode == "resume":
+            _resume(run)
+        if dist.is_main:
+            _rewrite_metrics(out / "metrics.jsonl", run.state.epoch)
+        while not run.state.stop_reason:
+            _run_epoch(run)
+        return _finish(run)
     finally:
         dist.close()
 
 
-def _train(args, dist: DistContext, model_name, build_model, layerwise, epoch_callback) -> dict:
-    device = dist.device
-    out = Path(args.output_dir)
-    config = run_config(args)
-    mode = prepare_run_dir(out, config, args.resume)
-    if mode == "done":
-        log.info("%s: run already finished; results.json kept", out)
-        return read_json(out / "results.json")
+def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, build_model, layerwise: bool) -> Run:
     data = load_token_data(args.data_dir)
-    log.info("data %s: %s windows, window %d, vocabulary %d (%s)", data.data_dir,
-             "/".join(str(int(data.splits[s].shape[0])) for s in data.splits), data.window_size,
-             data.vocab_size, data.vocab_source)
+    log.info("data %s: %s windows, %s tokens in streams, window %d, vocabulary %d (%s)", data.data_dir,
+             "/".join(str(int(data.splits[s].shape[0])) for s in data.splits),
+             "/".join(str(len(data.streams(s))) for s in data.splits), data.window_size, data.vocab_size,
+             data.vocab_source)
     dist.barrier()  # every rank has read config.json before rank 0 writes it
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", config)
-
-    if device.type == "cuda":
+    if dist.device.type == "cuda":
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     seed_everything(args.seed)
-    model = build_model(data, args).to(device)
-    n_params = count_parameters(model)
+    model = build_model(data, args).to(dist.device)
     if dist.enabled:  # different dropout masks per process (restored per rank on resume)
         torch.manual_seed(args.seed + 7919 * dist.rank)
-    n_layers = layerwise_layer_count(model) if layerwise else 0
-    log.info("%s: %d trainable parameters on %s (%d process%s)", model_name, n_params, device,
-             dist.world_size, "es" if dist.enabled else "")
-
-    eval_bs = args.eval_batch_size or args.batch_size
-    common = dict(seed=args.seed, rank=dist.rank, world_size=dist.world_size, num_workers=args.num_workers,
-                  pin_memory=device.type == "cuda")
-    train_loader = make_loader(data.dataset("train"), args.batch_size, train=True, **common)
-    val_loader = make_loader(data.dataset("val"), eval_bs, train=False, **common)
-    test_loader = make_loader(data.dataset("test"), eval_bs, train=False, **common)
-    steps = batches_per_epoch(len(train_loader.dataset), args.batch_size, dist.world_size, args.max_train_batches)
-
+    epoch_size = args.epoch_size or int(data.splits["train"].shape[0])
+    schedule = TrainSchedule(data.streams("train"), data.window_size, epoch_size, args.seed)
+    targets = {s: eval_targets(data.streams(s), data.window_size, args.eval_targets) for s in ("val", "test")}
+    steps = steps_per_epoch(epoch_size, args.batch_size, dist.world_size, args.max_train_batches)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay, eps=ADAM_EPS)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps)
-
-    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped_early": False,
-             "train_seconds": 0.0, "step_seconds": 0.0, "train_sequences": 0}
-    if mode == "resume":
-        ckpt = load_torch_file(out / "last.pt")
-        if ckpt.get("data") != _data_summary(data):
-            raise UserError(f"{out}/last.pt was trained on other data ({ckpt.get('data')}); choose another --output_dir")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state.update(ckpt["state"])
-        rng = ckpt["rng"]
-        if len(rng) != dist.world_size:
-            log.warning("resuming with %d processes, checkpoint had %d: the result will differ from an "
-                        "unbroken run", dist.world_size, len(rng))
-        _set_rng_state(rng[dist.rank % len(rng)], train_loader.generator)
-        log.info("resuming %s after epoch %d (best val loss %.4f at epoch %d)", out, state["epoch"],
-                 state["best_val_loss"], state["best_epoch"])
-    if dist.is_main:
-        _rewrite_metrics(out / "metrics.jsonl", state["epoch"])
-
-    ddp_model: nn.Module = model
+    if args.lr_schedule == "cosine":
+        lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps)
+    else:
+        lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
+    step_model = model
     if dist.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    for epoch in range(state["epoch"], args.epochs):
-        if state["stopped_early"]:
-            break
-        t_epoch = time.perf_counter()
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        frozen = None
-        if layerwise:
-            k = active_layers_at(epoch, args.epochs, n_layers)
-            model.set_active_layers(k)
-            frozen = FrozenEntries(model)
-            record["active_layers"] = k
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        train_loader.sampler.set_epoch(epoch)
-        train_loss, n_seen, step_s = _train_epoch(
-            ddp_model, params, train_loader, optimizer, scheduler, frozen, args, dist,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-        )
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower --lr "
-                                   f"(now {args.lr}) or --max_grad_norm")
-        val = evaluate(model, val_loader, device, dist, desc="validation")
-        if not math.isfinite(val["loss"]):
-            raise TrainingDiverged(f"validation loss became {val['loss']} in epoch {epoch + 1}; lower --lr (now {args.lr})")
-        epoch_s = time.perf_counter() - t_epoch
-        state["train_seconds"] += epoch_s
-        state["step_seconds"] += step_s
-        state["train_sequences"] += n_seen
-        record.update(train_loss=train_loss, **{f"val_{k}": v for k, v in val.items()},
-                      epoch_seconds=epoch_s, sequences_per_second=n_seen / max(step_s, 1e-9))
-        if "val_postselection" in record:
-            record["postselection"] = record.pop("val_postselection")
-        improved = val["loss"] < state["best_val_loss"]
-        if improved:
-            state.update(best_val_loss=val["loss"], best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        if args.patience and state["bad_epochs"] >= args.patience:
-            state["stopped_early"] = True
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f (ppl %.2f, top1 %.3f, top5 %.3f)%s, %.1f s",
-                 epoch + 1, args.epochs, train_loss, val["loss"], val["perplexity"], val["top1"], val["top5"],
-                 f", postselection {val['postselection']:.3f}" if "postselection" in val else "", epoch_s)
-        rng = dist.gather_object(_rng_state(train_loader.generator))
-        if dist.is_main:
-            _rewrite_metrics(out / "metrics.jsonl", epoch, record)
-            if improved:
-                atomic_torch_save(out / "best.pt", {
-                    "model": model.state_dict(), "epoch": epoch + 1, "val": val,
-                    "active_layers": record.get("active_layers"), "config": config,
-                })
-            atomic_torch_save(out / "last.pt", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "state": dict(state), "rng": rng,
-                "data": _data_summary(data), "config": config, "model_name": model_name,
-            })
-        if epoch_callback is not None:
-            epoch_callback(epoch + 1, dict(record))
-        if state["stopped_early"]:
-            log.info("early stop: no lower validation loss for %d epochs", args.patience)
-
-    dist.barrier()  # best.pt is complete before every rank reads it
-    best = load_torch_file(out / "best.pt")
-    model.load_state_dict(best["model"])
-    if layerwise and best.get("active_layers") is not None:
-        model.set_active_layers(best["active_layers"])
-    val = evaluate(model, val_loader, device, dist, desc="best: validation")
-    test = evaluate(model, test_loader, device, dist, desc="best: test")
-    results: dict[str, Any] = {
-        "model": model_name,
-        "parameters": n_params,
-        **{f"test_{k}": v for k, v in test.items() if k != "postselection"},
-        "train_seconds": state["train_seconds"],
-        "sequences_per_second": state["train_sequences"] / max(state["step_seconds"], 1e-9),
-    }
-    if "postselection" in test:
-        results["postselection"] = test["postselection"]
-    results.update({f"val_{k}": v for k, v in val.items()})
-    results.update(
-        epochs_run=state["epoch"], best_epoch=best["epoch"], stopped_early=state["stopped_early"],
-        vocabulary_size=data.vocab_size, window_size=data.window_size,
-        windows={s: int(t.shape[0]) for s, t in data.splits.items()},
-        world_size=dist.world_size, device=str(device), peak_rss_mb=peak_rss_mb(),
-        torch_version=torch.__version__,
-    )
-    if dist.is_main:
-        atomic_write_json(out / "results.json", results)
-        log.info("test: loss %.4f, perplexity %.2f, top1 %.3f, top5 %.3f -> %s", results["test_loss"],
-                 results["test_perplexity"], results["test_top1"], results["test_top5"], out / "results.json")
-    return results
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    log.info("%s: %d trainable parameters on %s (%d process%s); %d windows per epoch, %d val / %d test targets",
+             model_name, count_parameters(model), dist.device, dist.world_size, "es" if dist.enabled else "",
+             epoch_size, len(targets["val"]), len(targets["test"]))
+    return Run(args, dist, out, config, model_name, data, schedule, targets, model, step_model, optimizer,
+               lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0)
 
 
-def _train_epoch(model, params, loader, optimizer, scheduler, frozen: FrozenEntries | None, args,
-                 dist: DistContext, desc: str) -> tuple[float, int, float]:
-    """One pass over the (capped) training batches; returns (mean loss over all processes,
-    windows seen by all processes, seconds spent)."""
-    model.train()
-    device = dist.device
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+def _resume(run: Run) -> None:
+    ckpt = load_torch_file(run.out / "last.pt")
+    if ckpt.get("data") != _data_summary(run.data):
+        raise UserError(f"{run.out}/last.pt was trained on other data ({ckpt.get('data')}); choose another --output_dir")
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    run.state = RunState(**ckpt["state"])
+    rng = ckpt["rng"]
+    if len(rng) != run.dist.world_size:
+        log.warning("resuming with %d processes, checkpoint had %d: the result will differ from an unbroken run",
+                    run.dist.world_size, len(rng))
+    set_rng_state(rng[run.dist.rank % len(rng)])
+    log.info("resuming %s after epoch %d (best val loss %.4f at epoch %d)", run.out, run.state.epoch,
+             run.state.best_val_loss, run.state.best_epoch)
+
+
+def _run_epoch(run: Run) -> None:
+    """Train one epoch, validate, update the schedule and the stopping state, checkpoint."""
+    args, state = run.args, run.state
+    epoch = state.epoch
+    t_epoch = time.perf_counter()
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
+    frozen = _activate_layers(run, record)
+    train_loss, n_seen, step_s = _train_steps(run, frozen, desc=f"epoch {epoch + 1}/{args.epochs}")
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower --lr "
+                               f"(now {args.lr}) or --max_grad_norm")
+    val = evaluate(run.model, run.data, "val", run.targets["val"], run.eval_batch_size, run.dist,
+                   desc="validation").metrics()
+    if not math.isfinite(val["loss"]):
+        raise TrainingDiverged(f"validation loss became {val['loss']} in epoch {epoch + 1}; lower --lr (now {args.lr})")
+    epoch_s = time.perf_counter() - t_epoch
+    state.train_seconds += epoch_s
+    state.step_seconds += step_s
+    state.train_sequences += n_seen
+    record.update(train_loss=train_loss, **{f"val_{k}": v for k, v in val.items() if not k.startswith("novel")},
+                  epoch_seconds=epoch_s, sequences_per_second=n_seen / max(step_s, 1e-9))
+    if "val_postselection" in record:
+        record["postselection"] = record.pop("val_postselection")
+    improved = _update_stopping(run, val["loss"])
+    log.info("epoch %d/%d: train loss %.4f, val loss %.4f (ppl %.2f, top1 %.3f, top5 %.3f)%s, %.1f s%s",
+             epoch + 1, args.epochs, train_loss, val["loss"], val["perplexity"], val["top1"], val["top5"],
+             f", postselection {val['postselection']:.3f}" if "postselection" in val else "", epoch_s,
+             f"; stop: {state.stop_reason}" if state.stop_reason else "")
+    _checkpoint(run, record, improved, val)
+    if run.epoch_callback is not None:
+        run.epoch_callback(epoch + 1, dict(record))
+
+
+def _activate_layers(run: Run, record: dict) -> "FrozenEntries | None":
+    """Layerwise training: switch on this epoch's layers; a newly active layer resets patience."""
+    if not run.n_layers:
+        return None
+    k = active_layers_at(run.state.epoch, run.args.epochs, run.n_layers)
+    if k != run.state.active_layers:
+        run.state.bad_epochs = 0
+        run.state.active_layers = k
+    run.model.set_active_layers(k)
+    record["active_layers"] = k
+    return FrozenEntries(run.model)
+
+
+def _update_stopping(run: Run, val_loss: float) -> bool:
+    """Best loss, patience, the plateau schedule and the stop reason after one epoch."""
+    state, args = run.state, run.args
+    improved = val_loss < state.best_val_loss
+    if improved:
+        state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch + 1, 0
+    else:
+        state.bad_epochs += 1
+    if args.lr_schedule == "plateau":
+        run.lr_scheduler.step(val_loss)
+    state.epoch += 1
+    if args.patience and state.bad_epochs >= args.patience:
+        state.stop_reason = "early_stop"
+    elif state.epoch >= args.epochs:
+        state.stop_reason = "max_epochs"
+    return improved
+
+
+def _checkpoint(run: Run, record: dict, improved: bool, val: dict) -> None:
+    ranks_rng = run.dist.gather_object(rng_state())
+    if not run.dist.is_main:
+        return
+    _rewrite_metrics(run.out / "metrics.jsonl", run.state.epoch - 1, record)
+    if improved:
+        atomic_torch_save(run.out / "best.pt", {
+            "model": run.model.state_dict(), "epoch": run.state.epoch, "val": val,
+            "active_layers": record.get("active_layers"), "config": run.config,
+        })
+    atomic_torch_save(run.out / "last.pt", {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "lr_scheduler": run.lr_scheduler.state_dict(), "state": asdict(run.state), "rng": ranks_rng,
+        "data": _data_summary(run.data), "config": run.config, "model_name": run.model_name,
+    })
+
+
+def _train_steps(run: Run, frozen: "FrozenEntries | None", desc: str) -> tuple[float, int, float]:
+    """One epoch of optimizer steps; returns (mean loss over all processes, windows seen by all
+    processes, seconds spent)."""
+    args, dist = run.args, run.dist
+    run.step_model.train()
+    sums = torch.zeros(2, dtype=torch.float64, device=dist.device)
+    params = [p for p in run.model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
-    bar = _progress(loader, dist, desc)
+    batches = train_batches(run.data.streams("train"), run.schedule.epoch(run.state.epoch), run.data.window_size,
+                            args.batch_size, rank=dist.rank, world_size=dist.world_size, limit=args.max_train_batches)
+    bar = _progress(batches, dist, desc, total=run.steps)
     for step, (x, y) in enumerate(bar):
-        if args.max_train_batches and step >= args.max_train_batches:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, _ = split_output(model(x))
+        x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+        logits, _ = split_output(run.step_model(x))
         loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if frozen is not None:
             frozen.before_step()
         if args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        optimizer.step()
+        run.optimizer.step()
         if frozen is not None:
             frozen.after_step()
-        scheduler.step()
+        if args.lr_schedule == "cosine":
+            run.lr_scheduler.step()
         sums[0] += loss.detach().double() * len(y)
         sums[1] += len(y)
         if step % 25 == 0 and not getattr(bar, "disable", True):
             bar.set_postfix(loss=f"{float(loss):.3f}")
-    if hasattr(bar, "close"):
-        bar.close()
     seconds = time.perf_counter() - t0
     dist.all_reduce_sum(sums)
     n = int(sums[1])
     return float(sums[0]) / max(n, 1), n, seconds
+
+
+def _finish(run: Run) -> dict:
+    """Score the best checkpoint on val and test; write the score files and results.json."""
+    dist, out = run.dist, run.out
+    dist.barrier()  # best.pt is complete before every rank reads it
+    best = load_torch_file(out / "best.pt")
+    run.model.load_state_dict(best["model"])
+    if run.n_layers and best.get("active_layers") is not None:
+        run.model.set_active_layers(best["active_layers"])
+    scores = {}
+    for split in ("val", "test"):
+        t0 = time.perf_counter()
+        scores[split] = evaluate(run.model, run.data, split, run.targets[split], run.eval_batch_size, dist,
+                                 desc=f"best: {split}")
+        eval_seconds = time.perf_counter() - t0
+    test, val = scores["test"].metrics(), scores["val"].metrics()
+    state = run.state
+    results: dict[str, Any] = {
+        "model": run.model_name, "seed": run.args.seed, "data_dir": str(run.args.data_dir),
+        "parameters": count_parameters(run.model), "parameter_breakdown": parameter_breakdown(run.model),
+        **prefixed("test", {k: v for k, v in test.items() if k != "postselection"}),
+        "test_targets": len(scores["test"]), "targets_sha256": run.targets["test"].key,
+        "train_seconds": state.train_seconds,
+        "train_sequences_per_second": state.train_sequences / max(state.step_seconds, 1e-9),
+        "eval_sequences_per_second": len(scores["test"]) / max(eval_seconds, 1e-9),
+    }
+    if "postselection" in test:
+        results["postselection"] = test["postselection"]
+    results.update(prefixed("val", {k: v for k, v in val.items() if k != "postselection"}))
+    results.update(
+        epochs_run=state.epoch, best_epoch=best["epoch"], stop_reason=state.stop_reason,
+        converged=state.stop_reason == "early_stop", max_epochs=run.args.epochs, epoch_size=run.schedule.epoch_size,
+        vocabulary_size=run.data.vocab_size, window_size=run.data.window_size,
+        windows={s: int(t.shape[0]) for s, t in run.data.splits.items()},
+        world_size=dist.world_size, device=str(dist.device), peak_rss_mb=peak_rss_mb(),
+        torch_version=torch.__version__,
+    )
+    if dist.is_main:
+        for split, s in scores.items():
+            s.save(out / f"{split}_scores.npz")
+        atomic_write_json(out / "results.json", results)
+        log.info("test: loss %.4f, perplexity %.2f, top1 %.3f, top5 %.3f (%s after %d epochs) -> %s",
+                 results["test_loss"], results["test_perplexity"], results["test_top1"], results["test_top5"],
+                 state.stop_reason, state.epoch, out / "results.json")
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -741,14 +753,15 @@ def train_classical(args: argparse.Namespace, epoch_callback: EpochCallback | No
     if args.output_dir is None:
         args.output_dir = default_classical_output_dir(args)
     if args.model in REFERENCE_MODELS:
-        opts = {k: getattr(args, k) for k in ("max_order", "positions") if getattr(args, k, None) is not None}
-        return run_reference(args.model, args.data_dir, args.output_dir, **opts)
+        return run_reference(args.model, args.data_dir, args.output_dir, max_order=args.max_order,
+                             eval_targets_count=args.eval_targets)
     resolve_classical_args(args)
 
     def build(data: TokenData, a: argparse.Namespace) -> nn.Module:
         return build_classical_model(
             a.model, data.vocab_size, data.n_input_tokens, embedding_dim=a.embedding_dim, hidden_dim=a.hidden_dim,
-            num_layers=a.num_layers, num_heads=a.num_heads, dropout=a.dropout,
+            num_layers=a.num_layers, num_heads=a.num_heads, dropout=a.dropout, qubits=a.qubits,
+            ansatz_layers=a.ansatz_layers,
         )
 
     return train_model(args, model_name=args.model, build_model=build, epoch_callback=epoch_callback)

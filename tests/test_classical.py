@@ -19,8 +19,8 @@ import train_classical_baselines
 from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model, resolve_classical_args
 from quixer.common import UserError
 
-RESULT_KEYS = {"model", "parameters", "test_loss", "test_perplexity", "test_top1", "test_top5",
-               "train_seconds", "sequences_per_second"}
+RESULT_KEYS = {"model", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1", "test_top5",
+               "train_seconds", "train_sequences_per_second", "eval_sequences_per_second", "targets_sha256"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,10 +33,11 @@ def tokens(tmp_path_factory) -> Path:
 
 def sized(model: str, preset: str, vocab: int = 512, n_tokens: int = 31) -> torch.nn.Module:
     args = argparse.Namespace(model=model, preset=preset, embedding_dim=None, hidden_dim=None, num_layers=None,
-                              num_heads=None, lr=None, dropout=None)
+                              num_heads=None, lr=None, dropout=None, qubits=6, ansatz_layers=4)
     resolve_classical_args(args)
     return build_classical_model(model, vocab, n_tokens, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
-                                 num_layers=args.num_layers, num_heads=args.num_heads, dropout=args.dropout)
+                                 num_layers=args.num_layers, num_heads=args.num_heads, dropout=args.dropout,
+                                 qubits=args.qubits, ansatz_layers=args.ansatz_layers)
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -49,6 +50,8 @@ def test_preset_sizes_at_vocab_512():
     assert counts["default", "lstm"] == 219_136          # ~200k
     assert counts["default", "transformer"] == 532_096   # ~500k
     assert counts["default", "fnet"] == 400_000
+    # the ablation: Quixer's embedding 512x512, angle map 512 -> 96, head 18 -> 512 -> 512, and its pooling
+    assert counts["default", "quixer_ablation"] == 262_144 + 49_248 + (31 + 96 * 18 + 18) + 272_384
     # LSTM 2 layers, hidden = embedding: 512 E + 2 * 4 (2E^2 + 2E) ... + (E + 1) 512
     for e in (96, 128):
         lstm = sized("lstm", f"paper{e}")
@@ -78,6 +81,37 @@ def test_transformer_is_causal_and_reads_every_input():
         with torch.no_grad():
             assert m(x).shape == (3, 64)
             assert not torch.allclose(m(x), m(y)), f"{name} ignores the first input token"
+
+
+def test_transformer_last_position_shortcut_equals_the_full_encoder():
+    torch.manual_seed(1)
+    for preset in ("default", "paper96"):
+        model = sized("transformer", preset, vocab=64, n_tokens=12).eval()
+        x = torch.randint(0, 64, (5, 12))
+        with torch.no_grad():
+            h = model.embedding(x) + model.position
+            full = model.project(model.encoder(h, mask=model.causal_mask, is_causal=True)[:, -1])
+            assert torch.allclose(model(x), full, atol=1e-5)
+
+
+def test_quixer_ablation_shares_quixer_embedding_and_head_and_learns(tokens, tmp_path):
+    from quixer.model import Quixer
+
+    quixer = Quixer(n_qubits=6, n_tokens=31, vocabulary_size=512, embedding_dimension=512)
+    ablation = sized("quixer_ablation", "default")
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}  # noqa: E731
+    for prefix in ("embedding.", "embedding_to_angles.", "output_feedforward."):
+        assert {n: v for n, v in shapes(quixer).items() if n.startswith(prefix)} == \
+            {n: v for n, v in shapes(ablation).items() if n.startswith(prefix)}
+    out = tmp_path / "ablation"
+    train_classical_baselines.main(["--model", "quixer_ablation", "--data_dir", str(tokens), "--output_dir", str(out),
+                                    "--epochs", "2", "--embedding_dim", "32", "--qubits", "3", "--ansatz_layers", "2",
+                                    "--lr", "0.02", "--device", "cpu"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["parameter_breakdown"] == {"embedding": 256 * 32, "angle_map": 32 * 24 + 24,
+                                              "pooling": 7 + 24 * 9 + 9, "head": 9 * 32 + 32 + 32 * 256 + 256}
+    assert results["parameters"] == sum(results["parameter_breakdown"].values())
+    assert results["test_loss"] < 4.8  # uniform is ln 256 = 5.55
 
 
 def test_transformer_learns_real_data(tokens, tmp_path):
@@ -121,3 +155,10 @@ def test_reference_models_dispatch(tokens, tmp_path):
     assert uniform["model"] == "uniform" and math.isclose(uniform["test_perplexity"], 256.0)
     assert ngram["model"] == "ngram" and ngram["test_loss"] < 3.0
     assert not (tmp_path / "ngram" / "last.pt").exists()  # no gradient training
+    assert uniform["test_top1"] == pytest.approx(1 / 256) and uniform["test_top5"] == pytest.approx(5 / 256)
+    # the very targets the trained models are scored on
+    train_classical_baselines.main(["--model", "lstm", "--data_dir", str(tokens), "--output_dir", str(tmp_path / "lstm"),
+                                    "--epochs", "1", "--max_train_batches", "2", "--device", "cpu"])
+    lstm = json.loads((tmp_path / "lstm" / "results.json").read_text())
+    assert lstm["targets_sha256"] == ngram["targets_sha256"] == uniform["targets_sha256"]
+    assert lstm["test_targets"] == ngram["test_targets"] == uniform["test_targets"] > 300

@@ -16,12 +16,12 @@ from quixer.reference import (
     KneserNeyModel,
     kn_discounts,
     run_reference,
-    target_rank,
 )
 
 RESULT_KEYS = {
-    "model", "parameters", "test_loss", "test_perplexity", "test_top1", "test_top5", "train_seconds",
-    "sequences_per_second", "val_loss", "val_perplexity", "val_top1", "val_top5",
+    "model", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1", "test_top5",
+    "train_seconds", "eval_sequences_per_second", "val_loss", "val_perplexity", "val_top1", "val_top5",
+    "test_targets", "targets_sha256",
 }
 
 # A tiny hand-made window set over V = 5 (token 4 never occurs: it must still get mass).
@@ -154,15 +154,6 @@ def test_block_sizes_agree():
                 assert m.parameters(order) == models[0].parameters(order)
 
 
-def test_target_rank_breaks_ties_by_token_id():
-    proba = np.array([[0.1, 0.3, 0.3, 0.1, 0.2], [0.2] * 5])
-    order = np.argsort(-proba, axis=1, kind="stable")
-    for t in range(5):
-        targets = np.array([t, t])
-        expected = [int(np.flatnonzero(order[r] == t)[0]) for r in range(2)]
-        assert target_rank(proba, targets).tolist() == expected
-
-
 # ---------------------------------------------------------------------------------------------
 # run_reference on files
 
@@ -188,7 +179,6 @@ def test_markov_chain_order_is_recovered(tmp_path):
     ngram = run_reference("ngram", tmp_path / "tok", tmp_path / "runs" / "ngram", max_order=5)
     unigram = run_reference("unigram", tmp_path / "tok", tmp_path / "runs" / "unigram")
     assert ngram["order"] == 3
-    assert ngram["positions"] == "all"  # 15x the counts of "last" on the same windows
     assert ngram["test_top1"] > unigram["test_top1"] + 0.15
     assert ngram["test_loss"] < unigram["test_loss"] - 0.3
     # the true chain's cross-entropy is a floor the estimate approaches from above
@@ -210,11 +200,11 @@ def test_uniform_and_unigram_exact(tmp_path):
     assert uni["test_perplexity"] == pytest.approx(V, rel=1e-12)
     assert uni["test_loss"] == pytest.approx(math.log(V), rel=1e-12)
     assert uni["parameters"] == 0
-    assert uni["test_top1"] == pytest.approx(np.mean(splits["test"][:, -1] == 0))  # ties -> token 0
+    assert uni["test_top1"] == pytest.approx(1 / V, rel=1e-12) and uni["test_top5"] == pytest.approx(5 / V, rel=1e-12)
 
     res = run_reference("unigram", tmp_path / "tok", tmp_path / "g")
-    counts = Counter(splits["train"][:, -1].tolist())
-    n = len(splits["train"])
+    counts = Counter(splits["train"].reshape(-1).tolist())  # every train position is training data
+    n = splits["train"].size
 
     def ce(alpha, targets):
         return -sum(math.log((counts[t] + alpha) / (n + alpha * V)) for t in targets.tolist()) / len(targets)
@@ -223,8 +213,9 @@ def test_uniform_and_unigram_exact(tmp_path):
     assert res["alpha"] == best_alpha
     assert res["test_perplexity"] == pytest.approx(math.exp(ce(best_alpha, splits["test"][:, -1])), rel=1e-12)
     assert res["parameters"] == V - 1
-    most = max(range(V), key=lambda t: (counts[t], -t))
-    assert res["test_top1"] == pytest.approx(np.mean(splits["test"][:, -1] == most))
+    top = max(counts.values())
+    leaders = [t for t in range(V) if counts[t] == top]  # tied leaders share the top-1 credit
+    assert res["test_top1"] == pytest.approx(np.mean(np.isin(splits["test"][:, -1], leaders)) / len(leaders))
 
 
 def test_files_written_and_errors(tmp_path):
@@ -238,13 +229,13 @@ def test_files_written_and_errors(tmp_path):
         assert RESULT_KEYS <= set(on_disk)
         assert on_disk["model"] == name and on_disk["test_loss"] == pytest.approx(res["test_loss"])
         config = json.loads((out / "config.json").read_text())
-        assert config["model"] == name and config["vocab_size"] == 6 and config["data"] == str(tmp_path / "tok")
+        assert config["model"] == name and config["vocab_size"] == 6 and config["data_dir"] == str(tmp_path / "tok")
         assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(UserError, match="unknown reference model"):
         run_reference("bigram", tmp_path / "tok", tmp_path / "x")
     capped = run_reference("ngram", tmp_path / "tok", tmp_path / "x", max_order=20)  # W = 8
     assert json.loads((tmp_path / "x" / "config.json").read_text())["max_order"] == 8
-    assert len(capped["val_loss_by_order"]["all"]) == 8
+    assert len(capped["val_loss_by_order"]) == 8
     with pytest.raises(UserError, match="max_order"):
         run_reference("ngram", tmp_path / "tok", tmp_path / "x", max_order=0)
     with pytest.raises(UserError, match="not found"):
@@ -261,7 +252,7 @@ def test_rerun_with_same_data_and_settings_is_a_no_op(tmp_path):
     assert run_reference("ngram", tmp_path / "tok", out, max_order=3) == first
     assert (out / "results.json").stat().st_mtime_ns == stamp
     other = run_reference("ngram", tmp_path / "tok", out, max_order=2)  # other settings: fitted again
-    assert (out / "results.json").stat().st_mtime_ns != stamp and len(other["val_loss_by_order"]["all"]) == 2
+    assert (out / "results.json").stat().st_mtime_ns != stamp and len(other["val_loss_by_order"]) == 2
     splits["test"] = rng.integers(0, 6, (40, 8))  # other data, same path: fitted again
     save_splits(tmp_path / "tok", splits)
     stamp = (out / "results.json").stat().st_mtime_ns

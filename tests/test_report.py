@@ -15,6 +15,7 @@ from PIL import Image
 
 from quixer.common import UserError
 from quixer.reference import REFERENCE_MODELS, run_reference
+from quixer.scoring import TargetScores
 
 ROOT = Path(__file__).resolve().parents[1]
 FASTAS = [ROOT / "data" / "sample_rna.fasta.gz", ROOT.parent / "shared" / "data" / "grch38_chrX_refseq_rna.fasta.gz"]
@@ -52,7 +53,8 @@ def windows_of(seq: str) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory) -> Path:
-    """runs/{uniform,unigram,ngram} fitted on real tokens, runs/quixer_tiny hand-written, runs/unfinished."""
+    """runs/{uniform,unigram,ngram} fitted on real tokens, runs/quixer/seed_{1,2} made from the n-gram's
+    scores, runs/unfinished."""
     root = tmp_path_factory.mktemp("report")
     splits: dict[str, list[list[int]]] = {"train": [], "val": [], "test": []}
     for i, seq in enumerate(read_records(15)):  # split by record, never by window
@@ -68,17 +70,27 @@ def runs_dir(tmp_path_factory) -> Path:
     for name in REFERENCE_MODELS:
         run_reference(name, tokens, runs / name, max_order=4)
 
-    trained = runs / "quixer_tiny"
-    trained.mkdir()
-    lines = [json.dumps({"epoch": e, "train_loss": 5.5 - 0.8 * e, "val_loss": 5.6 - 0.7 * e,
-                         "val_perplexity": math.exp(5.6 - 0.7 * e), "val_top1": 0.05 * e, "val_top5": 0.2 * e,
-                         "epoch_seconds": 3.0, "lr": 1e-3}) for e in range(1, 5)]
-    (trained / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"epoch\": 5, \"train_lo")  # cut-off last line
-    (trained / "results.json").write_text(json.dumps({
-        "model": "quixer", "parameters": 4321, "test_loss": 2.5, "test_perplexity": math.exp(2.5), "test_top1": 0.2345,
-        "test_top5": 0.6789, "train_seconds": 125.0, "sequences_per_second": 987.6, "postselection": 0.25,
-    }))
-    (trained / "config.json").write_text(json.dumps({"model": "quixer", "data_dir": str(tokens)}))
+    # a Quixer with two seeds, scored on the same test targets as the references (its per-target
+    # scores: the n-gram's, shifted, so the paired difference is known)
+    ngram_scores = TargetScores.load(runs / "ngram" / "test_scores.npz")
+    for seed, shift in ((1, 0.10), (2, 0.30)):
+        trained = runs / "quixer" / f"seed_{seed}"
+        trained.mkdir(parents=True)
+        lines = [json.dumps({"epoch": e, "train_loss": 5.5 - 0.8 * e, "val_loss": 5.6 - 0.7 * e,
+                             "val_perplexity": math.exp(5.6 - 0.7 * e), "val_top1": 0.05 * e, "val_top5": 0.2 * e,
+                             "epoch_seconds": 3.0, "lr": 1e-3}) for e in range(1, 5)]
+        (trained / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"epoch\": 5, \"train_lo")  # cut-off last line
+        scores = TargetScores(ngram_scores.nll + shift, ngram_scores.top1 * 0.5, ngram_scores.top5, None, None,
+                              None, ngram_scores.key)
+        scores.save(trained / "test_scores.npz")
+        m = scores.metrics()
+        (trained / "results.json").write_text(json.dumps({
+            "model": "quixer", "seed": seed, "parameters": 4321, "parameter_breakdown": {"embedding": 4000, "quantum": 321},
+            **{f"test_{k}": v for k, v in m.items()}, "targets_sha256": ngram_scores.key, "test_targets": len(scores),
+            "train_seconds": 125.0, "train_sequences_per_second": 987.6, "postselection": 0.25,
+            "epochs_run": 4, "stop_reason": "early_stop" if seed == 1 else "max_epochs", "converged": seed == 1,
+        }))
+        (trained / "config.json").write_text(json.dumps({"model": "quixer", "data_dir": str(tokens)}))
     (runs / "unfinished").mkdir()
     (runs / "unfinished" / "config.json").write_text("{}")
     return runs
@@ -108,27 +120,44 @@ def test_report_files_and_numbers(runs_dir, tmp_path, capsys):
         check_png(out / png)
 
     rows = json.loads((out / "results.json").read_text())
-    assert [r["run"] for r in rows] == ["uniform", "unigram", "ngram", "quixer_tiny"]
-    for row in rows:
+    assert [r["run"] for r in rows] == ["uniform", "unigram", "ngram", "quixer"]
+    for row in rows[:3]:
         src = json.loads((runs_dir / row["run"] / "results.json").read_text())
         for key in ("model", "parameters", "test_top1", "test_top5", "test_perplexity", "test_loss", "train_seconds",
-                    "sequences_per_second"):
+                    "eval_sequences_per_second"):
             assert row[key] == src[key], (row["run"], key)
-        assert row["data"] == str(runs_dir.parent / "tokens")
+        assert row["data"] == str(runs_dir.parent / "tokens") and row["seeds"] == []
+        lo, hi = row["test_top1_ci95"]
+        assert lo <= row["test_top1"] <= hi and hi - lo < 0.2
     by_run = {r["run"]: r for r in rows}
     assert by_run["uniform"]["test_perplexity"] == pytest.approx(256)
+    assert by_run["uniform"]["test_top1"] == pytest.approx(1 / 256)  # ties count as expected accuracy
     assert by_run["ngram"]["test_top1"] > by_run["unigram"]["test_top1"] + 0.2  # 3 of the 4 bases are known
-    assert by_run["quixer_tiny"]["postselection"] == 0.25
+    q = by_run["quixer"]
+    seeds = [json.loads((runs_dir / "quixer" / f"seed_{s}" / "results.json").read_text()) for s in (1, 2)]
+    assert q["seeds"] == [1, 2] and q["postselection"] == 0.25 and q["converged"] is False
+    assert q["stop_reasons"] == ["early_stop", "max_epochs"]
+    for key in ("test_top1", "test_perplexity", "test_loss"):
+        assert q[key] == pytest.approx((seeds[0][key] + seeds[1][key]) / 2)
+    # paired: every replicate has the same groups for both, so the top-1 difference is exactly -1/2 of the
+    # n-gram's top-1 at those groups, and Quixer's perplexity e^0.1 or e^0.3 times the n-gram's
+    d1 = by_run["ngram"]["quixer_top1_difference"]
+    assert d1["mean"] == pytest.approx(-0.5 * by_run["ngram"]["test_top1"])
+    assert d1["ci95"][0] < d1["mean"] < d1["ci95"][1] < 0
+    dp = by_run["ngram"]["quixer_perplexity_difference"]
+    ng_ppl = by_run["ngram"]["test_perplexity"]
+    assert dp["mean"] == pytest.approx(ng_ppl * ((math.exp(0.1) + math.exp(0.3)) / 2 - 1))
+    assert 0 < dp["ci95"][0] < dp["mean"] < dp["ci95"][1]
+    assert "quixer_top1_difference" not in q
 
     md = (out / "results.md").read_text()
     assert md.startswith("## real chrX tokens")
     assert captured.out == md
-    table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert len(table) == 2 + 4
     ng = by_run["ngram"]
-    assert (f"| ngram (reference) | ngram | {ng['parameters']:,} | {100 * ng['test_top1']:.2f} % | "
-            f"{100 * ng['test_top5']:.2f} % | {ng['test_perplexity']:.2f} |") in md
-    assert "| quixer | quixer_tiny | 4,321 | 23.45 % | 67.89 % | 12.18 | 2.5000 | 2.1 min | 988 | 25.00 % |" in md
+    assert f"| ngram (reference) | ngram | – | {100 * ng['test_top1']:.2f} % [" in md
+    assert "| quixer | quixer | 2 |" in md and "1/2 early (4/4 ep.)" in md and "| 25.00 % |" in md
+    assert "| quixer | quixer | 4,321 | embedding 4,000, quantum 321 | 2.1 min | 988 |" in md
+    assert "Quixer minus each model, paired" in md and "gene groups" in md
 
 
 def test_report_references_only_default_output(runs_dir, tmp_path):
@@ -143,7 +172,7 @@ def test_report_references_only_default_output(runs_dir, tmp_path):
     assert [r["model"] for r in report["rows"]] == list(REFERENCE_MODELS)
     for png in ("learning_curves.png", "test_accuracy.png", "test_perplexity.png"):
         check_png(only / png)
-    assert "Data" not in report["markdown"] and "Postselection" not in report["markdown"]
+    assert "| Data" not in report["markdown"] and "Postselection" not in report["markdown"]
     # a second report over the same directory ignores its own output files
     assert len(write_report(only)["rows"]) == 3
 

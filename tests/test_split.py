@@ -91,14 +91,17 @@ def test_a_repeat_in_very_many_transcripts_is_ignored(chrx):
     assert len(set(_groups(hosts, HomologyConfig(max_group_share=1.0, max_kmer_transcripts=50)))) < len(hosts)
 
 
-def test_the_group_cap_refuses_joins_and_counts_them(chrx):
-    names = [*ISOFORMS, *DUP_COPIES]
+def test_the_group_cap_refuses_weak_joins_only(chrx):
+    piece = chrx[ISOFORMS[0]][3000:3100].upper()  # 69 shared 32-mers: a few % of each host, a weak join
+    hosts = [_insert(chrx[a], piece) for a in UNRELATED]
+    names = [*hosts, chrx[DUP_COPIES[0]], chrx[DUP_COPIES[1]]]
     grouper = SharedSequenceGrouper(HomologyConfig(max_group_share=0.4))
-    for a in names:
-        grouper.add(chrx[a])
-    result = grouper.groups([None] * 4, [10, 10, 5, 5])  # the AR pair is half the weight: refused
-    assert result.labels[0] != result.labels[1] and result.labels[2] == result.labels[3]
-    assert result.refused == 1
+    for seq in names:
+        grouper.add(seq)
+    result = grouper.groups([None] * 4, [10, 10, 5, 5])  # each join would pass 40 % of the weight
+    assert result.labels[0] != result.labels[1] and result.refused == 1  # weak: refused and counted
+    assert result.labels[2] == result.labels[3]  # identical copies: a strong join, never refused
+    assert len(set(_groups(names))) == 2  # without the cap the weak join is made
 
 
 # ------------------------------------------------------------------ the benchmark set

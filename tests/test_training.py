@@ -24,7 +24,7 @@ except ImportError:  # tests/ on sys.path instead of the repository root
 
 import train_quixer_hybrid
 from quixer.common import UserError, seed_everything
-from quixer.data import load_token_data, load_split
+from quixer.data import load_token_data
 from quixer.training import (
     active_layers_at,
     build_quixer,
@@ -35,8 +35,10 @@ from quixer.training import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-RESULT_KEYS = {"model", "parameters", "test_loss", "test_perplexity", "test_top1", "test_top5",
-               "train_seconds", "sequences_per_second", "postselection", "val_loss", "epochs_run"}
+RESULT_KEYS = {"model", "seed", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1",
+               "test_top5", "novel_test_loss", "novel_test_perplexity", "novel_test_top1", "novel_test_top5",
+               "novel_fraction", "test_targets", "targets_sha256", "train_seconds", "train_sequences_per_second",
+               "eval_sequences_per_second", "postselection", "val_loss", "epochs_run", "stop_reason", "converged"}
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_perplexity", "val_top1", "val_top5",
                "epoch_seconds", "lr", "postselection"}
 
@@ -73,19 +75,38 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def stream_targets(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (context, target) of a split, rebuilt in plain Python from the windows' sources: each
+    transcript's tokens by base offset, then every position with W - 1 tokens before it in an
+    unbroken run (no code shared with quixer.streams)."""
+    obj = torch.load(data_dir / f"{split}.pt", weights_only=True)
+    seq, src = obj["sequences"].tolist(), obj["sources"]
+    width = len(seq[0])
+    by_transcript: dict[int, dict[int, int]] = {}
+    for row, t, off in zip(seq, src["transcript"].tolist(), src["offsets"].tolist()):
+        by_transcript.setdefault(t, {}).update({off + j: tok for j, tok in enumerate(row)})
+    contexts, targets = [], []
+    for tokens in by_transcript.values():
+        for p in sorted(tokens):
+            if all(p - d in tokens for d in range(1, width)):
+                contexts.append([tokens[p - d] for d in range(width - 1, 0, -1)])
+                targets.append(tokens[p])
+    return torch.tensor(contexts), torch.tensor(targets)
+
+
 def independent_eval(run: Path, data_dir: Path, split: str) -> dict:
-    """Plain-torch metrics of best.pt on one split (no code shared with quixer.training.evaluate)."""
+    """Plain-torch metrics of best.pt on every target of one split (no code shared with
+    quixer.training.evaluate)."""
     args = parse_args(quixer_parser(), ["--config", str(run / "config.json")])
     model = build_quixer(load_token_data(data_dir), args)
     model.load_state_dict(torch.load(run / "best.pt", weights_only=True)["model"])
     model.eval()
-    seq, _ = load_split(data_dir, split)
+    x, y = stream_targets(data_dir, split)
     with torch.no_grad():
-        logits, post = model(seq[:, :-1])
-    y = seq[:, -1]
+        logits, post = model(x)
     ranks = (logits > logits.gather(1, y[:, None])).sum(1)
     return {"loss": float(F.cross_entropy(logits, y)), "top1": float((logits.argmax(1) == y).float().mean()),
-            "top5": float((ranks < 5).float().mean()), "postselection": float(post.mean())}
+            "top5": float((ranks < 5).float().mean()), "postselection": float(post.mean()), "targets": len(y)}
 
 
 def test_quixer_run_writes_consistent_files(tokens, tmp_path):
@@ -94,19 +115,26 @@ def test_quixer_run_writes_consistent_files(tokens, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert RESULT_KEYS <= set(results)
     assert results["model"] == "quixer" and results["epochs_run"] == 3
-    assert results["parameters"] == 8850  # 4096 + 272 + 7 (LCU, complex) + 3 + 8 + 112 + 4352
+    # real numbers: embedding 4096 + angles 272 + LCU 7 complex (14) + polynomial 3 + feed-forward 8 + head 4464
+    assert results["parameters"] == 8857
+    assert results["parameter_breakdown"] == {"embedding": 4096, "angle_map": 272, "quantum": 25, "head": 4464}
     assert math.isclose(results["test_perplexity"], math.exp(results["test_loss"]), rel_tol=1e-9)
     assert 0 < results["postselection"] <= 1 + 1e-6
-    assert results["sequences_per_second"] > 0 and results["train_seconds"] > 0
+    assert results["train_sequences_per_second"] > 0 and results["train_seconds"] > 0
+    assert results["stop_reason"] in ("max_epochs", "early_stop") and 0 < results["novel_fraction"] <= 1
     metrics = read_metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert all(METRIC_KEYS <= set(m) for m in metrics)
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] - 0.1, "Quixer did not learn on real data"
-    assert metrics[0]["lr"] == 0.01 and metrics[1]["lr"] < 0.01  # cosine decay over the run
+    for before, after in zip(metrics, metrics[1:]):  # plateau schedule: halve after an epoch with no new best
+        best_so_far = min(m["val_loss"] for m in metrics[: before["epoch"]])
+        improved = before["val_loss"] == best_so_far
+        assert after["lr"] == pytest.approx(before["lr"] * (1 if improved else 0.5))
     best_epoch = min(metrics, key=lambda m: m["val_loss"])["epoch"]
     assert results["best_epoch"] == best_epoch
     assert math.isclose(results["val_loss"], metrics[best_epoch - 1]["val_loss"], rel_tol=1e-6)
     ref = independent_eval(out, tokens, "test")
+    assert results["test_targets"] == ref["targets"] > 160  # every position, not only each window's last
     for key in ("loss", "top1", "top5", "postselection"):
         assert math.isclose(results[f"test_{key}" if key != "postselection" else key], ref[key],
                             rel_tol=1e-5, abs_tol=1e-6), key
@@ -250,12 +278,13 @@ def test_ddp_two_cpu_processes(tokens, tmp_path):
     assert results["world_size"] == 2 and results["epochs_run"] == 1
     assert len(read_metrics(out)) == 1
     assert proc.stderr.count("INFO test: loss") == 1  # only rank 0 reports and writes
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl",
+                                                     "results.json", "test_scores.npz", "val_scores.npz"]
     assert len(torch.load(out / "last.pt", weights_only=True)["rng"]) == 2
-    # metrics summed over the two shards (160 windows, uneven batches) equal a one-process evaluation
+    # metrics gathered from the two shards (uneven batches) equal a one-process evaluation
     ref = independent_eval(out, tokens, "test")
     assert math.isclose(results["test_loss"], ref["loss"], rel_tol=1e-5)
-    assert math.isclose(results["test_top5"], ref["top5"], abs_tol=1e-9)
+    assert math.isclose(results["test_top5"], ref["top5"], abs_tol=1e-6)
 
 
 def test_early_stopping_follows_patience(tokens, tmp_path):
@@ -271,4 +300,5 @@ def test_early_stopping_follows_patience(tokens, tmp_path):
             expected_stop = m["epoch"]
             break
     assert results["epochs_run"] == len(metrics) == expected_stop
-    assert results["stopped_early"] == (expected_stop < 6)
+    assert results["stop_reason"] == ("early_stop" if expected_stop < 6 else "max_epochs")
+    assert results["converged"] == (expected_stop < 6)

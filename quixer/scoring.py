@@ -1,0 +1,127 @@
+"""Per-target scores, one format for trained models and references.
+
+Every model is scored on the same targets (:func:`quixer.streams.eval_targets`) with the same
+function: cross-entropy, and top-1 / top-5 counted as the *expected* accuracy under random
+tie-breaking (a target tied with ``t`` tokens, ``a`` tokens strictly above it, is in the top
+``k`` with probability ``clip((k - a) / t, 0, 1)``): a uniform predictor scores exactly 1/V
+and 5/V, not the frequency of token 0. The per-target arrays are kept
+(``{split}_scores.npz`` in a run directory) so the report can resample gene groups and seeds
+for confidence intervals and pair models target by target.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .common import UserError, atomic_write_bytes
+
+
+def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: cross-entropy (nats), expected top-1 and expected top-5 accuracy (float64).
+
+    ``logits`` may be unnormalised scores or log-probabilities (``-inf`` allowed where a
+    reference gives probability 0)."""
+    logits = logits.double()
+    rows = torch.arange(len(targets), device=logits.device)
+    nll = -torch.log_softmax(logits, dim=-1)[rows, targets]
+    own = logits[rows, targets][:, None]
+    above = (logits > own).sum(-1).double()
+    tied = (logits == own).sum(-1).double()
+    return nll, expected_in_top(1, above, tied), expected_in_top(min(5, logits.shape[-1]), above, tied)
+
+
+def expected_in_top(k: int, above, tied):
+    """P(rank < k) when ``above`` scores are higher and the target ties with ``tied`` (itself included)."""
+    return ((k - above) / tied.clip(1)).clip(0, 1)
+
+
+def fixed_distribution_scores(p: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`score_logits` for one distribution ``p`` [V] shared by every target (no [M, V] matrix)."""
+    p = np.asarray(p, dtype=np.float64)
+    ordered = np.sort(p)
+    above = len(p) - np.searchsorted(ordered, p, side="right")  # per token: how many score higher
+    tied = np.searchsorted(ordered, p, side="right") - np.searchsorted(ordered, p, side="left")
+    above, tied = above[targets].astype(np.float64), tied[targets].astype(np.float64)
+    with np.errstate(divide="ignore"):
+        nll = -np.log(p[targets])
+    return nll, expected_in_top(1, above, tied), expected_in_top(min(5, len(p)), above, tied)
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+@dataclass
+class TargetScores:
+    """The scores of one split's targets (``M`` of them), in target order."""
+
+    nll: np.ndarray  # float64 [M]
+    top1: np.ndarray  # float64 [M]
+    top5: np.ndarray  # float64 [M]
+    novel: np.ndarray | None = None  # bool [M]
+    groups: np.ndarray | None = None  # int64 [M]
+    postselection: np.ndarray | None = None  # float64 [M] (Quixer)
+    key: str = ""  # sha256 of the targets (quixer.streams.EvalTargets.key)
+
+    def __len__(self) -> int:
+        return len(self.nll)
+
+    def metrics(self) -> dict[str, float]:
+        """loss, perplexity, top1, top5 (and postselection) over all targets; the same over the
+        novel-context targets as ``novel_*`` with ``novel_fraction``, where flags exist."""
+        if not len(self):
+            raise UserError("evaluation split is empty")
+        out = _summary(self.nll, self.top1, self.top5)
+        if self.postselection is not None:
+            out["postselection"] = float(self.postselection.mean())
+        if self.novel is not None:
+            out["novel_fraction"] = float(self.novel.mean())
+            if self.novel.any():
+                m = self.novel
+                out.update({f"novel_{k}": v for k, v in _summary(self.nll[m], self.top1[m], self.top5[m]).items()})
+        return out
+
+    def save(self, path: str | Path) -> None:
+        arrays = {k: v for k, v in (("nll", self.nll), ("top1", self.top1), ("top5", self.top5), ("novel", self.novel),
+                                   ("groups", self.groups), ("postselection", self.postselection)) if v is not None}
+        buf = io.BytesIO()
+        np.savez_compressed(buf, key=np.array(self.key), **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TargetScores":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                get = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: cannot be read as per-target scores ({exc})") from None
+        if not {"nll", "top1", "top5", "key"} <= set(get):
+            raise UserError(f"{path}: not a per-target scores file (needs nll, top1, top5, key)")
+        return cls(get["nll"], get["top1"], get["top5"], get.get("novel"), get.get("groups"),
+                   get.get("postselection"), str(get["key"]))
+
+
+def _summary(nll: np.ndarray, top1: np.ndarray, top5: np.ndarray) -> dict[str, float]:
+    loss = float(nll.mean())
+    return {"loss": loss, "perplexity": _perplexity(loss), "top1": float(top1.mean()), "top5": float(top5.mean())}
+
+
+def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    """Result keys of one split's metrics: ``loss`` -> ``test_loss``, ``novel_loss`` ->
+    ``novel_test_loss``, ``novel_fraction`` -> ``novel_fraction`` for test (the table's column)
+    and ``novel_val_fraction`` otherwise."""
+    out = {}
+    for k, v in metrics.items():
+        if k == "novel_fraction":
+            out["novel_fraction" if prefix == "test" else f"novel_{prefix}_fraction"] = v
+        elif k.startswith("novel_"):
+            out[f"novel_{prefix}_{k[6:]}"] = v
+        else:
+            out[f"{prefix}_{k}"] = v
+    return out
