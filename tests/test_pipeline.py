@@ -7,7 +7,8 @@ import subprocess
 from conftest import REPO, SAMPLE_FASTA
 from quixer.fasta import iter_fasta
 
-MODELS = {"uniform", "unigram", "ngram", "lstm", "transformer", "quixer"}
+MODELS = {"uniform", "unigram", "ngram", "quixer_ablation", "lstm", "transformer", "quixer"}
+TRAINED = MODELS - {"uniform", "unigram", "ngram"}
 
 
 def _run(*args, timeout=900):
@@ -23,23 +24,30 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
                 break
             fh.write(f">{rec.header}\n{rec.sequence}\n")
     out = tmp_path / "out"
-    first = _run("--fasta", fasta, "--out", out, "--epochs", 1)
+    first = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
     assert {r["model"] for r in rows} == MODELS
     for r in rows:
         assert 0 <= r["test_top1"] <= r["test_top5"] <= 1 and r["test_perplexity"] > 1
+        lo, hi = r["test_top1_ci95"]
+        assert lo <= r["test_top1"] <= hi and r["test_perplexity_ci95"][0] <= r["test_perplexity"]
+        assert 0 < r["novel_fraction"] <= 1 and 0 <= r["novel_test_top1"] <= 1 and r["novel_test_perplexity"] > 1
+        assert r["seeds"] == ([42, 43] if r["model"] in TRAINED else [])
+        assert r["test_targets"] == rows[0]["test_targets"] and r["targets_sha256"] == rows[0]["targets_sha256"]
+        if r["model"] not in ("quixer", "uniform"):
+            assert "ci95" in r["quixer_top1_difference"] and "ci95" in r["quixer_perplexity_difference"]
     uniform = next(r for r in rows if r["model"] == "uniform")
-    assert abs(uniform["test_perplexity"] - 512) < 1e-6
+    assert abs(uniform["test_perplexity"] - 512) < 1e-6 and abs(uniform["test_top1"] - 1 / 512) < 1e-12
     assert "| quixer |" in first.stdout and (out / "results.md").read_text() in first.stdout
     for png in ("learning_curves.png", "test_accuracy.png", "test_perplexity.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
 
-    again = _run("--fasta", fasta, "--out", out, "--epochs", 1)
+    again = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("up to date") >= 3 and again.stderr.count("already fitted") == 3
-    assert again.stderr.count("already finished") == 3  # lstm, transformer, quixer
+    assert again.stderr.count("already finished") == 2 * len(TRAINED)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
 
 
