@@ -17,8 +17,8 @@ This module is the model: parameters, :meth:`Quixer.forward` in the official ord
 initialisation, layerwise training and official checkpoints. How the circuits are simulated
 lives elsewhere: gates, plans, the autograd Functions, the polynomial and the measurement in
 :mod:`quixer.circuits`; the simulator chosen per device in :mod:`quixer.simulators` (torch ops,
-the fused CPU kernel of :mod:`quixer.native`), which also owns the eval-mode cache of
-per-vocabulary data.
+the fused CPU kernel of :mod:`quixer.native`, the Triton GPU kernels of
+:mod:`quixer.triton_kernels`), which also owns the eval-mode cache of per-vocabulary data.
 
 Differences from the official code, on purpose: the returned postselection probability is
 per sequence and squared (``<psi|psi>``; the official code returns the batch mean of the

@@ -7,14 +7,17 @@ polynomial, normalisation, measurement) is shared. Subclasses:
 
 - :class:`TorchSimulator`: torch ops ("butterflies" over whole rows); runs anywhere.
 - :class:`NativeSimulator`: the fused C++/OpenMP kernel of :mod:`quixer.native` (CPU).
+- :class:`TritonSimulator`: the fused Triton kernels of :mod:`quixer.triton_kernels` (CUDA; CPU
+  only under ``TRITON_INTERPRET=1``, for tests).
 
-:func:`select` picks the fastest one that runs on a device: the native kernel on a CPU, torch
-otherwise. ``QUIXER_NATIVE=0`` / :func:`quixer.native.set_enabled` switch the kernel off;
-:meth:`quixer.model.Quixer.use_simulator` pins one.
+:func:`select` picks the fastest one that runs on a device: Triton on CUDA, the native kernel on
+a CPU, torch otherwise. ``QUIXER_NATIVE=0`` / :func:`quixer.native.set_enabled` and
+``QUIXER_TRITON=0`` switch the kernels off; :meth:`quixer.model.Quixer.use_simulator` pins one.
 """
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from typing import Callable, ClassVar
 
@@ -320,18 +323,65 @@ class NativeSimulator(_FusedKernels):
         return features, postselection
 
 
-SIMULATORS: dict[str, type[Simulator]] = {cls.name: cls for cls in (TorchSimulator, NativeSimulator)}
+_TRITON: dict = {}
+
+
+def triton_kernels():
+    """:mod:`quixer.triton_kernels`, or None where ``QUIXER_TRITON=0`` or triton cannot be imported (logged once)."""
+    if os.environ.get("QUIXER_TRITON", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if "module" not in _TRITON:
+        try:
+            from quixer import triton_kernels as module
+        except (ImportError, RuntimeError, OSError) as exc:
+            module = None
+            log.warning("Triton kernels unavailable, CUDA runs use the torch simulation: %s", exc)
+        _TRITON["module"] = module
+    return _TRITON["module"]
+
+
+class TritonSimulator(_FusedKernels):
+    """The fused Triton GPU kernels: a tile of instances on chip for all gates, the LCU summed in the
+    same pass, adjoint backward. In eval, the powers use cached per-vocabulary gate coefficients."""
+
+    name = "triton"
+
+    @staticmethod
+    def kernels():
+        return triton_kernels()
+
+    @classmethod
+    def runs_on(cls, device: torch.device) -> bool:
+        module = triton_kernels()
+        return module is not None and (device.type == "cuda" or (device.type == "cpu" and module.INTERPRETED))
+
+    def _eval_state(self, model, x):
+        plan = model.token_plan()
+        vocab = self.cache.get("vocab_coefficients", lambda: gate_coefficients(
+            plan, model.token_angles(torch.arange(model.vocabulary_size, device=x.device))))
+        ids = x.reshape(-1)
+        coefficients = GateCoefficients(plan, vocab.cos[ids], vocab.sin[ids])
+        lcu = model.lcu_weights()
+        psi = zero_states(model.n_qubits, x.shape[0], vocab.cos.dtype, x.device)
+        state = polynomial(model.qsvt_polynomial_coefficients, psi,
+                           lambda p: self.lcu_power(plan, coefficients, p, lcu)[0])
+        return to_complex(state)
+
+
+SIMULATORS: dict[str, type[Simulator]] = {cls.name: cls for cls in (TorchSimulator, NativeSimulator, TritonSimulator)}
 
 
 def select(device: torch.device, name: str | None = None) -> type[Simulator]:
-    """The simulator for tensors on ``device``: ``name`` ("torch", "native") if given, else the
-    fastest that runs there (the native kernel on a CPU, else torch)."""
+    """The simulator for tensors on ``device``: ``name`` ("torch", "native", "triton") if given,
+    else the fastest that runs there (Triton on CUDA, the native kernel on a CPU, else torch)."""
     if name is not None:
         if name not in SIMULATORS:
             raise ValueError(f"unknown simulator {name!r}; choose one of {', '.join(SIMULATORS)}")
         if not SIMULATORS[name].runs_on(device):
             raise RuntimeError(f"the {name} simulator cannot run on {device} here")
         return SIMULATORS[name]
+    if device.type == "cuda" and TritonSimulator.runs_on(device):
+        return TritonSimulator
     if device.type == "cpu" and NativeSimulator.runs_on(device):
         return NativeSimulator
     return TorchSimulator
