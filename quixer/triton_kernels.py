@@ -12,8 +12,8 @@ Gate ``k`` pairs amplitude ``j`` with ``j ^ (1 << t)`` (``t``: the target's bit)
 and then ``x' = a x + b_re x[partner] + b_im (i-swapped) x[partner]`` with per-lane, per-element
 coefficients from the gate's kind, wires and half-angle cosine and sine. The gate list is read at
 run time from the plan's ``wiring`` tensors, so one compiled kernel per qubit count, tile size and
-dtype serves every circuit (any number of active layers, and the feed-forward): a kernel unrolled
-over the 96 gates of the paper's circuit took minutes to compile.
+dtype serves every circuit (any number of active layers, and the feed-forward); a kernel unrolled
+over the gate list grows with the circuit and compiled far too slowly to be practical.
 
 Addressing is by strides: a program handles lanes ``[blk * BLOCK, ...)`` of "sequence" ``seq``;
 a lane's state row ``r`` sits at ``seq * s_seq + lane * s_lane + r * s_row`` and its gate
@@ -27,6 +27,8 @@ With ``TRITON_INTERPRET=1`` set before this module is imported, the kernels run 
 (slowly): that is how CI checks them against the torch simulation without a GPU.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -169,11 +171,16 @@ def supports(tensor: torch.Tensor) -> bool:
         tensor.device.type == "cuda" or (INTERPRETED and tensor.device.type == "cpu"))
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _tiles(n_seq: int, n_lanes: int, device: torch.device) -> tuple[int, int]:
     """Lanes per program (a power of two up to :data:`MAX_BLOCK`) and lane blocks per sequence:
     smaller tiles where whole tiles would leave streaming multiprocessors idle."""
     block = min(MAX_BLOCK, triton.next_power_of_2(max(n_lanes, 1)))
-    processors = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    processors = _multiprocessors(device.index or 0) if device.type == "cuda" else 1
     while block > 4 and n_seq * triton.cdiv(n_lanes, block) < 2 * processors:
         block //= 2
     return block, triton.cdiv(n_lanes, block)

@@ -106,6 +106,8 @@ def test_paper_sized_circuits_in_complex64_match_the_cpu():
     for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
         error = (b.grad.cpu() - a.grad).abs().max() / a.grad.abs().max().clamp_min(1e-12)
         assert error < 1e-3, (name, float(error))
+    with torch.no_grad():  # the eval paths: cached per-vocabulary data on both devices
+        torch.testing.assert_close(gpu.eval()(x.cuda())[0].cpu(), cpu.eval()(x)[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("simulator", GPU_SIMULATORS)
