@@ -9,13 +9,16 @@ Defaults are the paper's: 6 qubits, degree 3, 4 ansatz layers, window 32, embedd
 vocabulary 512, batch 32.
 
 ``--impl both`` runs the fast and the naive simulation step by step in alternation on the same
-batches, so that both see the same machine load, and adds their speed ratios. On a CPU shared
-with other jobs, pass ``--threads 1``.
+batches, so that both see the same machine load, and adds their speed ratios; ``--impl kernels``
+does the same for the fused kernel of the device (C++ on a CPU, Triton on CUDA) and the torch
+simulation. On a CPU shared with other jobs, pass ``--threads 1``. ``--device auto`` times a few
+training steps on each device first and uses the faster (:func:`quixer.devices.fastest_device`).
 
     python bench/bench_quixer.py --steps 10                 # fast simulation
     python bench/bench_quixer.py --steps 3 --impl naive     # gate by gate, official cost structure
     python bench/bench_quixer.py --steps 5 --impl both --threads 1   # interleaved, with speedups
     python bench/bench_quixer.py --steps 20 --impl kernels          # fused CPU kernel vs torch ops
+    python bench/bench_quixer.py --device cuda --impl kernels --cuda-graph   # Triton (graphed) vs torch ops
 """
 from __future__ import annotations
 
@@ -33,9 +36,12 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.naive_quixer import NaiveQuixer  # noqa: E402
-from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging  # noqa: E402
 from quixer import native  # noqa: E402
+from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging  # noqa: E402
+from quixer.cuda_graphs import capture_step  # noqa: E402
+from quixer.devices import fastest_device  # noqa: E402
 from quixer.model import Quixer  # noqa: E402
+from quixer.simulators import TritonSimulator  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,14 +57,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.1, help="dropout on the embeddings (training steps)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps and timed eval batches")
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, or auto: the one where a few timed training steps of this model are faster")
     p.add_argument("--impl", choices=("fast", "naive", "both", "kernels"), default="fast",
                    help="fast: quixer.model; naive: gate by gate, token circuits re-run per power; both: fast and "
-                        "naive alternately; kernels: quixer.model with the fused CPU kernel and with its torch "
-                        "simulation alternately")
+                        "naive alternately; kernels: quixer.model with the device's fused kernel (C++ on a CPU, "
+                        "Triton on CUDA) and with the torch simulation alternately")
     p.add_argument("--kernel", choices=("auto", "native", "torch"), default="auto",
                    help="CPU circuit simulation for 'fast': the fused C++ kernel (quixer/native.py) where it "
                         "builds (auto), required (native), or the torch ops (torch)")
+    p.add_argument("--gpu-impl", "--gpu_impl", dest="gpu_impl", choices=("auto", "triton", "torch"), default="auto",
+                   help="CUDA circuit simulation for 'fast': the fused Triton kernels (quixer/triton_kernels.py) "
+                        "where triton imports (auto), required (triton), or the torch ops (torch)")
+    p.add_argument("--cuda-graph", "--cuda_graph", dest="cuda_graph", action="store_true",
+                   help="replay the training step of 'fast' as one captured CUDA graph (quixer/cuda_graphs.py; "
+                        "CUDA only, Adam with capturable=True)")
     p.add_argument("--compile", action="store_true",
                    help="wrap the model in torch.compile (experimental: on CPU it compiles for minutes and "
                         "recompiles, making steps slower)")
@@ -123,109 +136,147 @@ class PeakMemory:
         return peak_rss_mb()
 
 
-def run_benchmark(args: argparse.Namespace) -> dict:
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+def build_model(args: argparse.Namespace) -> Quixer:
     model = Quixer(n_qubits=args.qubits, n_tokens=args.window, qsvt_polynomial_degree=args.degree,
                    n_ansatz_layers=args.ansatz_layers, vocabulary_size=args.vocab,
                    embedding_dimension=args.embed_dim, dropout=args.dropout)
     model.initialize("small_gaussian", generator=torch.Generator().manual_seed(args.seed))
-    model.to(device)
-    if args.kernel == "torch":
-        native.set_enabled(False)
-    elif args.kernel == "native" and not native.available():
+    return model
+
+
+def choose_device(args: argparse.Namespace) -> tuple[torch.device, dict]:
+    """``--device``; for auto, the device where a few timed training steps are faster (and their times)."""
+    if args.device != "auto":
+        return resolve_device(args.device), {}
+    return fastest_device(lambda: build_model(args), args.window, args.vocab, args.batch_size)
+
+
+def simulations(args: argparse.Namespace, device: torch.device) -> dict[str, tuple[bool, str | None]]:
+    """Per implementation: whether the fused CPU kernel is on (it also draws the CPU dropout masks)
+    and the simulator the model pins (None: the device's default)."""
+    if args.kernel == "native" and not native.available():
         raise UserError(f"--kernel native: the fused CPU kernel is unavailable: {native.unavailable_reason()}")
-    impls = {"both": ["fast", "naive"], "kernels": ["fast", "torch"]}.get(args.impl, [args.impl])
-    if "torch" in impls and not native.available():
+    wants_triton = device.type == "cuda" and (args.gpu_impl == "triton" or args.impl == "kernels")
+    if wants_triton and not TritonSimulator.runs_on(device):
+        raise UserError("the Triton kernels are unavailable here (is triton installed? QUIXER_TRITON=0?)")
+    if device.type == "cpu" and args.impl == "kernels" and not native.available():
         raise UserError("--impl kernels needs the fused CPU kernel, which is unavailable here")
-    runners = {"fast": model, "naive": NaiveQuixer(model), "torch": model}
-    kernel_of = {"fast": native.available(), "naive": native.available(), "torch": False}
-    if args.compile:
-        runners = {k: torch.compile(v) for k, v in runners.items()}
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    peak = PeakMemory(device)
+    if args.cuda_graph and device.type != "cuda":
+        raise UserError("--cuda-graph needs --device cuda")
+    kernel = args.kernel != "torch" and native.available()
+    if device.type == "cpu":
+        fast = {"native": "native", "torch": "torch"}.get(args.kernel)
+    else:
+        fast = {"triton": "triton", "torch": "torch"}.get(args.gpu_impl)
+        if args.impl == "kernels":
+            fast = "triton"
+    return {"fast": (kernel, fast), "naive": (kernel, None), "torch": (False, "torch")}
 
-    def batch():
-        x = torch.randint(0, args.vocab, (args.batch_size, args.window + 1), generator=gen).to(device)
-        return x[:, :-1], x[:, -1]
 
-    def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    def train_step(runner, x, y):
+def train_step_fn(runner, optimizer):
+    def step(x, y):
         logits, _ = runner(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return loss.detach()
 
-    results = {name: {"train": [], "eval": [], "peak": 0.0} for name in impls}
+    return step
 
-    def measure_peak(name, fn):
-        # in an extra, untimed call: resetting the peak hands freed memory back to the OS, and
-        # the call after a reset pays for faulting it in again
-        peak.reset()
-        fn()
-        results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
 
-    model.train()
-    for i in range(args.warmup + args.steps + 1):
-        x, y = batch()
-        for name in impls if i % 2 == 0 else impls[::-1]:  # alternate who goes first
-            native.set_enabled(kernel_of[name])
-            if i == args.warmup + args.steps:
-                measure_peak(name, lambda: train_step(runners[name], x, y))
+def time_alternately(impls: list[str], calls: dict, use, batches, warmup: int, peak: PeakMemory,
+                     device: torch.device) -> dict:
+    """Per implementation: seconds of each call on each batch after ``warmup`` batches, alternating
+    who goes first, and the peak memory of one extra, untimed call on the last batch."""
+    results = {name: {"times": [], "peak": 0.0} for name in impls}
+    for i, batch in enumerate(batches):
+        for name in impls if i % 2 == 0 else impls[::-1]:
+            use(name)
+            if i == len(batches) - 1:  # resetting the peak hands freed memory back: not timed
+                peak.reset()
+                calls[name](*batch)
+                results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
                 continue
-            seconds = timed(lambda: train_step(runners[name], x, y))
-            if i >= args.warmup:
-                results[name]["train"].append(seconds)
+            _synchronize(device)
+            start = time.perf_counter()
+            calls[name](*batch)
+            _synchronize(device)
+            if i >= warmup:
+                results[name]["times"].append(time.perf_counter() - start)
+    return results
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, device_choice = choose_device(args)
+    torch.manual_seed(args.seed)
+    model = build_model(args).to(device)
+    settings = simulations(args, device)
+    impls = {"both": ["fast", "naive"], "kernels": ["fast", "torch"]}.get(args.impl, [args.impl])
+
+    def use(name):
+        native.set_enabled(settings[name][0])
+        model.use_simulator(settings[name][1])
+
+    runners = {"fast": model, "naive": NaiveQuixer(model), "torch": model}
+    if args.compile:
+        runners = {k: torch.compile(v) for k, v in runners.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=args.cuda_graph)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+
+    def batch():
+        x = torch.randint(0, args.vocab, (args.batch_size, args.window + 1), generator=gen).to(device)
+        return x[:, :-1], x[:, -1]
+
+    steps = {name: train_step_fn(runners[name], optimizer) for name in impls}
+    if args.cuda_graph:
+        use("fast")
+        steps["fast"] = capture_step(steps["fast"], *batch())
+    peak = PeakMemory(device)
+    model.train()
+    train = time_alternately(impls, steps, use, [batch() for _ in range(args.warmup + args.steps + 1)],
+                             args.warmup, peak, device)
     model.eval()
     with torch.no_grad():
-        for i in range(args.steps + 2):
-            x, _ = batch()
-            for name in impls if i % 2 == 0 else impls[::-1]:
-                native.set_enabled(kernel_of[name])
-                if i == args.steps + 1:
-                    measure_peak(name, lambda: runners[name](x))
-                    continue
-                results[name]["eval"].append(timed(lambda: runners[name](x)))
+        evaluate = {name: (lambda x, y, r=runners[name]: r(x)) for name in impls}
+        evaluation = time_alternately(impls, evaluate, use, [batch() for _ in range(args.steps + 2)], 0, peak, device)
+    return report(args, model, device, device_choice, impls, settings, train, evaluation)
 
+
+def report(args, model, device, device_choice, impls, settings, train, evaluation) -> dict:
     def summary(name: str) -> dict:
-        r = results[name]
-        step, evaluation = statistics.median(r["train"]), statistics.median(r["eval"][1:])
+        step, evaluate = statistics.median(train[name]["times"]), statistics.median(evaluation[name]["times"][1:])
+        native.set_enabled(settings[name][0])
+        model.use_simulator(settings[name][1])
         return {"impl": name,
+                "simulator": "naive" if name == "naive" else model.simulator().name,
                 "seconds_per_step": round(step, 6),
-                "eval_seconds_per_batch": round(evaluation, 6),
-                "eval_first_batch_seconds": round(r["eval"][0], 6),
+                "eval_seconds_per_batch": round(evaluate, 6),
+                "eval_first_batch_seconds": round(evaluation[name]["times"][0], 6),
                 "sequences_per_second": round(args.batch_size / step, 2),
-                "eval_sequences_per_second": round(args.batch_size / evaluation, 2),
-                "peak_memory_mb": round(r["peak"], 1)}
+                "eval_sequences_per_second": round(args.batch_size / evaluate, 2),
+                "peak_memory_mb": round(max(train[name]["peak"], evaluation[name]["peak"]), 1)}
 
     out = summary(impls[0])
-    if args.impl == "both":
-        naive = summary("naive")
-        out["naive"] = naive
-        out["speedup_train"] = round(naive["seconds_per_step"] / out["seconds_per_step"], 2)
-        out["speedup_eval"] = round(naive["eval_seconds_per_batch"] / out["eval_seconds_per_batch"], 2)
-    if args.impl == "kernels":
-        plain = summary("torch")
-        out["torch_ops"] = plain
-        out["kernel_speedup_train"] = round(plain["seconds_per_step"] / out["seconds_per_step"], 2)
-        out["kernel_speedup_eval"] = round(plain["eval_seconds_per_batch"] / out["eval_seconds_per_batch"], 2)
+    if len(impls) == 2:
+        other = summary(impls[1])
+        key = {"naive": ("naive", "speedup"), "torch": ("torch_ops", "kernel_speedup")}[impls[1]]
+        out[key[0]] = other
+        out[f"{key[1]}_train"] = round(other["seconds_per_step"] / out["seconds_per_step"], 2)
+        out[f"{key[1]}_eval"] = round(other["eval_seconds_per_batch"] / out["eval_seconds_per_batch"], 2)
     native.set_enabled(None if args.kernel == "auto" else args.kernel == "native")
     out.update({
-        "cpu_kernel": "native" if device.type == "cpu" and native.available() else "torch",
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
+        "device_choice_seconds_per_step": device_choice,
+        "cuda_graph": args.cuda_graph,
         "torch_threads": torch.get_num_threads(),
         "config": {"batch_size": args.batch_size, "qubits": args.qubits, "degree": args.degree,
                    "ansatz_layers": args.ansatz_layers, "window": args.window, "embed_dim": args.embed_dim,

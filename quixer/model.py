@@ -11,24 +11,14 @@ every qubit feed a small classical head that outputs the next-token logits.
 
 The maths is that of the official implementation (github.com/CQCL/Quixer,
 ``quixer/quixer_model.py``, torchquantum): same gate order, same parameter names (see
-:data:`OFFICIAL_PARAMETER_NAMES`), qubit 0 the most significant bit of a basis index. The
-simulation is organised for speed on small, op-bound tensors:
+:data:`OFFICIAL_PARAMETER_NAMES`), qubit 0 the most significant bit of a basis index.
 
-* real arithmetic, with the ``B * W`` circuit instances on the last (contiguous) axis; every
-  RY or CRX gate is one "butterfly" (gather the partner rows, multiply, add): three
-  vectorised ops per gate for all instances at once (:class:`CircuitPlan`);
-* gate coefficients (cos/sin of the angles) are computed once per forward, not per power;
-* a hand-written adjoint backward (:class:`_CircuitFunction`): the real form of each gate is
-  orthogonal, so states are recovered by applying its transpose instead of being stored, and
-  each angle gradient is one product and one matvec;
-* in eval mode without autograd a token's circuit depends only on its id, so per-vocabulary
-  data is cached (keyed on the parameters): on CUDA the unitaries, ``M`` being one weighted
-  ``embedding_bag`` over them; on a CPU the gate coefficients and first columns ``U_v |0>``.
-
-On a CPU the same maths runs in the fused kernel of :mod:`quixer.native` where it builds:
-all gates of a circuit per tile of instances in L1 cache, one call per LCU power forward
-(:class:`_LCUPowerFunction`) and backward, the whole eval forward up to the measurement in
-one call, and cheap dropout masks (:class:`Dropout`). Without it, the torch path above runs.
+This module is the model: parameters, :meth:`Quixer.forward` in the official order,
+initialisation, layerwise training and official checkpoints. How the circuits are simulated
+lives elsewhere: gates, plans, the autograd Functions, the polynomial and the measurement in
+:mod:`quixer.circuits`; the simulator chosen per device in :mod:`quixer.simulators` (torch ops,
+the fused CPU kernel of :mod:`quixer.native`, the Triton GPU kernels of
+:mod:`quixer.triton_kernels`), which also owns the eval-mode cache of per-vocabulary data.
 
 Differences from the official code, on purpose: the returned postselection probability is
 per sequence and squared (``<psi|psi>``; the official code returns the batch mean of the
@@ -37,15 +27,23 @@ numbers but its one-layer circuit reads the first ``4 n``) is not kept.
 """
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from quixer import native
+from quixer.circuits import (
+    CircuitPlan,
+    ansatz14_gates,
+    pauli_expectations,
+    polynomial,
+    postselect,
+    to_complex,
+    zero_states,
+)
+from quixer.simulators import SIMULATORS, Simulator, select
 
 # Official parameter names -> shape, as a function of the hyper-parameters (n qubits, W tokens,
 # degree d, L ansatz layers, vocabulary V, embedding E). Buffers of the torchquantum device
@@ -71,320 +69,6 @@ _LEGACY_PREFIXES = {
     "qff_params": "quantum_feedforward_parameters",
 }
 _IGNORED_OFFICIAL_PREFIXES = ("torchquantum_device.", "q_device.")
-
-
-# --------------------------------------------------------------------------------------------
-# The circuits: ansatz 14 as a gate list, simulated on real tensors
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Gate:
-    """One gate: ``kind`` is "ry" (wires = (qubit,)) or "crx" (wires = (control, target));
-    ``param`` is the index of its angle in the circuit's angle vector."""
-
-    kind: str
-    wires: tuple[int, ...]
-    param: int
-
-
-def ansatz14_gates(n_qubits: int, n_layers: int) -> list[Gate]:
-    """Ansatz 14 of Sim et al. (2019) in the official gate and angle order (4 n angles/layer).
-
-    Per layer: RY on every qubit; CRX(i -> i+1 mod n) for i = n-1 .. 0; RY on every qubit;
-    CRX(i -> i-1 mod n) for i = n-1, 0, 1, .., n-2.
-    """
-    n = n_qubits
-    gates: list[Gate] = []
-    for _ in range(n_layers):
-        order = (
-            [("ry", (q,)) for q in range(n)]
-            + [("crx", (q, (q + 1) % n)) for q in range(n - 1, -1, -1)]
-            + [("ry", (q,)) for q in range(n)]
-            + [("crx", (q, (q - 1) % n)) for q in [n - 1] + list(range(n - 1))]
-        )
-        offset = len(gates)
-        gates.extend([Gate(kind, wires, offset + i) for i, (kind, wires) in enumerate(order)])
-    return gates
-
-
-class CircuitPlan:
-    """Static data for simulating a gate list on real-valued state tensors.
-
-    A batch of states is a real tensor ``[..., 2, 2, .., 2, N]``: axis ``-(n+2)`` holds the real
-    and imaginary parts, the next ``n`` axes the qubits (qubit 0 first, i.e. the most
-    significant bit of a basis index), the last axis the ``N`` circuit instances. Viewed as
-    ``[..., R, N]`` (``R = 2^(n+1)`` rows), every gate is a "butterfly" on whole rows:
-    ``X' = A * X + B * X[partner]``, where ``partner`` pairs each row with the row differing in
-    the gate's bit(s) and ``A``, ``B`` are per-instance coefficients (:func:`gate_coefficients`).
-    With the instances last, each of these ops is one contiguous, vectorised pass.
-    """
-
-    def __init__(self, gates: list[Gate], n_qubits: int):
-        if n_qubits < 2:
-            raise ValueError("Quixer needs at least 2 qubits (the CRX ring needs two wires)")
-        for g in gates:
-            if g.kind not in ("ry", "crx") or len(set(g.wires)) != len(g.wires):
-                raise ValueError(f"unsupported gate {g}")
-        self.n_qubits = n = n_qubits
-        self.rows = 2 ** (n + 1)
-        self.gates = gates
-        self.params = torch.tensor([g.param for g in gates], dtype=torch.long)
-        self._params_in_order = self.params.tolist() == list(range(len(gates)))  # gate k reads angle k
-        # for the fused CPU kernel (quixer.native): gate kind (0 RY, 1 CRX) and wires, int32
-        self.wiring = (torch.tensor([0 if g.kind == "ry" else 1 for g in gates], dtype=torch.int32),
-                       torch.tensor([g.wires[0] for g in gates], dtype=torch.int32),
-                       torch.tensor([g.wires[-1] for g in gates], dtype=torch.int32))
-        # RY on q pairs rows differing in bit q; CRX (-i sin on the target) also swaps re and im.
-        row = torch.arange(self.rows).view(2, *[2] * n)
-        self.partners = torch.stack([row.flip(1 + g.wires[0]) if g.kind == "ry" else row.flip(0, 1 + g.wires[1])
-                                     for g in gates]).reshape(len(gates), self.rows)
-        # d(gate)/d(theta) = 1/2 K * (gate output)[partner]: K = -1/+1 by the qubit's bit (RY),
-        # +1 / -1 on real / imaginary rows where the control is 1, else 0 (CRX).
-        bits = (torch.arange(2**n)[:, None] >> torch.arange(n - 1, -1, -1)) & 1  # [2^n, n], qubit 0 first
-        reim = torch.tensor([[1.0], [-1.0]])
-        self.derivative_patterns = torch.stack([
-            (2.0 * bits[:, g.wires[0]] - 1).expand(2, -1) if g.kind == "ry" else reim * bits[:, g.wires[0]]
-            for g in gates]).reshape(len(gates), self.rows)
-        self._moved: dict = {}
-
-    def _reads_angles_in_order(self, n_params: int) -> bool:
-        return self._params_in_order and n_params == len(self.gates)
-
-    def gate_angles(self, angles: torch.Tensor) -> torch.Tensor:
-        """Angles ``[N, P]`` -> the angle each gate reads, ``[N, G]`` (the same tensor when in order)."""
-        if self._reads_angles_in_order(angles.shape[1]):
-            return angles
-        return angles[:, self.tables(angles.device, angles.dtype)[2]]
-
-    def angle_gradients(self, per_gate: torch.Tensor, n_params: int) -> torch.Tensor:
-        """Per-gate angle gradients ``[N, G]`` -> gradients of the angles ``[N, n_params]``."""
-        if self._reads_angles_in_order(n_params):
-            return per_gate
-        params = self.tables(per_gate.device, per_gate.dtype)[2]
-        return per_gate.new_zeros(per_gate.shape[0], n_params).index_add_(1, params, per_gate)
-
-    def tables(self, device: torch.device, dtype: torch.dtype):
-        """Per gate: partner rows ``[R]`` and derivative pattern ``[1, R]``; and params ``[G]``."""
-        key = (str(device), dtype)
-        if key not in self._moved:
-            self._moved[key] = (self.partners.to(device).unbind(0),
-                                self.derivative_patterns.to(device, dtype).unsqueeze(1).unbind(0),
-                                self.params.to(device))
-        return self._moved[key]
-
-
-class GateCoefficients:
-    """Per-gate half-angle cosines and sines of ``N`` circuit instances, ``[N, G]`` each.
-
-    Computed once per forward from the (detached) angles and reused for every power. The fused
-    CPU kernel (:mod:`quixer.native`) reads ``cos``/``sin`` directly; the torch path uses the
-    butterfly form of :meth:`butterflies`.
-    """
-
-    def __init__(self, plan: "CircuitPlan", cos: torch.Tensor, sin: torch.Tensor):
-        self.plan, self.cos, self.sin = plan, cos.contiguous(), sin.contiguous()
-        self._butterflies: list | None = None
-
-    @classmethod
-    def from_angles(cls, plan: "CircuitPlan", angles: torch.Tensor) -> "GateCoefficients":
-        """From angles ``[N, P]`` (gate ``k`` reads angle ``plan.params[k]``)."""
-        half = plan.gate_angles(angles) * 0.5
-        return cls(plan, torch.cos(half), torch.sin(half))
-
-    def butterflies(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-gate butterfly coefficients ``(A, B)``, shaped to broadcast against the state layout.
-
-        - RY on q = [[c, -s], [s, c]]: ``A = c``; ``B = -s`` where q is 0, ``+s`` where q is 1.
-        - CRX (control k, target t) applies RX = [[c, -i s], [-i s, c]] where k is 1; ``-i s``
-          takes the partner's imaginary part into the real part and minus its real part into the
-          imaginary part: ``A = 1`` where k is 0 and ``c`` where k is 1; ``B = 0`` where k is 0,
-          ``+s`` on real and ``-s`` on imaginary rows where k is 1.
-        """
-        if self._butterflies is None:
-            n, n_inst = self.plan.n_qubits, self.cos.shape[0]
-            out = []
-            for g, c, s in zip(self.plan.gates, self.cos.t().contiguous(), self.sin.t().contiguous()):
-                k = g.wires[0]
-                if g.kind == "ry":
-                    out.append((c, torch.stack((-s, s)).view((2,) + (1,) * (n - 1 - k) + (n_inst,))))
-                else:
-                    one, zero = torch.ones_like(c), torch.zeros_like(s)
-                    a = torch.stack((one, c)).view((2,) + (1,) * (n - 1 - k) + (n_inst,))
-                    b = torch.stack((torch.stack((zero, s)), torch.stack((zero, -s))))
-                    out.append((a, b.view((2,) + (1,) * k + (2,) + (1,) * (n - 1 - k) + (n_inst,))))
-            self._butterflies = out
-        return self._butterflies
-
-
-def gate_coefficients(plan: CircuitPlan, angles: torch.Tensor) -> GateCoefficients:
-    """The gate coefficients of ``N`` instances with angles ``[N, P]`` (see :class:`GateCoefficients`)."""
-    return GateCoefficients.from_angles(plan, angles)
-
-
-def _use_native(states: torch.Tensor, coefficients: GateCoefficients) -> bool:
-    return coefficients.cos.dtype == states.dtype and native.supports(states)
-
-
-def apply_gates(plan: CircuitPlan, coefficients: GateCoefficients, states: torch.Tensor) -> torch.Tensor:
-    """Apply circuit instance ``i`` to ``states[..., i]``; returns a new tensor.
-
-    On CPU with the fused kernel available, all gates run per tile of instances
-    (:func:`quixer.native.forward`). Otherwise in place on one copy with one scratch buffer:
-    per gate, gather the partner rows into the scratch buffer, then ``X = A * X + B * scratch``.
-    """
-    if _use_native(states, coefficients):
-        rows_view = states.reshape(-1, plan.rows, states.shape[-1]).contiguous()
-        out = native.forward(rows_view, coefficients.cos, coefficients.sin, plan.wiring, plan.n_qubits)
-        return out.view(states.shape)
-    x = states.clone(memory_format=torch.contiguous_format)
-    rows_view = x.view(-1, plan.rows, x.shape[-1])
-    scratch = torch.empty_like(x)
-    scratch_rows = scratch.view_as(rows_view)
-    partners = plan.tables(x.device, x.dtype)[0]
-    for (a, b), partner in zip(coefficients.butterflies(), partners):
-        torch.index_select(rows_view, 1, partner, out=scratch_rows)
-        x.mul_(a).addcmul_(b, scratch)
-    return x
-
-
-class _CircuitFunction(torch.autograd.Function):
-    """:func:`apply_gates` with a hand-written adjoint backward (no per-gate autograd graph).
-
-    Walking the gates backwards with ``g = dL/d(gate output)`` and the gate output ``x``:
-
-    - each gate is a rotation ``exp(-i theta P / 2)``, so ``dx/dtheta = 1/2 (-i P) x``, which
-      in the real layout is ``1/2 K * x[partner]`` (``K``: a static +-1/0 row pattern), hence
-      ``dL/dtheta = 1/2 K . (g * x[partner])``: one gather, one product, one matvec;
-    - the gate's real form is orthogonal: the input is recovered exactly as ``G^T x`` (so no
-      intermediate state is stored: memory does not grow with the number of gates) and the
-      gradient moves on as ``G^T g``.
-
-    The fused CPU kernel (:func:`quixer.native.adjoint`) does the same walk per tile of instances.
-    """
-
-    @staticmethod
-    def forward(ctx, states, angles, plan, coefficients):
-        out = apply_gates(plan, coefficients, states)
-        ctx.plan, ctx.coefficients, ctx.n_params = plan, coefficients, angles.shape[1]
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        plan, coefficients = ctx.plan, ctx.coefficients
-        n_inst = out.shape[-1]
-        if _use_native(out, coefficients):
-            rows_view = out.view(-1, plan.rows, n_inst)
-            grad_in, per_gate = native.adjoint(rows_view, grad.reshape(rows_view.shape).contiguous(), coefficients.cos,
-                                               coefficients.sin, plan.wiring, plan.n_qubits, ctx.needs_input_grad[0])
-            grad_angles = plan.angle_gradients(per_gate, ctx.n_params)
-            return (grad_in.view(out.shape) if grad_in is not None else None), grad_angles, None, None
-        partners, patterns, _ = plan.tables(out.device, out.dtype)
-        butterflies = coefficients.butterflies()
-        # state and gradient stacked, so that one gather and one butterfly serve both
-        both = torch.stack((out, grad.reshape(out.shape)))
-        scratch, product = torch.empty_like(both), torch.empty_like(out)
-        both_rows, scratch_rows = both.view(2, -1, plan.rows, n_inst), scratch.view(2, -1, plan.rows, n_inst)
-        partner_state_rows, grad_rows = scratch_rows[0], both_rows[1]
-        product_rows = product.view(-1, plan.rows, n_inst)
-        per_gate = out.new_empty(len(butterflies), 1, n_inst)
-        per_gate_rows = per_gate.unbind(0)
-        single = product_rows.shape[0] == 1
-        for k in range(len(butterflies) - 1, -1, -1):
-            a, b = butterflies[k]
-            torch.index_select(both_rows, 2, partners[k], out=scratch_rows)
-            torch.mul(partner_state_rows, grad_rows, out=product_rows)
-            if single:
-                torch.mm(patterns[k], product_rows[0], out=per_gate_rows[k])
-            else:
-                per_gate_rows[k].copy_((patterns[k] @ product_rows).sum(0))
-            if k == 0 and not ctx.needs_input_grad[0]:
-                break
-            both.mul_(a).addcmul_(b, scratch, value=-1)  # state <- input of gate k; grad <- G^T grad
-        grad_angles = plan.angle_gradients(per_gate.squeeze(1).t() * 0.5, ctx.n_params)
-        return (both[1] if ctx.needs_input_grad[0] else None), grad_angles, None, None
-
-
-class _LCUPowerFunction(torch.autograd.Function):
-    """One LCU power ``sum_w b_w U_{b,w} psi_b`` for ``B`` sequences of ``W`` tokens on the fused
-    CPU kernel (:func:`quixer.native.lcu_power`), with its backward in one kernel call as well.
-
-    ``psi``: real ``[2 dim, B]``; ``angles``: ``[B * W, P]`` (their gradient); ``lcu``: the
-    complex LCU weights ``[W]``. The circuit outputs are kept for the backward
-    (``[2 dim, B * W]``, as the torch path keeps them).
-    """
-
-    @staticmethod
-    def forward(ctx, psi, angles, lcu, plan, coefficients):
-        out, outputs = native.lcu_power(psi.contiguous(), coefficients.cos, coefficients.sin, plan.wiring,
-                                        plan.n_qubits, lcu.detach())
-        ctx.plan, ctx.coefficients, ctx.n_params = plan, coefficients, angles.shape[1]
-        ctx.save_for_backward(outputs, lcu)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        outputs, lcu = ctx.saved_tensors
-        plan, coefficients = ctx.plan, ctx.coefficients
-        dpsi, dlcu, per_gate = native.lcu_power_adjoint(outputs, grad.contiguous(), coefficients.cos,
-                                                        coefficients.sin, plan.wiring, plan.n_qubits, lcu.detach())
-        grad_angles = plan.angle_gradients(per_gate, ctx.n_params)
-        # torch's gradient for a complex input of a real loss: dL/d(re) + i dL/d(im)
-        return dpsi, grad_angles, torch.complex(dlcu[:, 0], dlcu[:, 1]).to(lcu.dtype), None, None
-
-
-def run_circuits(plan: CircuitPlan, angles: torch.Tensor, states: torch.Tensor,
-                 coefficients: list | None = None) -> torch.Tensor:
-    """Apply the circuits with angles ``[N, P]`` to ``states [..., 2, 2, .., 2, N]`` (differentiable).
-
-    ``coefficients`` (from :func:`gate_coefficients` on the detached angles) may be passed in
-    to reuse them across several calls with the same angles.
-    """
-    if coefficients is None:
-        coefficients = gate_coefficients(plan, angles.detach())
-    plan.tables(states.device, states.dtype)  # build the static tables outside the autograd.Function
-    if torch.is_grad_enabled() and (angles.requires_grad or states.requires_grad):
-        return _CircuitFunction.apply(states, angles, plan, coefficients)
-    return apply_gates(plan, coefficients, states)
-
-
-def basis_images(plan: CircuitPlan, angles: torch.Tensor) -> torch.Tensor:
-    """Images of the basis states: real ``[2^n (s), 2 (re/im), 2^n (r), N]`` holding ``U_i[r, s]``."""
-    dim, n_inst = 2**plan.n_qubits, angles.shape[0]
-    eye = torch.eye(dim, dtype=angles.dtype, device=angles.device)
-    states = torch.stack((eye, torch.zeros_like(eye)), 1)[..., None].expand(dim, 2, dim, n_inst)
-    states = states.reshape(dim, 2, *[2] * plan.n_qubits, n_inst)
-    return run_circuits(plan, angles, states).reshape(dim, 2, dim, n_inst)
-
-
-def circuit_unitaries(plan: CircuitPlan, angles: torch.Tensor) -> torch.Tensor:
-    """Full unitaries ``[N, 2^n, 2^n]`` (complex) of the circuits with angles ``[N, P]``."""
-    images = basis_images(plan, angles)
-    return torch.complex(images[:, 0], images[:, 1]).permute(2, 1, 0)
-
-
-@functools.lru_cache(maxsize=None)
-def _bit_pairs(n_qubits: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per qubit q: the basis indices with bit q = 0, and the same indices with bit q = 1."""
-    masks = [1 << (n_qubits - 1 - q) for q in range(n_qubits)]
-    low = torch.tensor([[r for r in range(2**n_qubits) if not r & m] for m in masks], device=device)
-    return low, low | torch.tensor(masks, device=device)[:, None]
-
-
-def pauli_expectations(states: torch.Tensor, n_qubits: int) -> torch.Tensor:
-    """``[B, 2^n]`` normalised states -> ``[B, 3n]``: <X_q> for all q, then <Y_q>, then <Z_q>.
-
-    With ``a``/``b`` the amplitudes where qubit q is 0/1 (pairs differing in that bit):
-    <Z> = |a|^2 - |b|^2, <X> = 2 Re(a* b), <Y> = 2 Im(a* b).
-    """
-    low, high = _bit_pairs(n_qubits, str(states.device))
-    a, b = states[:, low], states[:, high]  # [B, n, dim/2]
-    ab = (a.conj() * b).sum(-1)
-    z = (a.real**2 + a.imag**2 - b.real**2 - b.imag**2).sum(-1)
-    return torch.cat([2 * ab.real, 2 * ab.imag, z], dim=-1)
 
 
 class Dropout(nn.Dropout):
@@ -456,12 +140,32 @@ class Quixer(nn.Module):
         self.active_layers = n_ansatz_layers
         self._plans: dict[int, CircuitPlan] = {}
         self._feedforward_plan = CircuitPlan(ansatz14_gates(n_qubits, 1), n_qubits)
-        self._eval_cache: dict = {}  # see _eval_cached
+        self._simulators: dict[str, Simulator] = {}  # by name; each holds its eval cache
+        self._simulator_device: torch.device | None = None
+        self._pinned_simulator: str | None = None
         self.initialize("small_gaussian")
 
-    # ---- circuits ----------------------------------------------------------------------
+    # ---- simulation ----------------------------------------------------------------------
 
-    def _plan(self) -> CircuitPlan:
+    def simulator(self) -> Simulator:
+        """The simulator for the model's current device (:func:`quixer.simulators.select`, or the
+        pinned one), chosen on each call so that it follows ``.to(device)`` and the kernel switches."""
+        device = self.embedding.weight.device
+        if device != self._simulator_device:  # moved: eval caches of the old device are stale
+            self._simulators, self._simulator_device = {}, device
+        cls = select(device, self._pinned_simulator)
+        if cls.name not in self._simulators:
+            self._simulators[cls.name] = cls()
+        return self._simulators[cls.name]
+
+    def use_simulator(self, name: str | None) -> None:
+        """Pin the simulator ("torch", "native"; checked on use), or None to choose by device."""
+        if name is not None and name not in SIMULATORS:
+            raise ValueError(f"unknown simulator {name!r}; choose one of {', '.join(SIMULATORS)}")
+        self._pinned_simulator = name
+
+    def token_plan(self) -> CircuitPlan:
+        """The token circuits' plan: ansatz 14 with the active layers."""
         k = self.active_layers
         if k not in self._plans:
             self._plans[k] = CircuitPlan(ansatz14_gates(self.n_qubits, k), self.n_qubits)
@@ -475,11 +179,11 @@ class Quixer(nn.Module):
 
     def token_unitaries(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids ``[N]`` -> their unitaries ``[N, 2^n, 2^n]`` (dropout applies in train mode)."""
-        return circuit_unitaries(self._plan(), self.token_angles(x))
+        return self.simulator().unitaries(self.token_plan(), self.token_angles(x))
 
     def feedforward_unitary(self) -> torch.Tensor:
         """The quantum feed-forward circuit's unitary ``[2^n, 2^n]`` (one ansatz-14 layer)."""
-        return circuit_unitaries(self._feedforward_plan, self.quantum_feedforward_parameters[None])[0]
+        return self.simulator().unitaries(self._feedforward_plan, self.quantum_feedforward_parameters[None])[0]
 
     def lcu_weights(self) -> torch.Tensor:
         """LCU coefficients divided by their L1 norm (as ``F.normalize(p=1)`` in the official code)."""
@@ -489,47 +193,38 @@ class Quixer(nn.Module):
     # ---- forward ------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids ``[B, n_tokens]`` -> logits ``[B, V]`` and postselection probabilities ``[B]``."""
-        if not self.training and not torch.is_grad_enabled() and native.supports(self.embedding.weight):
-            self._check_tokens(x)
-            self._refresh_eval_cache()
-            _, features, postselection = self._native_eval(x, measure=True)  # one kernel call
-            return self.output_feedforward(features), postselection
-        state = self.qsvt_state(x)
-        postselection = (state.real**2 + state.imag**2).sum(-1)
-        state = state / postselection.sqrt().clamp_min(1e-12).unsqueeze(-1)
-        if not self.training and not torch.is_grad_enabled():
-            feedforward = self._eval_cached("feedforward", self.feedforward_unitary)  # refreshed by qsvt_state
-            state = state @ feedforward.mT
-        else:
-            state = self._apply_feedforward(state)
-        features = pauli_expectations(state, self.n_qubits)
-        return self.output_feedforward(features), postselection
+        """Token ids ``[B, n_tokens]`` -> logits ``[B, V]`` and postselection probabilities ``[B]``.
 
-    def _apply_feedforward(self, state: torch.Tensor) -> torch.Tensor:
-        """The feed-forward circuit applied to each state ``[B, 2^n]`` (the batch as instances)."""
-        batch, n = state.shape[0], self.n_qubits
-        real = torch.stack((state.real.t(), state.imag.t())).reshape(2, *[2] * n, batch)
-        angles = self.quantum_feedforward_parameters.expand(batch, -1)  # shared: gradients sum over B
-        out = run_circuits(self._feedforward_plan, angles, real).reshape(2, 2**n, batch)
-        return torch.complex(out[0].t(), out[1].t())
+        Embedding, dropout and a Linear give each token's circuit angles; the LCU of the token
+        circuits and the QSVT polynomial give the state; it is normalised (the squared norm is the
+        postselection probability), passed through the feed-forward circuit and measured; a small
+        head maps the Pauli expectations to logits. In eval mode without autograd the simulator
+        computes the features from cached per-vocabulary data.
+        """
+        self._check_tokens(x)
+        simulator = self.simulator()
+        if self._cached_eval():
+            features, postselection = simulator.eval_features(self, x)
+        else:
+            state, postselection = postselect(self._qsvt_state(x, simulator))
+            state = self._apply_feedforward(state, simulator)
+            features = pauli_expectations(state, self.n_qubits)
+        return self.output_feedforward(features), postselection
 
     def qsvt_state(self, x: torch.Tensor) -> torch.Tensor:
         """The unnormalised LCU + QSVT state ``sum_k c_k M^k |0> / ||c||_1``, complex ``[B, 2^n]``.
 
-        In eval mode without autograd cached per-vocabulary data are used (:meth:`_native_eval`
-        on a CPU with the fused kernel, else :meth:`_qsvt_state_cached`); otherwise (training, or
-        gradients requested) every token position gets its own circuit.
+        In eval mode without autograd from the simulator's cached per-vocabulary data; otherwise
+        (training, or gradients requested) every token position gets its own circuit.
         """
         self._check_tokens(x)
-        if not self.training and not torch.is_grad_enabled():
-            self._refresh_eval_cache()
-            if native.supports(self.embedding.weight):
-                state, _, _ = self._native_eval(x, measure=False)
-                dim = 2**self.n_qubits
-                return torch.complex(state[:, :dim], state[:, dim:])
-            return self._qsvt_state_cached(x)
-        return self._qsvt_state(x)
+        simulator = self.simulator()
+        if self._cached_eval():
+            return simulator.eval_state(self, x)
+        return self._qsvt_state(x, simulator)
+
+    def _cached_eval(self) -> bool:
+        return not self.training and not torch.is_grad_enabled()
 
     def _check_tokens(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.n_tokens:
@@ -537,140 +232,26 @@ class Quixer(nn.Module):
         if x.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be an integer tensor, got {x.dtype}")
 
-    def _polynomial(self, psi: torch.Tensor, apply_m) -> torch.Tensor:
-        """``sum_k c_k M^k psi / ||c||_1`` given ``psi = |0>`` and ``apply_m(psi) -> M psi``."""
-        coeffs = self.qsvt_polynomial_coefficients
-        acc = coeffs[0] * psi
-        for k in range(1, self.degree + 1):
-            psi = apply_m(psi)
-            acc = acc + coeffs[k] * psi
-        return acc / coeffs.abs().sum()
+    def _qsvt_state(self, x: torch.Tensor, simulator: Simulator) -> torch.Tensor:
+        """Every (sequence, position) has its own circuit (dropout on the angles); each power of
+        ``M`` runs all ``B * W`` circuits on their sequence's state and sums them with the LCU weights."""
+        angles = self.token_angles(x).reshape(x.shape[0] * self.n_tokens, -1)
+        apply_m = simulator.lcu_operator(self.token_plan(), angles, self.lcu_weights())
+        psi = zero_states(self.n_qubits, x.shape[0], angles.dtype, angles.device)
+        return to_complex(polynomial(self.qsvt_polynomial_coefficients, psi, apply_m))
 
-    def _lcu_combine(self, out: torch.Tensor) -> torch.Tensor:
-        """``sum_w b_w v_w`` for real-layout vectors ``out [2 (re/im), dim, B, W]`` -> ``[2, dim, B]``
-        (``out`` contiguous: otherwise the matmul loops over small matrices)."""
-        lcu = self.lcu_weights()
-        t = out @ torch.stack((lcu.real, lcu.imag), -1).to(out.dtype)  # [re/im of v, dim, B, re/im of b]
-        return torch.stack((t[0, ..., 0] - t[1, ..., 1], t[0, ..., 1] + t[1, ..., 0]))
-
-    def _qsvt_state(self, x: torch.Tensor) -> torch.Tensor:
-        """Training path: every (sequence, position) has its own circuit (dropout on the angles).
-
-        Gate coefficients are computed once; each power of ``M`` applies all ``B * W`` circuits
-        to ``W`` copies of each sequence's current state (real layout of :class:`CircuitPlan`,
-        state vectors as ``[2 (re/im), 2^n, B]``) and sums them with the LCU weights.
-        """
-        batch, window = x.shape
-        plan, n, dim = self._plan(), self.n_qubits, 2**self.n_qubits
-        angles = self.token_angles(x).reshape(batch * window, -1)
-        coefficients = gate_coefficients(plan, angles.detach())  # shared by all powers
-
-        if _use_native(angles, coefficients):  # one kernel call per power, and one per power backward
-            lcu = self.lcu_weights()
-
-            def apply_m(psi):
-                out = _LCUPowerFunction.apply(psi.reshape(2 * dim, batch), angles, lcu, plan, coefficients)
-                return out.view(2, dim, batch)
-        else:
-            def apply_m(psi):
-                states = psi.unsqueeze(-1).expand(2, dim, batch, window).reshape(2, *[2] * n, batch * window)
-                return self._lcu_combine(run_circuits(plan, angles, states, coefficients).view(2, dim, batch, window))
-
-        psi = torch.zeros(2, dim, batch, dtype=angles.dtype, device=angles.device)
-        psi[0, 0] = 1
-        state = self._polynomial(psi, apply_m)
-        return torch.complex(state[0].t(), state[1].t())
-
-    def _refresh_eval_cache(self) -> None:
-        """Empty the eval cache if a parameter its entries depend on (or the active layer count) changed.
-
-        Called once per eval forward, before any :meth:`_eval_cached` lookup. The key holds each
-        parameter's storage, version counter (bumped by optimiser steps, ``load_state_dict`` and
-        any in-place op) and a cheap content fingerprint (which also catches writes through
-        ``.data``, invisible to the version counter).
-        """
-        params = (self.embedding.weight, self.embedding_to_angles.weight, self.embedding_to_angles.bias,
-                  self.quantum_feedforward_parameters, torch.view_as_real(self.lcu_coefficients),
-                  self.qsvt_polynomial_coefficients)
-        with torch.no_grad():
-            fingerprint = torch.stack([*torch._foreach_norm(params), *(p.sum() for p in params)]).tolist()
-        key = (self.active_layers, fingerprint, *((p.data_ptr(), p._version, p.device, p.dtype) for p in params))
-        if self._eval_cache.get("key") != key:
-            self._eval_cache = {"key": key}  # drops the old values first
-
-    def _eval_cached(self, name: str, build):
-        """``build()``, kept until :meth:`_refresh_eval_cache` finds a parameter changed."""
-        if name not in self._eval_cache:
-            self._eval_cache[name] = build()
-        return self._eval_cache[name]
-
-    def _vocab_table(self) -> torch.Tensor:
-        """Per-vocabulary ``U_v^T`` as rows ``[V, 2 * 4^n]`` (real part, then imaginary part), cached."""
-        def build():
-            ids = torch.arange(self.vocabulary_size, device=self.embedding.weight.device)
-            rows = []
-            for chunk in ids.split(1024):  # bounded memory for large vocabularies
-                images = basis_images(self._plan(), self.token_angles(chunk))  # [s, re/im, r, N]
-                rows.append(images.permute(3, 1, 0, 2).reshape(len(chunk), -1))  # U^T[s, r] = U[r, s]
-            return torch.cat(rows)
-
-        return self._eval_cached("vocab_table", build)
-
-    def _native_eval_tables(self) -> tuple:
-        """The cached inputs of :func:`quixer.native.qsvt_eval`, the eval path of the fused CPU kernel:
-        per-vocabulary gate coefficients (``[V, G]``) and first columns ``U_v |0>`` (real rows
-        ``[V, 2 dim]``), the feed-forward unitary transposed (real part rows, then imaginary), the
-        LCU weights (real and imaginary parts) and the polynomial divided by its L1 norm."""
-        def build():
-            plan, dim = self._plan(), 2**self.n_qubits
-            ids = torch.arange(self.vocabulary_size, device=self.embedding.weight.device)
-            vocab = gate_coefficients(plan, self.token_angles(ids))
-            zero = torch.zeros(1, 2 * dim, self.vocabulary_size, dtype=vocab.cos.dtype)
-            zero[:, 0] = 1
-            first = apply_gates(plan, vocab, zero).view(2 * dim, -1).t().contiguous()
-            unitary = self.feedforward_unitary().t()
-            lcu, coeffs = self.lcu_weights(), self.qsvt_polynomial_coefficients
-            real = first.dtype
-            return (vocab, first, torch.cat((unitary.real, unitary.imag)).contiguous(),
-                    (lcu.real.to(real).contiguous(), lcu.imag.to(real).contiguous()),
-                    (coeffs / coeffs.abs().sum()).to(real).contiguous())
-
-        return self._eval_cached("native_eval_tables", build)
-
-    def _native_eval(self, x: torch.Tensor, measure: bool):
-        """Eval path with the fused CPU kernel, one call (:func:`quixer.native.qsvt_eval`): per
-        sequence, ``M |0>`` is the LCU sum of cached first columns ``U_v |0>`` and each further power
-        applies the token circuits with cached per-vocabulary gate coefficients (cheaper on a CPU than
-        summing ``B * W`` cached ``4^n`` unitaries, and the cache is small and quick to build).
-        Returns the state (real rows ``[B, 2 dim]``) and, if ``measure``, the Pauli expectations of
-        the normalised state after the feed-forward unitary and the postselection probabilities."""
-        vocab, first, feedforward, lcu, poly = self._native_eval_tables()
-        return native.qsvt_eval(x, vocab.cos, vocab.sin, first, self._plan().wiring, self.n_qubits, lcu, poly,
-                                feedforward=feedforward if measure else None)
-
-    def _qsvt_state_cached(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval path: ``M^T = sum_w b_w U_{x_w}^T`` from the cached table; powers are matvecs.
-
-        One ``embedding_bag`` with two bags per sequence over the same rows, weighted by the real
-        and by the imaginary parts of ``b`` (the second bag finds its rows in cache), gives the
-        four real products that make up the complex sum.
-        """
-        table = self._vocab_table()
-        batch, window, dim = x.shape[0], x.shape[1], 2**self.n_qubits
-        lcu = self.lcu_weights()
-        weights = torch.cat((lcu.real, lcu.imag)).to(table.dtype).repeat(batch)
-        offsets = torch.arange(0, 2 * batch * window, window, device=x.device)
-        sums = F.embedding_bag(x.repeat_interleave(2, 0).reshape(-1), table, offsets,
-                               per_sample_weights=weights, mode="sum").view(batch, 2, 2, dim, dim)
-        # sums[:, i, j] = sum_w (Re b, Im b)[i] * (Re U^T, Im U^T)[j]
-        m_t = torch.complex(sums[:, 0, 0] - sums[:, 1, 1], sums[:, 0, 1] + sums[:, 1, 0])
-        psi = torch.zeros(batch, 1, dim, dtype=m_t.dtype, device=m_t.device)
-        psi[:, 0, 0] = 1
-        return self._polynomial(psi, lambda p: p @ m_t).squeeze(1)
+    def _apply_feedforward(self, state: torch.Tensor, simulator: Simulator) -> torch.Tensor:
+        """The feed-forward circuit applied to each state ``[B, 2^n]`` (the batch as instances)."""
+        batch, n = state.shape[0], self.n_qubits
+        real = torch.stack((state.real.t(), state.imag.t())).reshape(2, *[2] * n, batch)
+        angles = self.quantum_feedforward_parameters.expand(batch, -1)  # shared: gradients sum over B
+        out = simulator.run_circuits(self._feedforward_plan, angles, real).reshape(2, 2**n, batch)
+        return torch.complex(out[0].t(), out[1].t())
 
     def train(self, mode: bool = True) -> "Quixer":
         if mode:
-            self._eval_cache = {}
+            for simulator in self._simulators.values():
+                simulator.cache.clear()
         return super().train(mode)
 
     # ---- layerwise training ---------------------------------------------------------------
@@ -752,7 +333,8 @@ class Quixer(nn.Module):
         lcu = torch.complex(torch.rand(self.n_tokens, generator=generator, dtype=torch.float64),
                             torch.rand(self.n_tokens, generator=generator, dtype=torch.float64))
         self.lcu_coefficients.copy_(lcu)
-        self._eval_cache = {}
+        for simulator in getattr(self, "_simulators", {}).values():
+            simulator.cache.clear()
 
     def _project_centroids(self, centroids: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         c = torch.as_tensor(centroids).detach().to("cpu", torch.float64)

@@ -16,15 +16,9 @@ import torch
 from bench.naive_quixer import naive_forward
 from conftest import adam_steps
 from quixer import native
-from quixer.model import (
-    OFFICIAL_PARAMETER_NAMES,
-    CircuitPlan,
-    Quixer,
-    ansatz14_gates,
-    circuit_unitaries,
-    pauli_expectations,
-    run_circuits,
-)
+from quixer.circuits import CircuitPlan, ansatz14_gates, pauli_expectations
+from quixer.model import OFFICIAL_PARAMETER_NAMES, Quixer
+from quixer.simulators import circuit_unitaries, run_circuits
 
 C128 = torch.complex128
 

@@ -1,6 +1,6 @@
 """The fused CPU kernel (quixer/native.py, quixer/statevector_kernel.cpp) against the torch simulation.
 
-The torch butterfly path of quixer/model.py is itself checked against qiskit and numpy in
+The torch butterfly path (quixer/circuits.py) is itself checked against qiskit and numpy in
 test_model.py (which runs the main checks on both paths); here the kernel's forward, adjoint,
 LCU power and dropout mask are compared with it and with explicit algebra, on odd sizes that
 leave partial tiles, in float32 and float64, with 1 and 2 threads.
@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from quixer import native
-from quixer.model import CircuitPlan, Dropout, Quixer, ansatz14_gates, apply_gates, gate_coefficients, run_circuits
+from quixer.circuits import CircuitPlan, LCUPowerFunction, ansatz14_gates, gate_coefficients
+from quixer.model import Dropout, Quixer
+from quixer.simulators import NativeSimulator, TorchSimulator, run_circuits
 from conftest import REPO
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="fused CPU kernel unavailable (no C++ compiler)")
@@ -49,12 +51,8 @@ def test_the_kernel_builds_where_a_compiler_exists():
 def test_forward_matches_torch_path(dtype, atol, n, layers, n_inst, lead):
     plan, angles, states = random_case(n, layers, n_inst, lead, dtype)
     coefficients = gate_coefficients(plan, angles)
-    ours = apply_gates(plan, coefficients, states)
-    native.set_enabled(False)
-    try:
-        reference = apply_gates(plan, gate_coefficients(plan, angles), states)
-    finally:
-        native.set_enabled(None)
+    ours = NativeSimulator().circuits(plan, coefficients, states)
+    reference = TorchSimulator().circuits(plan, gate_coefficients(plan, angles), states)
     torch.testing.assert_close(ours, reference, rtol=0, atol=atol)
     # the states are rotated, not rescaled
     torch.testing.assert_close(ours.pow(2).reshape(-1, n_inst).sum(0), states.pow(2).reshape(-1, n_inst).sum(0),
@@ -115,7 +113,7 @@ def test_lcu_power_is_the_weighted_sum_of_circuit_outputs(dtype, atol):
     coefficients = gate_coefficients(plan, angles)
     out, outputs = native.lcu_power(psi, coefficients.cos, coefficients.sin, plan.wiring, n, lcu)
     expanded = psi.unsqueeze(-1).expand(-1, -1, window).reshape(1, 2 * 2**n, batch * window)
-    each = apply_gates(plan, coefficients, expanded)[0]
+    each = NativeSimulator().circuits(plan, coefficients, expanded)[0]
     torch.testing.assert_close(outputs, each, rtol=0, atol=atol)
     each = torch.complex(each[: 2**n], each[2**n:]).view(2**n, batch, window).to(torch.complex128)
     expected = (each * lcu).sum(-1)
@@ -229,8 +227,6 @@ def test_build_is_cached_and_prebuildable(tmp_path):
 
 
 def test_gradcheck_lcu_power_function():
-    from quixer.model import _LCUPowerFunction
-
     n, batch, window = 2, 2, 5  # window not a multiple of the tile
     plan, angles, _ = random_case(n, 1, batch * window)
     gen = torch.Generator().manual_seed(4)
@@ -240,6 +236,6 @@ def test_gradcheck_lcu_power_function():
     angles.requires_grad_()
 
     def power(p, a, b):
-        return _LCUPowerFunction.apply(p, a, b, plan, gate_coefficients(plan, a.detach()))
+        return LCUPowerFunction.apply(p, a, b, plan, gate_coefficients(plan, a.detach()), NativeSimulator())
 
     assert torch.autograd.gradcheck(power, (psi, angles, lcu))

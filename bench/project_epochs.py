@@ -1,0 +1,50 @@
+"""Project a long layerwise Quixer run from a short one with one epoch per active-layer count.
+
+The short run (``--epochs L --use_layerwise_training --max_train_batches N``, L = ansatz layers)
+trains epoch k with k active layers on N batches and then validates on the whole validation set.
+A full epoch with k layers is projected as (train windows / the measured training throughput) +
+(the measured rest of the epoch: validation, checkpoints); the long run's time is the sum over its
+layerwise schedule (:func:`quixer.training.active_layers_at`). Prints one JSON line.
+
+    python bench/project_epochs.py RUN_DIR TOKENS_DIR --epochs 50
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from quixer.data import load_split  # noqa: E402
+from quixer.training import active_layers_at  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="the short run's output directory")
+    p.add_argument("tokens_dir", type=Path, help="its token directory (to count the train windows)")
+    p.add_argument("--epochs", type=int, default=50, help="epochs of the long run")
+    args = p.parse_args(argv)
+    config = json.loads((args.run_dir / "config.json").read_text())
+    records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    n_train = load_split(args.tokens_dir, "train")[0].shape[0]
+    capped = config["max_train_batches"] * config["batch_size"]
+    per_layers = {}
+    for r in records:
+        train_s = capped / r["sequences_per_second"]
+        per_layers[r["active_layers"]] = n_train / r["sequences_per_second"] + (r["epoch_seconds"] - train_s)
+    layers = config["ansatz_layers"]
+    total = sum(per_layers[active_layers_at(e, args.epochs, layers)] for e in range(args.epochs))
+    print(json.dumps({"epochs": args.epochs, "train_windows": n_train, "batch_size": config["batch_size"],
+                      "full_epoch_seconds_by_active_layers": {k: round(v, 1) for k, v in per_layers.items()},
+                      "projected_seconds": round(total, 1), "projected_hours": round(total / 3600, 3),
+                      "measured_on_batches_per_epoch": config["max_train_batches"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

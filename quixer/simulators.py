@@ -1,0 +1,398 @@
+"""How a Quixer model's circuits are simulated: one :class:`Simulator` per kind of device.
+
+A simulator implements the circuit primitives on the real state layout of
+:class:`quixer.circuits.CircuitPlan` (states ``[..., R, N]``, ``R = 2^(n+1)`` rows, instances
+last) and the eval-mode QSVT state with its per-vocabulary cache; everything else (autograd, the
+polynomial, normalisation, measurement) is shared. Subclasses:
+
+- :class:`TorchSimulator`: torch ops ("butterflies" over whole rows); runs anywhere.
+- :class:`NativeSimulator`: the fused C++/OpenMP kernel of :mod:`quixer.native` (CPU).
+- :class:`TritonSimulator`: the fused Triton kernels of :mod:`quixer.triton_kernels` (CUDA; CPU
+  only under ``TRITON_INTERPRET=1``, for tests).
+
+:func:`select` picks the fastest one that runs on a device: Triton on CUDA, the native kernel on
+a CPU, torch otherwise. ``QUIXER_NATIVE=0`` / :func:`quixer.native.set_enabled` and
+``QUIXER_TRITON=0`` switch the kernels off; :meth:`quixer.model.Quixer.use_simulator` pins one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from quixer import native
+from quixer.circuits import (
+    CircuitFunction,
+    CircuitPlan,
+    GateCoefficients,
+    LCUPowerFunction,
+    adjoint_butterflies,
+    apply_butterflies,
+    gate_coefficients,
+    lcu_sum,
+    lcu_sum_adjoint,
+    pauli_expectations,
+    polynomial,
+    postselect,
+    to_complex,
+    zero_states,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EvalCache:
+    """Per-vocabulary eval data of one model, kept until a parameter it depends on changes.
+
+    :meth:`refresh` runs once per eval forward, before any :meth:`get`. Its key holds the active
+    layer count and each circuit parameter's storage, version counter (bumped by optimiser steps,
+    ``load_state_dict`` and any in-place op) and a cheap content fingerprint (which also catches
+    writes through ``.data``, invisible to the version counter).
+    """
+
+    def __init__(self):
+        self._key, self._values = None, {}
+
+    def clear(self) -> None:
+        self._key, self._values = None, {}
+
+    def refresh(self, model) -> None:
+        params = (model.embedding.weight, model.embedding_to_angles.weight, model.embedding_to_angles.bias,
+                  model.quantum_feedforward_parameters, torch.view_as_real(model.lcu_coefficients),
+                  model.qsvt_polynomial_coefficients)
+        with torch.no_grad():
+            fingerprint = torch.stack([*torch._foreach_norm(params), *(p.sum() for p in params)]).tolist()
+        key = (model.active_layers, fingerprint, *((p.data_ptr(), p._version, p.device, p.dtype) for p in params))
+        if key != self._key:
+            self._key, self._values = key, {}  # drops the old values first
+
+    def get(self, name: str, build: Callable[[], object]):
+        """``build()``, kept until :meth:`refresh` finds a parameter changed."""
+        if name not in self._values:
+            self._values[name] = build()
+        return self._values[name]
+
+
+class Simulator(ABC):
+    """Simulates the circuits of a :class:`quixer.model.Quixer`; one instance per model (it holds
+    the model's eval cache). Subclasses implement :meth:`circuits`, :meth:`circuits_adjoint` and
+    :meth:`_eval_state`; fused kernels also replace :meth:`lcu_power` and :meth:`lcu_power_adjoint`.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self):
+        self.cache = EvalCache()
+
+    @classmethod
+    @abstractmethod
+    def runs_on(cls, device: torch.device) -> bool:
+        """Whether this simulator can run on ``device`` in this process."""
+
+    # ---- primitives (no autograd) ------------------------------------------------------
+
+    @abstractmethod
+    def circuits(self, plan: CircuitPlan, coefficients: GateCoefficients, states: torch.Tensor) -> torch.Tensor:
+        """Circuit instance ``i`` applied to ``states[..., i]`` (``[..., R, N]``, any leading shape)."""
+
+    @abstractmethod
+    def circuits_adjoint(self, plan: CircuitPlan, coefficients: GateCoefficients, outputs: torch.Tensor,
+                         grad: torch.Tensor, input_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Backward of :meth:`circuits` from its ``outputs`` and ``grad``: dL/d(input) (None unless
+        ``input_grad``) and dL/dtheta per instance and gate ``[N, G]``."""
+
+    def lcu_power(self, plan: CircuitPlan, coefficients: GateCoefficients, psi: torch.Tensor, lcu: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sum_w b_w U_{b,w} psi_b`` for ``psi [R, B]``, circuits ``b * W + w`` and complex ``lcu [W]``;
+        returns ``[R, B]`` and the circuit outputs ``[R, B * W]``."""
+        rows, batch = psi.shape
+        states = psi.unsqueeze(-1).expand(rows, batch, lcu.shape[0]).reshape(1, rows, -1)
+        outputs = self.circuits(plan, coefficients, states).view(rows, -1)
+        return lcu_sum(outputs.view(rows, batch, -1), lcu), outputs
+
+    def lcu_power_adjoint(self, plan: CircuitPlan, coefficients: GateCoefficients, outputs: torch.Tensor,
+                          grad: torch.Tensor, lcu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Backward of :meth:`lcu_power` for ``grad [R, B]``: dL/dpsi ``[R, B]``, dL/d(lcu) as real
+        and imaginary parts ``[W, 2]``, dL/dtheta per instance and gate ``[B * W, G]``."""
+        rows, batch = grad.shape
+        d_outputs, d_lcu = lcu_sum_adjoint(outputs.view(rows, batch, -1), grad, lcu)
+        grad_in, per_gate = self.circuits_adjoint(plan, coefficients, outputs.view(1, rows, -1),
+                                                  d_outputs.reshape(1, rows, -1), True)
+        return grad_in.view(rows, batch, -1).sum(-1), d_lcu, per_gate
+
+    # ---- differentiable circuits -----------------------------------------------------------
+
+    def run_circuits(self, plan: CircuitPlan, angles: torch.Tensor, states: torch.Tensor,
+                     coefficients: GateCoefficients | None = None) -> torch.Tensor:
+        """The circuits with angles ``[N, P]`` applied to ``states [..., 2, 2, .., 2, N]`` (differentiable).
+
+        ``coefficients`` (from :func:`gate_coefficients` on the detached angles) may be passed in
+        to reuse them across several calls with the same angles.
+        """
+        if coefficients is None:
+            coefficients = gate_coefficients(plan, angles.detach())
+        if torch.is_grad_enabled() and (angles.requires_grad or states.requires_grad):
+            return CircuitFunction.apply(states, angles, plan, coefficients, self)
+        return self.circuits(plan, coefficients, states)
+
+    def basis_images(self, plan: CircuitPlan, angles: torch.Tensor) -> torch.Tensor:
+        """Images of the basis states: real ``[2^n (s), 2 (re/im), 2^n (r), N]`` holding ``U_i[r, s]``."""
+        dim, n_inst = 2**plan.n_qubits, angles.shape[0]
+        eye = torch.eye(dim, dtype=angles.dtype, device=angles.device)
+        states = torch.stack((eye, torch.zeros_like(eye)), 1)[..., None].expand(dim, 2, dim, n_inst)
+        states = states.reshape(dim, 2, *[2] * plan.n_qubits, n_inst)
+        return self.run_circuits(plan, angles, states).reshape(dim, 2, dim, n_inst)
+
+    def unitaries(self, plan: CircuitPlan, angles: torch.Tensor) -> torch.Tensor:
+        """Full unitaries ``[N, 2^n, 2^n]`` (complex) of the circuits with angles ``[N, P]``."""
+        images = self.basis_images(plan, angles)
+        return torch.complex(images[:, 0], images[:, 1]).permute(2, 1, 0)
+
+    def lcu_operator(self, plan: CircuitPlan, angles: torch.Tensor, lcu: torch.Tensor
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``apply_m(psi [R, B]) -> M psi`` with ``M_b = sum_w b_w U_{b,w}``, the circuits of ``B``
+        sequences of ``W`` tokens with angles ``[B * W, P]``; differentiable in all three."""
+        coefficients = gate_coefficients(plan, angles.detach())  # shared by all powers
+
+        def apply_m(psi: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled() and (psi.requires_grad or angles.requires_grad or lcu.requires_grad):
+                return LCUPowerFunction.apply(psi, angles, lcu, plan, coefficients, self)
+            return self.lcu_power(plan, coefficients, psi.contiguous(), lcu.detach())[0]
+
+        return apply_m
+
+    # ---- eval (no autograd, cached per-vocabulary data) ----------------------------------------
+
+    @abstractmethod
+    def _eval_state(self, model, x: torch.Tensor) -> torch.Tensor:
+        """The unnormalised QSVT state ``[B, 2^n]`` (complex) from cached data; cache refreshed."""
+
+    def eval_state(self, model, x: torch.Tensor) -> torch.Tensor:
+        """Eval path of :meth:`quixer.model.Quixer.qsvt_state` (eval mode, no autograd)."""
+        self.cache.refresh(model)
+        return self._eval_state(model, x)
+
+    def eval_features(self, model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval path up to the measurement: Pauli expectations ``[B, 3n]`` and postselection ``[B]``."""
+        self.cache.refresh(model)
+        state, postselection = postselect(self._eval_state(model, x))
+        feedforward = self.cache.get("feedforward", model.feedforward_unitary)
+        return pauli_expectations(state @ feedforward.mT, model.n_qubits), postselection
+
+
+class TorchSimulator(Simulator):
+    """Torch ops: every gate is three vectorised ops over all instances (:func:`apply_butterflies`).
+    In eval, ``M`` is one weighted ``embedding_bag`` over cached per-vocabulary unitaries."""
+
+    name = "torch"
+
+    @classmethod
+    def runs_on(cls, device: torch.device) -> bool:
+        return True
+
+    @staticmethod
+    def _qubit_axes(plan: CircuitPlan, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, 2, *[2] * plan.n_qubits, t.shape[-1])
+
+    def circuits(self, plan, coefficients, states):
+        return apply_butterflies(plan, coefficients, self._qubit_axes(plan, states)).view(states.shape)
+
+    def circuits_adjoint(self, plan, coefficients, outputs, grad, input_grad):
+        grad_in, per_gate = adjoint_butterflies(plan, coefficients, self._qubit_axes(plan, outputs),
+                                                self._qubit_axes(plan, grad), input_grad)
+        return (grad_in.view(outputs.shape) if grad_in is not None else None), per_gate
+
+    def _vocab_table(self, model) -> torch.Tensor:
+        """Per-vocabulary ``U_v^T`` as rows ``[V, 2 * 4^n]`` (real part, then imaginary part), cached."""
+        def build():
+            ids = torch.arange(model.vocabulary_size, device=model.embedding.weight.device)
+            rows = []
+            for chunk in ids.split(1024):  # bounded memory for large vocabularies
+                images = self.basis_images(model.token_plan(), model.token_angles(chunk))  # [s, re/im, r, N]
+                rows.append(images.permute(3, 1, 0, 2).reshape(len(chunk), -1))  # U^T[s, r] = U[r, s]
+            return torch.cat(rows)
+
+        return self.cache.get("vocab_table", build)
+
+    def _eval_state(self, model, x):
+        """``M^T = sum_w b_w U_{x_w}^T`` from the cached table; powers are matvecs.
+
+        One ``embedding_bag`` with two bags per sequence over the same rows, weighted by the real
+        and by the imaginary parts of ``b`` (the second bag finds its rows in cache), gives the
+        four real products that make up the complex sum.
+        """
+        table = self._vocab_table(model)
+        batch, window, dim = x.shape[0], x.shape[1], 2**model.n_qubits
+        lcu = model.lcu_weights()
+        weights = torch.cat((lcu.real, lcu.imag)).to(table.dtype).repeat(batch)
+        offsets = torch.arange(0, 2 * batch * window, window, device=x.device)
+        sums = F.embedding_bag(x.repeat_interleave(2, 0).reshape(-1), table, offsets,
+                               per_sample_weights=weights, mode="sum").view(batch, 2, 2, dim, dim)
+        # sums[:, i, j] = sum_w (Re b, Im b)[i] * (Re U^T, Im U^T)[j]
+        m_t = torch.complex(sums[:, 0, 0] - sums[:, 1, 1], sums[:, 0, 1] + sums[:, 1, 0])
+        psi = torch.zeros(batch, 1, dim, dtype=m_t.dtype, device=m_t.device)
+        psi[:, 0, 0] = 1
+        return polynomial(model.qsvt_polynomial_coefficients, psi, lambda p: p @ m_t).squeeze(1)
+
+
+class _FusedKernels(Simulator):
+    """Primitives from a kernel module with the functions of :mod:`quixer.native` (``forward``,
+    ``adjoint``, ``lcu_power``, ``lcu_power_adjoint``), each circuit's gates fused in one pass."""
+
+    @staticmethod
+    @abstractmethod
+    def kernels():
+        """The kernel module."""
+
+    def circuits(self, plan, coefficients, states):
+        rows = states.reshape(-1, plan.rows, states.shape[-1]).contiguous()
+        out = self.kernels().forward(rows, coefficients.cos, coefficients.sin, plan.wiring_on(states.device),
+                                     plan.n_qubits)
+        return out.view(states.shape)
+
+    def circuits_adjoint(self, plan, coefficients, outputs, grad, input_grad):
+        rows = outputs.reshape(-1, plan.rows, outputs.shape[-1]).contiguous()
+        grad_in, per_gate = self.kernels().adjoint(rows, grad.reshape(rows.shape).contiguous(), coefficients.cos,
+                                                   coefficients.sin, plan.wiring_on(outputs.device), plan.n_qubits,
+                                                   input_grad)
+        return (grad_in.view(outputs.shape) if grad_in is not None else None), per_gate
+
+    def lcu_power(self, plan, coefficients, psi, lcu):
+        return self.kernels().lcu_power(psi, coefficients.cos, coefficients.sin, plan.wiring_on(psi.device),
+                                        plan.n_qubits, lcu)
+
+    def lcu_power_adjoint(self, plan, coefficients, outputs, grad, lcu):
+        return self.kernels().lcu_power_adjoint(outputs, grad, coefficients.cos, coefficients.sin,
+                                                plan.wiring_on(grad.device), plan.n_qubits, lcu)
+
+
+class NativeSimulator(_FusedKernels):
+    """The fused C++/OpenMP CPU kernel: all gates of a circuit per tile of instances in L1 cache, one
+    call per LCU power and per backward, and the whole eval forward up to the measurement in one call."""
+
+    name = "native"
+
+    @staticmethod
+    def kernels():
+        return native
+
+    @classmethod
+    def runs_on(cls, device: torch.device) -> bool:
+        return device.type == "cpu" and native.available()
+
+    def _eval_tables(self, model) -> tuple:
+        """The cached inputs of :func:`quixer.native.qsvt_eval`: per-vocabulary gate coefficients
+        (``[V, G]``) and first columns ``U_v |0>`` (real rows ``[V, 2 dim]``), the feed-forward
+        unitary transposed (real part rows, then imaginary), the LCU weights (real and imaginary
+        parts) and the polynomial divided by its L1 norm."""
+        def build():
+            plan, dim = model.token_plan(), 2**model.n_qubits
+            ids = torch.arange(model.vocabulary_size, device=model.embedding.weight.device)
+            vocab = gate_coefficients(plan, model.token_angles(ids))
+            zero = torch.zeros(1, 2 * dim, model.vocabulary_size, dtype=vocab.cos.dtype)
+            zero[:, 0] = 1
+            first = self.circuits(plan, vocab, zero).view(2 * dim, -1).t().contiguous()
+            unitary = model.feedforward_unitary().t()
+            lcu, coeffs = model.lcu_weights(), model.qsvt_polynomial_coefficients
+            real = first.dtype
+            return (vocab, first, torch.cat((unitary.real, unitary.imag)).contiguous(),
+                    (lcu.real.to(real).contiguous(), lcu.imag.to(real).contiguous()),
+                    (coeffs / coeffs.abs().sum()).to(real).contiguous())
+
+        return self.cache.get("native_eval_tables", build)
+
+    def _qsvt_eval(self, model, x: torch.Tensor, measure: bool) -> tuple:
+        """One :func:`quixer.native.qsvt_eval` call: per sequence, ``M |0>`` is the LCU sum of cached
+        first columns ``U_v |0>`` and each further power applies the token circuits with cached
+        per-vocabulary gate coefficients (cheaper on a CPU than summing ``B * W`` cached ``4^n``
+        unitaries, and the cache is small and quick to build)."""
+        vocab, first, feedforward, lcu, poly = self._eval_tables(model)
+        return native.qsvt_eval(x, vocab.cos, vocab.sin, first, model.token_plan().wiring, model.n_qubits, lcu, poly,
+                                feedforward=feedforward if measure else None)
+
+    def _eval_state(self, model, x):
+        return to_complex(self._qsvt_eval(model, x, measure=False)[0].t())
+
+    def eval_features(self, model, x):
+        self.cache.refresh(model)
+        _, features, postselection = self._qsvt_eval(model, x, measure=True)
+        return features, postselection
+
+
+_TRITON: dict = {}
+
+
+def triton_kernels():
+    """:mod:`quixer.triton_kernels`, or None where ``QUIXER_TRITON=0`` or triton cannot be imported (logged once)."""
+    if os.environ.get("QUIXER_TRITON", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if "module" not in _TRITON:
+        try:
+            from quixer import triton_kernels as module
+        except (ImportError, RuntimeError, OSError) as exc:
+            module = None
+            log.warning("Triton kernels unavailable, CUDA runs use the torch simulation: %s", exc)
+        _TRITON["module"] = module
+    return _TRITON["module"]
+
+
+class TritonSimulator(_FusedKernels):
+    """The fused Triton GPU kernels: a tile of instances on chip for all gates, the LCU summed in the
+    same pass, adjoint backward. In eval, the powers use cached per-vocabulary gate coefficients."""
+
+    name = "triton"
+
+    @staticmethod
+    def kernels():
+        return triton_kernels()
+
+    @classmethod
+    def runs_on(cls, device: torch.device) -> bool:
+        module = triton_kernels()
+        return module is not None and (device.type == "cuda" or (device.type == "cpu" and module.INTERPRETED))
+
+    def _eval_state(self, model, x):
+        plan = model.token_plan()
+        vocab = self.cache.get("vocab_coefficients", lambda: gate_coefficients(
+            plan, model.token_angles(torch.arange(model.vocabulary_size, device=x.device))))
+        ids = x.reshape(-1)
+        coefficients = GateCoefficients(plan, vocab.cos[ids], vocab.sin[ids])
+        lcu = model.lcu_weights()
+        psi = zero_states(model.n_qubits, x.shape[0], vocab.cos.dtype, x.device)
+        state = polynomial(model.qsvt_polynomial_coefficients, psi,
+                           lambda p: self.lcu_power(plan, coefficients, p, lcu)[0])
+        return to_complex(state)
+
+
+SIMULATORS: dict[str, type[Simulator]] = {cls.name: cls for cls in (TorchSimulator, NativeSimulator, TritonSimulator)}
+
+
+def select(device: torch.device, name: str | None = None) -> type[Simulator]:
+    """The simulator for tensors on ``device``: ``name`` ("torch", "native", "triton") if given,
+    else the fastest that runs there (Triton on CUDA, the native kernel on a CPU, else torch)."""
+    if name is not None:
+        if name not in SIMULATORS:
+            raise ValueError(f"unknown simulator {name!r}; choose one of {', '.join(SIMULATORS)}")
+        if not SIMULATORS[name].runs_on(device):
+            raise RuntimeError(f"the {name} simulator cannot run on {device} here")
+        return SIMULATORS[name]
+    if device.type == "cuda" and TritonSimulator.runs_on(device):
+        return TritonSimulator
+    if device.type == "cpu" and NativeSimulator.runs_on(device):
+        return NativeSimulator
+    return TorchSimulator
+
+
+def run_circuits(plan: CircuitPlan, angles: torch.Tensor, states: torch.Tensor,
+                 coefficients: GateCoefficients | None = None) -> torch.Tensor:
+    """:meth:`Simulator.run_circuits` on the simulator :func:`select` picks for ``states``' device."""
+    return select(states.device)().run_circuits(plan, angles, states, coefficients)
+
+
+def circuit_unitaries(plan: CircuitPlan, angles: torch.Tensor) -> torch.Tensor:
+    """:meth:`Simulator.unitaries` on the simulator :func:`select` picks for ``angles``' device."""
+    return select(angles.device)().unitaries(plan, angles)
