@@ -62,6 +62,7 @@ from .common import (
     seed_everything,
 )
 from .data import TokenData, eval_batches, load_cluster_centers, load_token_data, steps_per_epoch, train_batches
+from .devices import fastest_device
 from .distributed import DistContext, init_distributed, rng_state, set_rng_state
 from .scoring import TargetScores, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
@@ -133,7 +134,9 @@ def add_training_args(
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=int, default=42, help="seed of weights, shuffling and dropout (default: %(default)s)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto = CUDA when available (default: %(default)s)")
+                   help="auto: with a GPU, whichever of CPU and GPU runs a few training steps of this model at "
+                        "this batch size faster (measured at the start; one process), else the CPU "
+                        "(default: %(default)s)")
     if run_flags:
         g.add_argument("--output_dir", default=output_dir,
                        help="run directory: config, metrics, checkpoints, results (default: %(default)s)")
@@ -458,6 +461,12 @@ def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, bu
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", config)
+    if args.device == "auto" and dist.device.type == "cuda" and not dist.enabled:
+        # a GPU is not always faster (a small model at a small batch is launch-bound): measure
+        dist.device, seconds = fastest_device(lambda: build_model(data, args), data.n_input_tokens,
+                                              data.vocab_size, args.batch_size)
+        log.info("--device auto: %s (seconds per training step: %s)", dist.device,
+                 ", ".join(f"{k} {v:.4f}" for k, v in seconds.items()))
     if dist.device.type == "cuda":
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
