@@ -3,7 +3,8 @@
 #   1. tests/test_cuda.py: the model on CUDA against the CPU (logits, gradients, eval cache, training);
 #   2. bench/bench_quixer.py on the GPU at the paper's defaults (fast and naive interleaved),
 #      then at larger batches.
-# Usage: bash bench/gpu_check.sh [OUT_DIR]   (PYTHON picks the interpreter; default python3)
+# Usage: bash bench/gpu_check.sh [OUT_DIR]   (PYTHON picks the interpreter, default python3; it
+# needs the package installed: bash setup.sh, or pip install --no-deps -e . beside the pins)
 # Writes OUT_DIR/gpu.txt, tests.txt and bench_cuda.jsonl (one JSON line per benchmark).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from conftest import adam_steps
+from tests.helpers import adam_steps
 
 from quixer.model import Quixer
 

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench.naive_quixer import naive_forward
-from conftest import adam_steps
 from quixer import native
 from quixer.model import (
     OFFICIAL_PARAMETER_NAMES,
@@ -25,6 +23,8 @@ from quixer.model import (
     pauli_expectations,
     run_circuits,
 )
+from quixer.naive import naive_forward
+from tests.helpers import adam_steps
 
 C128 = torch.complex128
 

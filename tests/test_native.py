@@ -17,7 +17,7 @@ import torch
 
 from quixer import native
 from quixer.model import CircuitPlan, Dropout, Quixer, ansatz14_gates, apply_gates, gate_coefficients, run_circuits
-from conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="fused CPU kernel unavailable (no C++ compiler)")
 
