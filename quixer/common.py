@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -239,7 +240,7 @@ def torch_file_writer(path: str | os.PathLike) -> str:
             return "train_classical_baselines.py" if "model" in cfg else "train_quixer_hybrid.py"
     except (OSError, ValueError, AttributeError):
         pass
-    return _WRITERS_BY_NAME.get(path.name, "the stage that wrote it")
+    return _WRITERS_BY_NAME.get(path.name, "an earlier stage")
 
 
 def load_torch_file(path: str | os.PathLike, written_by: str | None = None) -> Any:
@@ -255,17 +256,26 @@ def load_torch_file(path: str | os.PathLike, written_by: str | None = None) -> A
     import torch
 
     path = Path(path)
+    writer = written_by or torch_file_writer(path)
     if not path.exists():
-        raise UserError(f"{path}: file not found (written by {written_by or torch_file_writer(path)}; run it first)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (corrupt, truncated, foreign or unopenable)
-        log.debug("torch.load(%s) failed: %s: %s", path, type(exc).__name__, exc)
-        if isinstance(exc, OSError):
-            why = f"cannot be opened ({exc.strerror or type(exc).__name__})"
-        elif isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
-            why = "holds Python objects besides tensors (refused: only tensor files are loaded)"
-        else:
-            why = "truncated, corrupt or not a torch file"
-        writer = written_by or torch_file_writer(path)
-        raise UserError(f"{path}: {why} (written by {writer}; rerun it to replace the file)") from None
+        raise UserError(f"{path}: file not found (written by {writer}; run it first)")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file (written by {writer}; rerun it to replace it)")
+    # torch warns about some foreign pickles before failing on them: hold its warnings until
+    # the load succeeds, so a failure stays one line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (corrupt, truncated, foreign or unreadable)
+            log.debug("torch.load(%s) failed: %s: %s", path, type(exc).__name__, exc)
+            if isinstance(exc, PermissionError):
+                why = "permission denied"
+            elif isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
+                why = "holds Python objects besides tensors (refused: only tensor files are loaded)"
+            else:  # torch reports a cut file as RuntimeError, EOFError, OSError or KeyError, depending on where
+                why = "truncated, corrupt or not a torch file"
+            raise UserError(f"{path}: {why} (written by {writer}; rerun it to replace the file)") from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
