@@ -128,3 +128,13 @@ def test_pyproject_dependencies_are_the_pins_as_lower_bounds():
     assert declared == _requirement_pins()
     assert project["optional-dependencies"]["aer"] == [f"qiskit-aer>={_requirement_pins()['qiskit-aer']}"]
     assert project["requires-python"] == ">=3.11"
+
+
+def test_benchmark_imports_the_installed_package_from_anywhere(tmp_path):
+    """bench/bench_quixer.py (model against the naive simulator) run from another directory."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_quixer.py"), "--steps", "1", "--warmup", "0",
+                           "--impl", "both", "--threads", "1", "--batch-size", "2", "--qubits", "2", "--window", "4",
+                           "--embed-dim", "8", "--vocab", "5"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["impl"] == "fast" and result["naive"]["impl"] == "naive"
