@@ -5,7 +5,7 @@
 # Python: $PYTHON if set, else the project's .venv, else python3.
 set -euo pipefail
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"  # the header above
   exit 0
 fi
 if [ "$#" -lt 2 ]; then
