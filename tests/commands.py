@@ -14,7 +14,10 @@ this test interpreter. Nothing puts the repository on ``PYTHONPATH``: the script
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
+import io
 import os
 import re
 import shlex
@@ -79,19 +82,26 @@ def runnable(commands: list[str]) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def help_text(script: str) -> str:
-    """What ``--help`` prints for a top-level script (run as a user would)."""
-    argv = ["bash", str(REPO / script)] if script.endswith(".sh") else [sys.executable, str(REPO / script)]
-    proc = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 0, f"{script} --help failed: {proc.stderr[-2000:]}"
-    return proc.stdout
-
-
-def prefetch_help(scripts, workers: int = 3) -> None:
-    """Fill :func:`help_text`'s cache for ``scripts`` a few at a time (each one is a Python start-up)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(help_text, scripts))
+    """What ``--help`` prints for a top-level script. A Python script's ``main(["--help"])`` runs
+    in this process (the same argparse text a user sees, without a Python start-up per script);
+    a shell launcher runs with bash."""
+    if script.endswith(".sh"):
+        proc = subprocess.run(["bash", str(REPO / script), "--help"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"{script} --help failed: {proc.stderr[-2000:]}"
+        return proc.stdout
+    module = importlib.import_module(script.removesuffix(".py"))
+    out, argv0 = io.StringIO(), sys.argv[0]
+    sys.argv[0] = script  # argparse names the program after it
+    try:
+        with contextlib.redirect_stdout(out):
+            module.main(["--help"])
+    except SystemExit as exc:
+        assert exc.code == 0, f"{script} --help exited {exc.code}"
+    else:
+        raise AssertionError(f"{script} --help did not exit")
+    finally:
+        sys.argv[0] = argv0
+    return out.getvalue()
 
 
 class Workspace:

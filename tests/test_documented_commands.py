@@ -20,8 +20,7 @@ import pytest
 import torch
 
 from quixer.fasta import iter_fasta
-from tests.commands import (Workspace, extract_commands, help_text, is_synopsis, prefetch_help, runnable,
-                            top_level_scripts)
+from tests.commands import Workspace, extract_commands, help_text, is_synopsis, runnable, top_level_scripts
 from tests.helpers import SAMPLE_FASTA
 from tests.ncbi_server import FakeEutils, load_source_records
 
@@ -152,11 +151,6 @@ def group_commands(group: str) -> list[str]:
     """The runnable examples of a group's help texts in order, each once (the tuner's help repeats
     the trainer's --config example, and the same run a second time is refused by design)."""
     return runnable([c for script in GROUPS[group] for c in extract_commands(help_text(script))])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _help_texts():
-    prefetch_help([s for scripts in GROUPS.values() for s in scripts] + ["run_pipeline.sh"])
 
 
 def test_every_help_example_has_an_entry_and_every_script_a_group():
