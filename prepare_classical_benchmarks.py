@@ -6,7 +6,8 @@
 
 Writes {train,val,test}.pt with sequences [N, W] (int64), labels [N] (= sequences[:, -1]) and
 vocab (list of k-mers), and metadata.json. From --fasta the windowing flags apply and give the
-same windows and splits as prepare_autoregressive_data.py with the same flags.
+same windows and splits as prepare_autoregressive_data.py with the same flags, so the two
+commands above give the same tokens: whichever runs second finds the directory up to date.
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Stage 3: lambeq k-mer embeddings -> K token ids by k-means (512 by default).
 
-  python quantize_lambeq_embeddings.py --input_dir lambeq_embeddings_autoregressive \
+  python quantize_lambeq_embeddings.py --input_dir lambeq_embeddings_autoregressive \\
       --output_dir quantized_embeddings_autoregressive
+  python quantize_lambeq_embeddings.py --embeddings_dir lambeq_embeddings_autoregressive \\
+      --output_dir quantized_embeddings_autoregressive      # the original plan's flag name
 
 k-means (scikit-learn) is fitted on the distinct k-mers that occur in the train split, each
 weighted by its train count (k-mers absent from train do not move the centres); every k-mer,
@@ -29,7 +31,8 @@ log = logging.getLogger("quantize_lambeq_embeddings")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_dir", default=DEFAULT_INPUT_DIR, help=f"stage-2 directory (default: {DEFAULT_INPUT_DIR})")
+    p.add_argument("--input_dir", "--embeddings_dir", dest="input_dir", default=DEFAULT_INPUT_DIR,
+                   help=f"stage-2 directory; --embeddings_dir is the original plan's name (default: {DEFAULT_INPUT_DIR})")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"output directory (default: {DEFAULT_OUTPUT_DIR})")
     add_quantize_args(p)
     add_stage_flags(p)

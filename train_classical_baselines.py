@@ -18,7 +18,7 @@ Examples:
   python train_classical_baselines.py --model transformer --preset paper128 --epochs 30
   python train_classical_baselines.py --model ngram
   python train_classical_baselines.py --model quixer_ablation
-  python train_classical_baselines.py --model lstm --data_dir classical_benchmarks   # raw k-mer tokens
+  python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers   # raw k-mer tokens
 """
 from __future__ import annotations
 

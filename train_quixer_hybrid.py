@@ -9,7 +9,7 @@ Examples:
   python train_quixer_hybrid.py --epochs 50
   python train_quixer_hybrid.py --resume                      # continue a killed run
   python train_quixer_hybrid.py --config runs/tune/best_config.json --output_dir runs/quixer_tuned
-  torchrun --nproc_per_node 4 train_quixer_hybrid.py          # one process per GPU (DDP)
+  torchrun --nproc_per_node 4 train_quixer_hybrid.py --output_dir runs/quixer_ddp   # one process per GPU (DDP)
 """
 from __future__ import annotations
 

@@ -25,23 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from bench.naive_quixer import NaiveQuixer  # noqa: E402
-from quixer import native  # noqa: E402
-from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging  # noqa: E402
-from quixer.cuda_graphs import capture_step  # noqa: E402
-from quixer.devices import fastest_device  # noqa: E402
-from quixer.model import Quixer  # noqa: E402
-from quixer.simulators import TritonSimulator  # noqa: E402
+from quixer import native
+from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging
+from quixer.cuda_graphs import capture_step
+from quixer.devices import fastest_device
+from quixer.model import Quixer
+from quixer.naive import NaiveQuixer
+from quixer.simulators import TritonSimulator
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,10 +27,9 @@ DEFAULT_FASTA = REPO.parent / "shared" / "data" / "grch38_chrX_refseq_rna.fasta.
 
 def run_stage_wait4(name: str, argv: list[str]) -> dict:
     """Run one stage script, reaped with os.wait4 so the rusage is that child's alone."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=log, stderr=log)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -43,7 +42,6 @@ def run_stage_wait4(name: str, argv: list[str]) -> dict:
 
 
 def exact_vs_aer(workers: int) -> dict:
-    sys.path.insert(0, str(REPO))
     from quixer.encoding import EncoderSpec, KmerCircuits, aer_embeddings, exact_embeddings
 
     circuits = KmerCircuits(EncoderSpec())

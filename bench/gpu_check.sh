@@ -9,7 +9,8 @@
 #   5. only with TOKENS_DIR (bash bench/prepare_chrx_tokens.sh on the CPU side, then carried): Quixer
 #      on the chrX tokens as the 50-epoch run (batch 32, small_gaussian, layerwise), one epoch of 300
 #      batches per active-layer count, projected to 50 full epochs by bench/project_epochs.py.
-# Usage: bash bench/gpu_check.sh [OUT_DIR [TOKENS_DIR]]   (PYTHON picks the interpreter; default python3)
+# Usage: bash bench/gpu_check.sh [OUT_DIR [TOKENS_DIR]]   (PYTHON picks the interpreter, default python3;
+# it needs the package installed: bash setup.sh, or pip install --no-deps -e . beside the pins)
 # Writes OUT_DIR/gpu.txt, tests.txt, bench_cuda.jsonl, device_auto.jsonl, bench_classical.jsonl and,
 # with TOKENS_DIR, chrx_run/ (config, metrics) and chrx_projection.json.
 set -uo pipefail

@@ -2,15 +2,73 @@
 
 Modules (one obvious place for each idea):
 
-- ``common``     one-line user errors, logging, atomic writes, hashes, seeds, devices
-- ``fasta``      streaming FASTA reading, input validation, normalisation, split groups
-- ``windows``    k-mer windows, group splits, the stage-1 directory (write and read)
-- ``ncbi``       the NCBI E-utilities client and the resumable downloader (stage 0)
-- ``encoding``   lambeq k-mer circuits, exact and qiskit-aer backends (stage 2)
-- ``quantize``   weighted k-means into tokens (stage 3)
-- ``data``       token datasets the trainers read (stage 3 and classical-benchmark tokens)
-- ``model``      the Quixer LCU + QSVT statevector model in torch
-- ``baselines``  LSTM / Transformer / FNet and the uniform / unigram / n-gram references
-- ``training``   the one training loop: metrics, checkpoints, resume, DDP
-- ``report``     the results table and plots
+- ``common``       one-line user errors, logging, atomic writes, hashes, seeds, devices, torch files
+- ``fasta``        streaming FASTA reading, input validation, normalisation, split groups
+- ``windows``      k-mer windows, group splits, the stage-1 directory (write and read)
+- ``kmer_tokens``  stage-1 windows as ids over the raw 4^k k-mer vocabulary (classical benchmarks)
+- ``ncbi``         the NCBI E-utilities client and the resumable downloader (stage 0)
+- ``encoding``     lambeq k-mer circuits, exact and qiskit-aer backends (stage 2)
+- ``quantize``     weighted k-means into tokens (stage 3)
+- ``data``         token datasets the trainers read (stage 3 and classical-benchmark tokens)
+- ``model``        the Quixer LCU + QSVT statevector model in torch (and the official-checkpoint loader)
+- ``native``       the fused C++ CPU kernel behind ``model`` (``statevector_kernel.cpp``, built on first use)
+- ``naive``        a gate-by-gate Quixer simulation: test oracle and benchmark baseline, not the pipeline
+- ``baselines``    LSTM / Transformer / FNet
+- ``reference``    the uniform / unigram / n-gram (Kneser-Ney) reference predictors
+- ``training``     the one training loop: metrics, checkpoints, resume, DDP; the trainer entry points
+- ``tuning``       the Optuna hyperparameter search (tune_quixer_hybrid.py)
+- ``report``       the results table and plots
+
+The names below are importable from ``quixer`` directly (``from quixer import Quixer``). Each
+is loaded from its module on first use, so ``import quixer`` itself imports neither torch nor
+lambeq.
 """
+import importlib as _importlib
+
+# public name -> module that defines it
+_EXPORTS = {
+    "UserError": "common",
+    "load_torch_file": "common",
+    # stage 0: download
+    "EutilsClient": "ncbi",
+    "download_sequences": "ncbi",
+    # stage 1: windows
+    "WindowConfig": "windows",
+    "prepare_autoregressive_data": "windows",
+    "read_split_windows": "windows",
+    "prepare_classical_benchmarks": "kmer_tokens",
+    # stage 2: quantum k-mer embeddings
+    "EncoderSpec": "encoding",
+    "RunOptions": "encoding",
+    "encode_windows": "encoding",
+    "WindowEmbeddings": "encoding",
+    # stage 3: tokens
+    "QuantizeConfig": "quantize",
+    "quantize_embeddings": "quantize",
+    "load_token_data": "data",
+    # models
+    "Quixer": "model",
+    "build_classical_model": "baselines",
+    # stage 4: training, references, tuning, report
+    "train_quixer": "training",
+    "train_classical": "training",
+    "train_model": "training",
+    "run_reference": "reference",
+    "tune_quixer": "tuning",
+    "write_report": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quixer' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | {k for k in globals() if not k.startswith("_")})

@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -39,11 +40,12 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
-    """Run a stage's ``main(argv)``; a :class:`UserError` exits 2 with ``error: <message>``."""
+    """Run a stage's ``main(argv)``; a :class:`UserError` exits 2 with ``error: <message>`` on one
+    line (line breaks inside a message, e.g. quoted from a library, are folded)."""
     try:
         code = main(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -211,15 +213,69 @@ def add_stage_flags(parser) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 
-def load_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` on the CPU with tensors only; a missing, corrupt or foreign file is one
-    :class:`UserError` line naming the file."""
+# Which script writes a file of a given name, when the directory's own metadata does not say.
+_WRITERS_BY_NAME = {
+    "kmer_embeddings.pt": "lambeq_encoder.py",
+    "cluster_centers.pt": "quantize_lambeq_embeddings.py",
+    "best.pt": "train_quixer_hybrid.py or train_classical_baselines.py",
+    "last.pt": "train_quixer_hybrid.py or train_classical_baselines.py",
+}
+
+
+def torch_file_writer(path: str | os.PathLike) -> str:
+    """The script that writes ``path``, for error messages: the stage named in the directory's
+    metadata.json, the trainer named by a run's config.json, else a guess from the file name.
+    Never raises: it only words an error that is already happening."""
+    path = Path(path)
+    try:
+        meta_path, cfg_path = path.parent / "metadata.json", path.parent / "config.json"
+        if meta_path.is_file():
+            stage = json.loads(meta_path.read_text(encoding="utf-8")).get("stage")
+            if isinstance(stage, str) and stage:
+                return f"{stage}.py"
+        if cfg_path.is_file():
+            if path.parent.parent.name == "trials":
+                return "tune_quixer_hybrid.py"
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            return "train_classical_baselines.py" if "model" in cfg else "train_quixer_hybrid.py"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return _WRITERS_BY_NAME.get(path.name, "an earlier stage")
+
+
+def load_torch_file(path: str | os.PathLike, written_by: str | None = None) -> Any:
+    """``torch.load`` on the CPU with tensors only (never unpickling arbitrary objects).
+
+    A missing, truncated, corrupt or foreign file is one :class:`UserError` line naming the file
+    and the script that writes it (``written_by``, else :func:`torch_file_writer`); torch's own
+    multi-line explanation goes to the debug log only, since its advice (``weights_only=False``)
+    is unsafe for files from elsewhere.
+    """
+    import pickle
+
     import torch
 
     path = Path(path)
+    writer = written_by or torch_file_writer(path)
     if not path.exists():
-        raise UserError(f"{path}: file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (corrupt, truncated or not a torch file)
-        raise UserError(f"{path}: cannot be read as a torch file ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path}: file not found (written by {writer}; run it first)")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file (written by {writer}; rerun it to replace it)")
+    # torch warns about some foreign pickles before failing on them: hold its warnings until
+    # the load succeeds, so a failure stays one line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (corrupt, truncated, foreign or unreadable)
+            log.debug("torch.load(%s) failed: %s: %s", path, type(exc).__name__, exc)
+            if isinstance(exc, PermissionError):
+                why = "permission denied"
+            elif isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
+                why = "holds Python objects besides tensors (refused: only tensor files are loaded)"
+            else:  # torch reports a cut file as RuntimeError, EOFError, OSError or KeyError, depending on where
+                why = "truncated, corrupt or not a torch file"
+            raise UserError(f"{path}: {why} (written by {writer}; rerun it to replace the file)") from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj

@@ -146,7 +146,7 @@ class KmerCircuits:
         self.spec = spec
         self.angles = nucleotide_angles()
 
-    # lambeq is slow to import (~10 s): only when a circuit is really built.
+    # lambeq is slow to import: only when a circuit is really built.
     @cached_property
     def _lambeq(self):
         from lambeq.ansatz.circuit import IQPAnsatz, Sim14Ansatz
@@ -367,7 +367,7 @@ def aer_embeddings(circuits: KmerCircuits, *, shots: int = 0, noise: float = 0.0
         # save_probabilities: qubits[0] is the least significant index bit, so reverse.
         circuit.save_probabilities(qubits=list(reversed(range(m))))
     # With noise, one density matrix per k-mer (then sampled once for all its shots) is far
-    # cheaper than one noisy statevector trajectory per shot (minutes instead of seconds).
+    # cheaper than one noisy statevector trajectory per shot.
     method = "density_matrix" if noise_model is not None else "statevector"
     sim, used = aer_simulator(device, workers, method, noise_model)
     compiled = transpile(circuit, sim, optimization_level=0)
@@ -594,7 +594,7 @@ def load_encoder_metadata(enc_dir: str | os.PathLike) -> dict:
 
 
 def _torch_load(path: Path) -> dict:
-    obj = load_torch_file(path)
+    obj = load_torch_file(path, written_by="lambeq_encoder.py")  # either format, metadata or not
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of tensors")
     return obj

@@ -34,13 +34,17 @@ def prepare_classical_benchmarks(output_dir: str | os.PathLike, *, fasta: str | 
         cfg = cfg or WindowConfig()
         cfg.validate()
         fasta = check_fasta_path(fasta)
-        source = {"fasta": str(fasta), "input_sha256": sha256_file(fasta), "config": asdict(cfg)}
+        source = {"fasta": str(fasta)}
+        windows = {"input_sha256": sha256_file(fasta), "config": asdict(cfg)}
         k = cfg.k
     else:
         meta = load_metadata(data_dir)
-        source = {"data_dir": str(data_dir), "input_sha256": meta["input_sha256"], "config": meta["signature"]["config"]}
+        source = {"data_dir": str(data_dir)}
+        windows = {"input_sha256": meta["input_sha256"], "config": meta["signature"]["config"]}
         k = int(meta["k"])
-    signature = {"source": source}
+    # The same FASTA and windowing flags give the same tokens by either route (and from any path),
+    # so the signature holds only those: the other route then finds the directory up to date.
+    signature = {"windows": windows}
     if check_output_dir(output_dir, signature, force):
         log.info("%s is up to date; nothing to do", output_dir)
         return read_json(Path(output_dir) / "metadata.json")
@@ -62,6 +66,7 @@ def prepare_classical_benchmarks(output_dir: str | os.PathLike, *, fasta: str | 
         metadata = {
             "stage": "prepare_classical_benchmarks",
             "signature": signature,
+            "source": source,
             "vocab_size": len(vocab),
             "k": k,
             "window_size": int(ids["train"].shape[1]),

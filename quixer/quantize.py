@@ -78,10 +78,10 @@ def _load_table_format(input_dir: Path) -> _Inputs:
     recorded = meta.get("files") or {}
     for name in [TABLE_FILE] + [f"{s}.pt" for s in SPLITS]:
         path = input_dir / name
-        if name in recorded and path.exists() and sha256_file(path) != recorded[name]:
+        if name in recorded and path.is_file() and sha256_file(path) != recorded[name]:
             raise UserError(
-                f"{path}: does not match the sha256 recorded in {input_dir}/metadata.json "
-                "(files from different encoder runs mixed in one directory?)"
+                f"{path}: does not match the sha256 recorded in {input_dir}/metadata.json: damaged, or from "
+                "another run (written by lambeq_encoder.py; rerun it to replace the directory)"
             )
     kmers, table_t = load_table(input_dir)
     table = table_t.numpy().astype(np.float32, copy=False)

@@ -99,7 +99,7 @@ def _tune_quixer(args: argparse.Namespace) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_token_data(args.data_dir)  # fail early on bad data
-    inits = space["init_strategy"].get("choices")
+    inits = space.get("init_strategy", {}).get("choices")  # absent when the search space sets it to null
     if inits and "centroid" in inits and not (data.data_dir / "cluster_centers.pt").is_file():
         space["init_strategy"] = {"choices": [c for c in inits if c != "centroid"] or ["small_gaussian"]}
         log.warning("%s has no cluster_centers.pt: init strategy 'centroid' left out of the search", data.data_dir)

@@ -24,15 +24,14 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from xml.sax.saxutils import escape
 
 from Bio import SeqIO
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures" / "ncbi"
+from tests.helpers import BENCHMARK_FASTA as CHRX_FASTA
+from tests.helpers import NCBI_FIXTURES as FIXTURES
+
 OLDSTYLE_FASTA = FIXTURES / "efetch_fasta_genes_oldstyle.fasta"
-CHRX_FASTA = SHARED / "data" / "grch38_chrX_refseq_rna.fasta.gz"
 
 TSEQ_HEAD = ('<?xml version="1.0" encoding="UTF-8"  ?>\n'
              '<!DOCTYPE TSeqSet PUBLIC "-//NCBI//NCBI TSeq/EN" "https://www.ncbi.nlm.nih.gov/dtd/NCBI_TSeq.dtd">\n'

@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    from tests.token_fixtures import make_token_dir
-except ImportError:  # tests/ on sys.path instead of the repository root
-    from token_fixtures import make_token_dir
-
 import train_classical_baselines
 from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model, resolve_classical_args
 from quixer.common import UserError
+from tests.token_fixtures import make_token_dir
 
 RESULT_KEYS = {"model", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1", "test_top5",
                "train_seconds", "train_sequences_per_second", "eval_sequences_per_second", "targets_sha256"}

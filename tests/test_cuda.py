@@ -14,7 +14,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import adam_steps
+
+from tests.helpers import adam_steps
 
 from quixer.cuda_graphs import capture_step
 from quixer.devices import fastest_device

@@ -20,12 +20,12 @@ import pytest
 from Bio import SeqIO
 
 import download_rna_sequences
-from conftest import REPO, run_script
-from ncbi_server import OLDSTYLE_FASTA, FakeEutils, load_source_records
 from quixer.common import UserError
 from quixer.fasta import accession_of, group_of, iter_fasta
 from quixer.ncbi import (DEFAULT_QUERY, TOOL_NAME, EutilsClient, OutputLock, _parse_retry_after,
                          download_sequences, manifest_path)
+from tests.helpers import REPO, run_script
+from tests.ncbi_server import OLDSTYLE_FASTA, FakeEutils, load_source_records
 
 SOURCE = load_source_records()  # 20 fixture mRNAs + 40 chrX transcripts, all real
 EMAIL = "tester@example.org"
@@ -204,8 +204,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
         srv.faults["efetch"] = [None, None, "block"]  # the third batch hangs until the client dies
         argv = [sys.executable, str(REPO / "download_rna_sequences.py"),
                 *cli_args(srv, out, "--max_sequences", 40, "--batch_size", 8, "--timeout", 30)]
-        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert srv.blocked.wait(30), "the client never reached the third batch"
             assert_committed(out, SOURCE[:16])  # what is on disk while the client is mid-run

@@ -5,7 +5,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import shutil
 import subprocess
 
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
 from quixer.common import UserError
 from quixer.encoding import (
     BLOCH_VECTORS,
@@ -28,6 +26,7 @@ from quixer.encoding import (
     table_sha256,
 )
 from quixer.windows import all_kmers, kmer_id, read_split_windows
+from tests.helpers import REPO
 
 import lambeq_encoder
 
@@ -182,9 +181,8 @@ def test_bad_embedding_dim_is_a_user_error(dim):
 
 # --------------------------------------------------------------------------- stage 2 end to end
 def _launch(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(["bash", str(REPO / "run_lambeq_gpu.sh"), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

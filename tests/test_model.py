@@ -2,7 +2,7 @@
 
 References: qiskit's Operator for the token circuits, explicit numpy matrix algebra for the
 LCU + QSVT state and for the measured Pauli expectations, torch.autograd.gradcheck, the
-naive gate-by-gate simulation in bench/naive_quixer.py, and the parameter layout of the
+naive gate-by-gate simulation in quixer/naive.py, and the parameter layout of the
 official implementation (CQCL/Quixer, quixer/quixer_model.py). Small sizes only (2-3 qubits).
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.naive_quixer import naive_forward
-from conftest import adam_steps
 from quixer import native
 from quixer.circuits import CircuitPlan, ansatz14_gates, pauli_expectations
 from quixer.model import OFFICIAL_PARAMETER_NAMES, Quixer
+from quixer.naive import naive_forward
 from quixer.simulators import circuit_unitaries, run_circuits
+from tests.helpers import adam_steps
 
 C128 = torch.complex128
 

@@ -19,7 +19,7 @@ from quixer import native
 from quixer.circuits import CircuitPlan, LCUPowerFunction, ansatz14_gates, gate_coefficients
 from quixer.model import Dropout, Quixer
 from quixer.simulators import NativeSimulator, TorchSimulator, run_circuits
-from conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="fused CPU kernel unavailable (no C++ compiler)")
 

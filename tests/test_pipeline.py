@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import REPO, SAMPLE_FASTA
+from tests.helpers import REPO, SAMPLE_FASTA
 from quixer.fasta import iter_fasta
 
 MODELS = {"uniform", "unigram", "ngram", "quixer_ablation", "lstm", "transformer", "quixer"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SAMPLE_FASTA, run_script
+from tests.helpers import SAMPLE_FASTA, run_script
 from quixer.fasta import accession_of, group_of, iter_fasta, normalise
 from quixer.windows import SPLITS, WindowConfig, all_kmers, kmer_id, prepare_autoregressive_data, read_split_windows
 
@@ -36,7 +36,7 @@ def test_group_and_accession_from_real_header_styles():
 
 
 def test_oldstyle_efetch_fixture_parses(tmp_path):
-    from conftest import NCBI_FIXTURES
+    from tests.helpers import NCBI_FIXTURES
 
     records = list(iter_fasta(NCBI_FIXTURES / "efetch_fasta_genes_oldstyle.fasta"))
     assert len(records) == 20

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SAMPLE_FASTA
+from tests.helpers import SAMPLE_FASTA
 from quixer.fasta import iter_fasta, normalise
 from quixer.intervals import GroupBootstrap, interval
 from quixer.reference import KneserNeyModel

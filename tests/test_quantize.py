@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from tests.helpers import run_script
 from quixer.common import UserError, atomic_torch_save, atomic_write_json, sha256_file
 from quixer.encoding import TABLE_FILE, encode_windows, table_sha256
 from quixer.quantize import QuantizeConfig, mean_hamming, quantize_embeddings

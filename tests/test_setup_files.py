@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
+from tests.helpers import REPO
 
 
 def _pins(lines):

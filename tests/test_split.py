@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BENCHMARK_FASTA, SAMPLE_FASTA
+from tests.helpers import BENCHMARK_FASTA, SAMPLE_FASTA
 from quixer.fasta import iter_fasta, normalise
 from quixer.homology import HomologyConfig, SharedSequenceGrouper, base_codes, dust_scores, kmer_keys
 from quixer.window_sources import WindowSources

@@ -17,10 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-try:
-    from tests.token_fixtures import make_token_dir
-except ImportError:  # tests/ on sys.path instead of the repository root
-    from token_fixtures import make_token_dir
+from tests.token_fixtures import make_token_dir
 
 import train_quixer_hybrid
 from quixer.common import UserError, seed_everything

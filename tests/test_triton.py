@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from tests.helpers import REPO
 
 INTERPRETER_ON = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

@@ -8,14 +8,10 @@ import optuna
 import pytest
 import torch
 
-try:
-    from tests.token_fixtures import make_token_dir
-except ImportError:  # tests/ on sys.path instead of the repository root
-    from token_fixtures import make_token_dir
-
 import train_quixer_hybrid
 import tune_quixer_hybrid
 from quixer.common import UserError
+from tests.token_fixtures import make_token_dir
 
 TINY_SPACE = {
     "qubits": None,  # not searched: --qubits 2 below

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_FASTA = REPO / "data" / "sample_rna.fasta.gz"
-BENCHMARK_FASTA = REPO.parent / "shared" / "data" / "grch38_chrX_refseq_rna.fasta.gz"
+from tests.helpers import BENCHMARK_FASTA, SAMPLE_FASTA
 _BASE = {"A": 0, "C": 1, "G": 2, "T": 3}
 
 

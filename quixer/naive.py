@@ -5,7 +5,8 @@ at a time to ``batch x window`` copies of the state, and re-runs all token circu
 power of the QSVT polynomial. This module does the same, written independently of
 :mod:`quixer.model` (own gate list, gate matrices applied by moving tensor axes, Paulis applied
 explicitly), on the parameters of a :class:`quixer.model.Quixer`. It serves two purposes:
-the ``--impl naive`` baseline of ``bench/bench_quixer.py``, and a second reference in the tests.
+the ``--impl naive`` baseline of ``bench/bench_quixer.py``, and a second reference in the tests
+(it lives in the package so that both import it the same way; the pipeline never uses it).
 """
 from __future__ import annotations
 
