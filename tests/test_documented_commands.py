@@ -2,7 +2,7 @@
 every top-level script's ``--help``, as subprocesses in a working directory of their own.
 
 Each example may get flags appended (later flags override earlier ones) that only shorten it:
-fewer epochs / batches / trials, or the local E-utilities server instead of NCBI. The tables
+fewer epochs / batches / trials / scored targets, or the local E-utilities server instead of NCBI. The tables
 below name every example; an example added to a help text without an entry here fails the
 coverage check, so a new example cannot go untested.
 """
@@ -25,7 +25,7 @@ from tests.helpers import SAMPLE_FASTA
 from tests.ncbi_server import FakeEutils, load_source_records
 
 SPLITS = ("train", "val", "test")
-CAP = "--epochs 1 --max_train_batches 2"  # appended to every training example
+CAP = "--epochs 1 --max_train_batches 2 --eval_targets 2000"  # appended to every training example
 
 # The original plan's commands, verbatim (the users' copy).
 ORIGINAL_PLAN = """
@@ -69,7 +69,7 @@ def test_original_plan_commands_run_as_written(tmp_path):
     fasta.write_bytes(gzip.decompress(SAMPLE_FASTA.read_bytes()))  # the embedded sample, as the plan's file
     commands = extract_commands(ORIGINAL_PLAN)
     assert len(commands) == 8
-    shorten = {4: "--epochs 2 --max_train_batches 2", 6: CAP, 7: CAP}
+    shorten = {4: "--epochs 2 --max_train_batches 2 --eval_targets 2000", 6: CAP, 7: CAP}
     procs = [ws.run(cmd, shorten.get(i, ""), timeout=900) for i, cmd in enumerate(commands)]
 
     meta1 = json.loads(ws.path("autoregressive_data", "metadata.json").read_text())
@@ -130,7 +130,7 @@ EXTRA = {
     " --output_dir quantized_embeddings_autoregressive": "",
     "python quantize_lambeq_embeddings.py --embeddings_dir lambeq_embeddings_autoregressive"
     " --output_dir quantized_embeddings_autoregressive": "",
-    "python tune_quixer_hybrid.py --n_trials 40 --epochs_per_trial 5": "--n_trials 1 --epochs_per_trial 1 --max_train_batches 2",
+    "python tune_quixer_hybrid.py --n_trials 40 --epochs_per_trial 5": "--n_trials 1 --epochs_per_trial 1 --max_train_batches 2 --eval_targets 2000",
     "python train_quixer_hybrid.py --config runs/tune/best_config.json --output_dir runs/quixer_tuned": CAP,
     "python train_quixer_hybrid.py --epochs 50": CAP,
     "python train_quixer_hybrid.py --resume": CAP,
@@ -138,6 +138,7 @@ EXTRA = {
     "python train_classical_baselines.py --model lstm": CAP,
     "python train_classical_baselines.py --model transformer --preset paper128 --epochs 30": CAP,
     "python train_classical_baselines.py --model ngram": "",
+    "python train_classical_baselines.py --model quixer_ablation": CAP,
     "python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers": CAP,
     "python report_results.py runs": "",
     "python report_results.py runs --output_dir report --title 'chrX RNA, K=512 tokens'": "",
