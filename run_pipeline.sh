@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The main job: stages 1-4 and the report, on the embedded real-RNA sample by default.
 #
-#   bash run_pipeline.sh [--fasta FILE] [--out DIR] [--epochs N] [--seeds N] [--device auto|cpu|cuda] [--jobs 1|2]
+#   bash run_pipeline.sh [--fasta FILE] [--out DIR] [--epochs N] [--seeds N] [--eval_targets N]
+#                        [--device auto|cpu|cuda] [--jobs 1|2]
 #
 # Everything goes under --out (default pipeline_out): one directory per stage with the names
 # the stage scripts use, runs/<model>/seed_<s>/ per trained model and seed (seeds 42, 43, ...),
 # runs/<reference>/ per reference, and results.json, results.md and the PNG plots at the top.
-# --epochs is the most epochs a run may take (early stopping usually ends it sooner).
+# --epochs is the most epochs a run may take (early stopping usually ends it sooner);
+# --eval_targets the scored val/test positions (default: the trainers' 100,000, 0 = all).
 # Rerunning reuses every stage and run whose input and parameters did not change.
 # --jobs 2 (default on 2+ cores) trains Quixer beside the other models, splitting the cores.
 set -euo pipefail
@@ -17,16 +19,18 @@ fasta="$here/data/sample_rna.fasta.gz"
 out="pipeline_out"
 epochs=6
 seeds=1
+eval_targets=100000
 device="auto"
 cores=$(nproc 2>/dev/null || echo 1)
 jobs=$([ "$cores" -ge 2 ] && echo 2 || echo 1)
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --fasta) fasta="${2:?--fasta needs a file}"; shift 2 ;;
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
     --epochs) epochs="${2:?--epochs needs a number}"; shift 2 ;;
     --seeds) seeds="${2:?--seeds needs a number}"; shift 2 ;;
+    --eval_targets) eval_targets="${2:?--eval_targets needs a number}"; shift 2 ;;
     --device) device="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
     --jobs) jobs="${2:?--jobs needs 1 or 2}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -35,6 +39,7 @@ while [ "$#" -gt 0 ]; do
 done
 case "$epochs" in ''|*[!0-9]*|0) echo "error: --epochs must be a positive integer" >&2; exit 2 ;; esac
 case "$seeds" in ''|*[!0-9]*|0) echo "error: --seeds must be a positive integer" >&2; exit 2 ;; esac
+case "$eval_targets" in ''|*[!0-9]*) echo "error: --eval_targets must be a number (0 = all)" >&2; exit 2 ;; esac
 case "$jobs" in 1|2) ;; *) echo "error: --jobs must be 1 or 2" >&2; exit 2 ;; esac
 [ -f "$fasta" ] || { echo "error: $fasta: file not found" >&2; exit 2; }
 
@@ -54,7 +59,7 @@ seed_list=$(seq 42 $((41 + seeds)))
 train_quixer() {  # every seed, one after the other
   for s in $seed_list; do
     "$py" "$here/train_quixer_hybrid.py" --data_dir "$tok" --epochs "$epochs" --device "$device" --seed "$s" \
-      --output_dir "$runs/quixer/seed_$s" --resume
+      --eval_targets "$eval_targets" --output_dir "$runs/quixer/seed_$s" --resume
   done
 }
 qpid=""
@@ -69,13 +74,14 @@ if [ "$jobs" -eq 2 ]; then
 fi
 for ref in uniform unigram ngram; do
   step "reference baseline: $ref"
-  "$py" "$here/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --output_dir "$runs/$ref"
+  "$py" "$here/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --eval_targets "$eval_targets" \
+    --output_dir "$runs/$ref"
 done
 for model in quixer_ablation lstm transformer; do
   for s in $seed_list; do
     step "stage 4b: $model, seed $s (at most $epochs epochs)"
     "$py" "$here/train_classical_baselines.py" --model "$model" --data_dir "$tok" --epochs "$epochs" \
-      --device "$device" --seed "$s" --output_dir "$runs/$model/seed_$s" --resume
+      --device "$device" --seed "$s" --eval_targets "$eval_targets" --output_dir "$runs/$model/seed_$s" --resume
   done
 done
 if [ -n "$qpid" ]; then

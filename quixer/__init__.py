@@ -3,19 +3,30 @@
 Modules (one obvious place for each idea):
 
 - ``common``       one-line user errors, logging, atomic writes, hashes, seeds, devices, torch files
-- ``fasta``        streaming FASTA reading, input validation, normalisation, split groups
+- ``fasta``        streaming FASTA reading, input validation, normalisation, gene tags
+- ``homology``     split groups by shared sequence, the exact train-sequence index behind the leakage statistic
 - ``windows``      k-mer windows, group splits, the stage-1 directory (write and read)
+- ``window_sources`` where each window comes from (transcript, offset, group, novel flags), carried to the tokens
 - ``kmer_tokens``  stage-1 windows as ids over the raw 4^k k-mer vocabulary (classical benchmarks)
 - ``ncbi``         the NCBI E-utilities client and the resumable downloader (stage 0)
 - ``encoding``     lambeq k-mer circuits, exact and qiskit-aer backends (stage 2)
 - ``quantize``     weighted k-means into tokens (stage 3)
-- ``data``         token datasets the trainers read (stage 3 and classical-benchmark tokens)
-- ``model``        the Quixer LCU + QSVT statevector model in torch (and the official-checkpoint loader)
-- ``native``       the fused C++ CPU kernel behind ``model`` (``statevector_kernel.cpp``, built on first use)
+- ``data``         token datasets the trainers read (stage 3 and classical-benchmark tokens), batches
+- ``streams``      per-transcript token streams: training windows at every offset, the scored targets
+- ``scoring``      per-target scores (tie-aware top-k), one format for trained models and references
+- ``intervals``    bootstrap over test gene groups and seeds, paired differences
+- ``model``        the Quixer LCU + QSVT model in torch (and the official-checkpoint loader)
+- ``circuits``     gates, circuit plans, autograd functions, polynomial and Pauli measurement
+- ``simulators``   one simulator per device (torch ops, fused CPU kernel, Triton), chosen per forward
+- ``native``       the fused C++ CPU kernel (``statevector_kernel.cpp``, built on first use)
+- ``triton_kernels`` the fused GPU kernels (Triton; interpreted on a CPU in the tests)
+- ``cuda_graphs``  capture of a whole training step as one CUDA graph
+- ``devices``      which device trains a model fastest, measured (``--device auto``)
 - ``naive``        a gate-by-gate Quixer simulation: test oracle and benchmark baseline, not the pipeline
-- ``baselines``    LSTM / Transformer / FNet
+- ``baselines``    LSTM / Transformer / FNet and the Quixer ablation (its quantum block replaced by pooling)
 - ``reference``    the uniform / unigram / n-gram (Kneser-Ney) reference predictors
-- ``training``     the one training loop: metrics, checkpoints, resume, DDP; the trainer entry points
+- ``training``     the one training loop: metrics, checkpoints, resume, early stopping; the trainer entry points
+- ``distributed``  the DDP context and the checkpointed RNG state
 - ``tuning``       the Optuna hyperparameter search (tune_quixer_hybrid.py)
 - ``report``       the results table and plots
 

@@ -24,7 +24,7 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
                 break
             fh.write(f">{rec.header}\n{rec.sequence}\n")
     out = tmp_path / "out"
-    first = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2)
+    first = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2, "--eval_targets", 3000)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
     assert {r["model"] for r in rows} == MODELS
@@ -44,7 +44,7 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
 
-    again = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2)
+    again = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2, "--eval_targets", 3000)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("up to date") >= 3 and again.stderr.count("already fitted") == 3
     assert again.stderr.count("already finished") == 2 * len(TRAINED)
