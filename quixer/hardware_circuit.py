@@ -1,0 +1,481 @@
+"""The Quixer model of one input window as a real gate-level circuit (pytket), and its simulation.
+
+Registers (pytket: qubit 0 of a register is the most significant bit of its basis index):
+
+* ``tok``: the ``n`` token qubits;
+* ``lcu``: ``a = ceil(log2 W)`` qubits indexing the ``W`` token positions;
+* ``poly``: ``d`` qubits holding the polynomial branch ``k`` in unary ("thermometer") code,
+  ``|k> = |1^k 0^(d-k)>``, so that "apply the j-th power of M in branch k >= j" is controlled by
+  the single qubit ``poly[j-1]``. For degree 3 that is as narrow as binary (2 qubits + 1 flag)
+  and needs no comparator circuit.
+
+Block encoding of ``M = sum_w b_w U_w`` (``b`` the L1-normalised LCU weights, so
+``sum_w |b_w| = 1``): PREPARE puts ``sqrt|b_w|`` on ``|w>`` (a binary tree of multiplexed RY, all
+amplitudes real), SELECT applies ``U_w`` controlled by ``|w>`` and multiplies by the phase
+``exp(i arg b_w)`` (a diagonal on the LCU register), then PREPARE^dagger: the ``<0|..|0>`` block
+of ``PREP^dag SELECT PREP`` is ``M``. SELECT is one multiplexed rotation per gate position of
+ansatz 14 (angle indexed by token position; a CRX is a multiplexed RX with its control as one
+more multiplexer bit), all controlled by ``poly[j-1]`` as one more multiplexer bit. The phases
+must sit inside the controlled part: outside it, branches without this power would pick them up.
+
+Polynomial ``sum_k c_k M^k |0> / ||c||_1``: an LCU over powers. PREPARE_c puts
+``sqrt(|c_k| / ||c||_1)`` on branch ``k`` (RY, then a chain of CRY), signs of ``c`` are Z gates
+(``Z`` on ``poly[j-1]`` flips every branch ``k >= j``) and a global phase for ``c_0 < 0``. Power
+``j = 1..d`` is ``PREP, SELECT_j, PREP^dag`` followed by a mid-circuit measurement of the LCU
+register, kept only when it reads 0: that projection leaves ``M`` in branches ``k >= j``, and
+branches ``k < j`` (SELECT_j idle) are untouched because ``PREP^dag PREP = I``. The register is
+then back in ``|0>`` and is reused, so the width is ``n + a + d`` (14 for the paper's 6 qubits,
+31 tokens, degree 3) instead of ``n + d a + d`` (24) with a fresh register per power. Finally
+PREPARE_c^dag and measure ``poly``, kept when 0. The accepted shots hold exactly
+``sum_k c_k M^k |0> / ||c||_1`` (normalised), with overall probability ``||that||^2``, the
+model's postselection probability. Then the quantum feed-forward (one ansatz-14 layer) and a
+basis change (X: H; Y: S^dag then H; Z: none) before measuring ``tok``.
+
+Simulation (:func:`simulate`) runs the decomposed circuit in qiskit-aer, segment by segment,
+projecting at every postselected measurement: an independent check of the torch model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+BASES = ("X", "Y", "Z")
+POST_PREFIX = "post_"  # classical registers whose bits must read 0 for a shot to be kept
+OUTPUT_REGISTER = "out"
+
+
+def ansatz14(n_qubits: int, n_layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Ansatz 14 (Sim et al. 2019) as ``(kind, wires)``; gate ``i`` reads angle ``i`` (4 n per layer).
+
+    Per layer: RY on every qubit; CRX(q -> q+1 mod n) for q = n-1 .. 0; RY on every qubit;
+    CRX(q -> q-1 mod n) for q = n-1, 0, 1, .., n-2. Wires of a CRX are (control, target).
+    """
+    n = n_qubits
+    layer = ([("ry", (q,)) for q in range(n)]
+             + [("crx", (q, (q + 1) % n)) for q in range(n - 1, -1, -1)]
+             + [("ry", (q,)) for q in range(n)]
+             + [("crx", (q, (q - 1) % n)) for q in [n - 1, *range(n - 1)]])
+    return layer * n_layers
+
+
+def _half_turns(radians: float) -> float:
+    return float(radians) / math.pi
+
+
+@dataclass
+class QuixerCircuit:
+    """The circuit of one window as named unitary blocks on all its qubits, and their order.
+
+    Blocks: ``prepare_polynomial``, ``prepare_lcu``, ``select_1`` .. ``select_d``,
+    ``unprepare_lcu``, ``unprepare_polynomial`` and ``readout_X/Y/Z`` (feed-forward, then the
+    basis change). :meth:`assemble` puts blocks (these, or compiled copies of them) together with
+    the measurements; :attr:`state` stops after the last postselection, :meth:`measured` is
+    what runs on hardware for one basis.
+    """
+
+    n_qubits: int
+    n_tokens: int
+    degree: int
+    n_layers: int
+    qubits: list
+    blocks: dict
+
+    @property
+    def lcu_qubits(self) -> int:
+        return max(0, math.ceil(math.log2(self.n_tokens)))
+
+    @property
+    def width(self) -> int:
+        return len(self.qubits)
+
+    def sequence(self) -> list[str]:
+        """Block names in order; ``measure_lcu`` and ``measure_polynomial`` are the postselected
+        measurements of those registers."""
+        power = ["prepare_lcu", "select_{}", "unprepare_lcu", "measure_lcu"]
+        return (["prepare_polynomial"]
+                + [name.format(j) for j in range(1, self.degree + 1) for name in power]
+                + ["unprepare_polynomial", "measure_polynomial"])
+
+    def assemble(self, blocks: dict | None = None, basis: str | None = None, state: bool = True):
+        """One circuit from ``blocks`` (default: :attr:`blocks`): the state part (if ``state``),
+        then for ``basis`` its readout block and the measurement of ``tok``."""
+        from pytket.circuit import Circuit
+
+        if basis is not None and basis not in BASES:
+            raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+        blocks = self.blocks if blocks is None else blocks
+        circ = Circuit()
+        for q in self.qubits:
+            circ.add_qubit(q)
+        registers = {name: [q for q in self.qubits if q.reg_name == name] for name in ("tok", "lcu", "poly")}
+        powers = 0
+        for name in (self.sequence() if state else []):
+            if name == "measure_lcu":
+                powers += 1
+                if registers["lcu"]:
+                    bits = circ.add_c_register(f"{POST_PREFIX}lcu{powers}", len(registers["lcu"]))
+                    for q, bit in zip(registers["lcu"], bits):
+                        circ.Measure(q, bit)
+            elif name == "measure_polynomial":
+                bits = circ.add_c_register(f"{POST_PREFIX}poly", len(registers["poly"]))
+                for q, bit in zip(registers["poly"], bits):
+                    circ.Measure(q, bit)
+            else:
+                circ.append(blocks[name])
+        if basis is not None:
+            circ.append(blocks[f"readout_{basis}"])
+            out = circ.add_c_register(OUTPUT_REGISTER, self.n_qubits)
+            for q, bit in zip(registers["tok"], out):
+                circ.Measure(q, bit)
+        return circ
+
+    @property
+    def state(self):
+        """Everything up to the postselection of the polynomial register."""
+        return self.assemble()
+
+    def tail(self, basis: str):
+        """What follows :attr:`state` for one basis: feed-forward, basis change, measure ``tok``
+        (on all qubits, so a simulation of the state can continue into it)."""
+        return self.assemble(basis=basis, state=False)
+
+    def measured(self, basis: str):
+        """The full circuit that runs on hardware for one basis."""
+        return self.assemble(basis=basis)
+
+
+def _multiplexed(circ, axis: str, controls: list, target, angles: np.ndarray) -> None:
+    """A uniformly controlled rotation (angles in radians, index = controls read big-endian)."""
+    from pytket.circuit import MultiplexedRotationBox, OpType
+
+    kind = {"rx": OpType.Rx, "ry": OpType.Ry, "rz": OpType.Rz}[axis]
+    if not controls:
+        circ.add_gate(kind, [_half_turns(angles[0])], [target])
+        return
+    box = MultiplexedRotationBox([_half_turns(a) for a in angles], kind)
+    circ.add_gate(box, [*controls, target])
+
+
+def _tree_angles(weights: np.ndarray, n_bits: int) -> list[np.ndarray]:
+    """RY angles of a binary-tree state preparation of ``sqrt(weights)`` (weights >= 0, sum 1).
+
+    Level ``j`` (qubit ``j``) gets one angle per value of the first ``j`` qubits: it splits the
+    prefix's weight between the next bit 0 and 1 (``cos^2(theta/2)`` = share of bit 0).
+    """
+    padded = np.zeros(2**n_bits)
+    padded[: len(weights)] = weights
+    levels = []
+    for j in range(n_bits):
+        blocks = padded.reshape(2**j, 2, -1).sum(-1)  # [prefix, next bit]
+        total = blocks.sum(-1)
+        share0 = np.divide(blocks[:, 0], total, out=np.ones_like(total), where=total > 0)
+        levels.append(2 * np.arccos(np.sqrt(np.clip(share0, 0.0, 1.0))))
+    return levels
+
+
+def _prepare_lcu(circ, lcu: list, weights: np.ndarray, inverse: bool) -> None:
+    levels = list(enumerate(_tree_angles(weights, len(lcu))))
+    for j, angles in (reversed(levels) if inverse else levels):
+        _multiplexed(circ, "ry", lcu[:j], lcu[j], -angles if inverse else angles)
+
+
+def _poly_angles(coefficients: np.ndarray) -> np.ndarray:
+    """Unary-code RY angles: ``poly[j]`` goes to 1 with the weight of the branches beyond ``j``."""
+    p = np.abs(coefficients) / np.abs(coefficients).sum()
+    tails = np.cumsum(p[::-1])[::-1]  # tails[j] = sum_{k >= j} p_k
+    share0 = np.divide(p[:-1], tails[:-1], out=np.ones(len(p) - 1), where=tails[:-1] > 0)
+    return 2 * np.arccos(np.sqrt(np.clip(share0, 0.0, 1.0)))
+
+
+def _prepare_poly(circ, poly: list, angles: np.ndarray, inverse: bool) -> None:
+    from pytket.circuit import OpType
+
+    steps = list(enumerate(angles))
+    for j, theta in (reversed(steps) if inverse else steps):
+        theta = -theta if inverse else theta
+        if j == 0:
+            circ.Ry(_half_turns(theta), poly[0])
+        else:
+            circ.add_gate(OpType.CRy, [_half_turns(theta)], [poly[j - 1], poly[j]])
+
+
+def _select(circ, flag, lcu: list, tok: list, angles: np.ndarray, phases: np.ndarray) -> None:
+    """SELECT controlled by ``flag``: per gate position one multiplexed rotation over
+    ``(flag, lcu[, control])``, then the LCU phases as a diagonal on ``(flag, lcu)``."""
+    from pytket.circuit import DiagonalBox
+
+    n_tokens, n_params = angles.shape
+    slots = 2 ** len(lcu)
+    table = np.zeros((2, slots, n_params))  # [flag, token position, angle]; idle where flag = 0
+    table[1, :n_tokens] = angles
+    for i, (kind, wires) in enumerate(ansatz14(len(tok), n_params // (4 * len(tok)))):
+        if kind == "ry":
+            _multiplexed(circ, "ry", [flag, *lcu], tok[wires[0]], table[..., i].reshape(-1))
+        else:
+            per_control = np.stack((np.zeros_like(table[..., i]), table[..., i]), -1)  # CRX idle at control 0
+            _multiplexed(circ, "rx", [flag, *lcu, tok[wires[0]]], tok[wires[1]], per_control.reshape(-1))
+    diagonal = np.ones((2, slots), dtype=complex)
+    diagonal[1, :n_tokens] = np.exp(1j * phases)
+    if np.abs(diagonal - 1).max() > 0:
+        circ.add_gate(DiagonalBox(diagonal.reshape(-1)), [flag, *lcu])
+
+
+def _readout(circ, tok: list, parameters: np.ndarray, basis: str) -> None:
+    """The quantum feed-forward (one ansatz-14 layer), then the change to ``basis``."""
+    from pytket.circuit import OpType
+
+    for (kind, wires), theta in zip(ansatz14(len(tok), 1), parameters):
+        if kind == "ry":
+            circ.Ry(_half_turns(theta), tok[wires[0]])
+        else:
+            circ.add_gate(OpType.CRx, [_half_turns(theta)], [tok[wires[0]], tok[wires[1]]])
+    for q in tok:
+        if basis == "Y":
+            circ.Sdg(q)
+        if basis in ("X", "Y"):
+            circ.H(q)
+
+
+def build_circuit(token_angles: np.ndarray, lcu_weights: np.ndarray, polynomial: np.ndarray,
+                  feedforward_parameters: np.ndarray) -> QuixerCircuit:
+    """The Quixer circuit of one window (see the module docstring for the construction).
+
+    ``token_angles``: ``[W, 4 n L]`` radians, the angles of each position's ansatz-14 circuit;
+    ``lcu_weights``: ``[W]`` complex, L1-normalised; ``polynomial``: ``[d + 1]`` real QSVT
+    coefficients (any scale: they are L1-normalised here); ``feedforward_parameters``: ``[4 n]``.
+    """
+    from pytket.circuit import Circuit, Qubit
+
+    angles = np.asarray(token_angles, dtype=float)
+    weights = np.asarray(lcu_weights, dtype=complex)
+    coeffs = np.asarray(polynomial, dtype=float)
+    ff = np.asarray(feedforward_parameters, dtype=float)
+    n_tokens, n_params = angles.shape
+    n = len(ff) // 4
+    if n < 2 or len(ff) != 4 * n or n_params % (4 * n) or n_params == 0:
+        raise ValueError(f"angles [W, {n_params}] and feed-forward [{len(ff)}] do not fit ansatz 14 (4 n per layer)")
+    if weights.shape != (n_tokens,) or len(coeffs) < 2 or not np.abs(coeffs).sum() > 0:
+        raise ValueError("need one LCU weight per token and a nonzero polynomial of degree >= 1")
+    if not math.isclose(np.abs(weights).sum(), 1.0, rel_tol=1e-9):
+        raise ValueError(f"LCU weights must be L1-normalised (sum |b| = {np.abs(weights).sum()})")
+    degree, n_layers = len(coeffs) - 1, n_params // (4 * n)
+    a = max(0, math.ceil(math.log2(n_tokens)))
+    tok = [Qubit("tok", i) for i in range(n)]
+    lcu = [Qubit("lcu", i) for i in range(a)]
+    poly = [Qubit("poly", i) for i in range(degree)]
+
+    def block(build) -> "Circuit":
+        sub = Circuit()
+        for q in (*tok, *lcu, *poly):
+            sub.add_qubit(q)
+        build(sub)
+        return sub
+
+    poly_angles = _poly_angles(coeffs)
+    signs = np.where(coeffs < 0, -1.0, 1.0)
+
+    def prepare_polynomial(c):
+        _prepare_poly(c, poly, poly_angles, inverse=False)
+        for j in range(1, degree + 1):  # Z on poly[j-1] flips branches k >= j: sign c_j / sign c_{j-1}
+            if signs[j] != signs[j - 1]:
+                c.Z(poly[j - 1])
+        if signs[0] < 0:
+            c.add_phase(1.0)  # half-turns: a global -1, the sign of c_0
+
+    blocks = {
+        "prepare_polynomial": block(prepare_polynomial),
+        "prepare_lcu": block(lambda c: _prepare_lcu(c, lcu, np.abs(weights), inverse=False)),
+        **{f"select_{j}": block(lambda c, j=j: _select(c, poly[j - 1], lcu, tok, angles, np.angle(weights)))
+           for j in range(1, degree + 1)},
+        "unprepare_lcu": block(lambda c: _prepare_lcu(c, lcu, np.abs(weights), inverse=True)),
+        "unprepare_polynomial": block(lambda c: _prepare_poly(c, poly, poly_angles, inverse=True)),
+        **{f"readout_{b}": block(lambda c, b=b: _readout(c, tok, ff, b)) for b in BASES},
+    }
+    return QuixerCircuit(n, n_tokens, degree, n_layers, [*tok, *lcu, *poly], blocks)
+
+
+def model_circuit(model, x: Sequence[int]) -> QuixerCircuit:
+    """The circuit of a trained :class:`quixer.model.Quixer` (eval mode) for one window ``x [W]``."""
+    import torch
+
+    tokens = torch.as_tensor(x, dtype=torch.long).reshape(-1)
+    with torch.no_grad():
+        angles = model.token_angles(tokens).double().numpy()
+        lcu = model.lcu_weights().detach().to(torch.complex128).numpy()
+        coeffs = model.qsvt_polynomial_coefficients.detach().double().numpy()
+        ff = model.quantum_feedforward_parameters.detach().double().numpy()
+    return build_circuit(angles, lcu, coeffs, ff)
+
+
+# --------------------------------------------------------------------------------------------
+# Simulation: qiskit-aer on the decomposed circuit, projecting at postselected measurements
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Simulation:
+    """What a circuit does on its accepted shots.
+
+    ``state``: the normalised state on the accepted shots as a tensor with one axis per qubit
+    (``qubits`` order); ``success``: the probability that every postselected bit reads 0;
+    ``outputs``: the distribution over the output register (big-endian), if it was measured.
+    """
+
+    qubits: list
+    state: np.ndarray
+    success: float
+    outputs: np.ndarray | None
+
+    def register_state(self, name: str) -> np.ndarray:
+        """The state of register ``name`` (qubit 0 most significant) when the others are in |0>
+        (after every postselection they are, except measured outputs); normalised."""
+        axes = [i for i, q in enumerate(self.qubits) if q.reg_name == name]
+        index = tuple(slice(None) if q.reg_name == name else 0 for q in self.qubits)
+        part = self.state[index]
+        order = np.argsort([self.qubits[i].index[0] for i in axes])
+        vec = np.transpose(part, order).reshape(-1)
+        return vec / np.linalg.norm(vec)
+
+
+_NAMED = {  # pytket op -> qiskit QuantumCircuit method; pytket angles are half-turns
+    "CX": "cx", "CZ": "cz", "H": "h", "X": "x", "Y": "y", "Z": "z", "S": "s", "Sdg": "sdg", "T": "t",
+    "Tdg": "tdg", "SX": "sx", "SXdg": "sxdg", "Rx": "rx", "Ry": "ry", "Rz": "rz", "CRx": "crx",
+    "CRy": "cry", "CRz": "crz", "U1": "p",
+}
+
+
+def to_qiskit(segment, n_qubits: int, boxes: bool = False):
+    """A measurement-free pytket circuit on qubits ``q[0..]`` as a qiskit circuit, gate by gate.
+
+    Named gates map to qiskit's own gates (tk_to_qiskit does the same but takes ~0.3 ms per gate,
+    too slow for the ~60k gates of the paper-size circuit). With ``boxes``, a multiplexed rotation
+    becomes qiskit's ``UCGate`` (target first, then the controls least significant first: pytket's
+    first control is the most significant bit) and a diagonal box a ``DiagonalGate`` (qubits
+    reversed for the same reason); qiskit-aer runs both natively. Other ops become a
+    ``UnitaryGate`` of pytket's matrix. The segment's global phase is not included.
+    """
+    from pytket.circuit import OpType
+    from qiskit import QuantumCircuit
+    from qiskit.circuit.library import DiagonalGate, UCGate, UnitaryGate
+
+    qc = QuantumCircuit(n_qubits)
+    for cmd in segment.get_commands():
+        op, wires = cmd.op, [q.index[0] for q in cmd.qubits]
+        name = op.type.name
+        if name in _NAMED:
+            getattr(qc, _NAMED[name])(*[float(a) * math.pi for a in op.params], *wires)
+        elif boxes and op.type == OpType.MultiplexedRotationBox:
+            pairs = {tuple(bits): g.get_unitary() for bits, g in op.get_bitstring_op_pair_list()}
+            k = len(wires) - 1
+            matrices = [pairs.get(tuple(bool(i >> (k - 1 - j) & 1) for j in range(k)), np.eye(2))
+                        for i in range(2**k)]
+            qc.append(UCGate(matrices, mux_simp=False), [wires[-1], *wires[-2::-1]])
+        elif boxes and op.type == OpType.DiagonalBox:
+            qc.append(DiagonalGate(list(op.get_diagonal())), wires[::-1])
+        else:
+            qc.append(UnitaryGate(op.get_unitary()), wires[::-1])
+    return qc
+
+
+def _aer_evolve(segment, state: np.ndarray, n_qubits: int, decompose: bool) -> np.ndarray:
+    """Run one measurement-free pytket segment on ``state`` (qiskit order) with qiskit-aer."""
+    from pytket.passes import DecomposeBoxes
+    from qiskit import QuantumCircuit
+    from qiskit_aer import AerSimulator
+    from qiskit_aer.library import SetStatevector
+
+    if decompose:
+        segment = segment.copy()
+        DecomposeBoxes().apply(segment)
+    qc = QuantumCircuit(n_qubits)
+    qc.append(SetStatevector(state), qc.qubits)
+    qc.compose(to_qiskit(segment, n_qubits, boxes=not decompose), qc.qubits, inplace=True)
+    qc.save_statevector()
+    result = AerSimulator(method="statevector", precision="double").run(qc, shots=1).result()
+    return np.asarray(result.get_statevector(), dtype=complex) * np.exp(1j * math.pi * float(segment.phase))
+
+
+def simulate(circuit, decompose: bool = True, initial: Simulation | None = None) -> Simulation:
+    """Simulate a pytket circuit whose ``post_*`` bits are postselected on 0.
+
+    Gates between measurements run as one qiskit-aer statevector job: with ``decompose`` the
+    gates pytket decomposes its boxes into (CX and rotations: what is compiled for hardware),
+    else the boxes themselves as qiskit's multiplexers and diagonals (much faster for the
+    paper-size circuit). A measurement into a ``post_*`` bit projects its qubit on |0> (the
+    probabilities multiply into ``success``) and the state is renormalised; other measurements
+    (the output register) must come last and give ``outputs``. ``initial`` (a simulation of a
+    circuit on the same qubits) continues from its state. qiskit orders qubits little-endian:
+    the state is kept in qiskit order and turned into a per-qubit tensor only at the end.
+    """
+    from pytket.circuit import Circuit, OpType, Qubit
+
+    qubits = circuit.qubits
+    n = len(qubits)
+    flat = {q: Qubit("q", i) for i, q in enumerate(qubits)}  # qiskit qubit i <- pytket q[i]
+    if initial is None:
+        state = np.zeros(2**n, dtype=complex)
+        state[0] = 1.0
+        success = 1.0
+    else:
+        if initial.qubits != qubits:
+            raise ValueError("the initial simulation is on other qubits")
+        state = np.transpose(initial.state, list(range(n))[::-1]).reshape(-1).copy()
+        success = initial.success
+    outputs: dict[int, object] = {}  # qubit index -> output bit
+    pending = None
+
+    def flush(state):
+        if pending is None or not pending.n_gates:
+            return state
+        return _aer_evolve(pending, state, n, decompose)
+
+    for cmd in circuit.get_commands():
+        if cmd.op.type == OpType.Measure:
+            state = flush(state)
+            pending = None
+            qi, bit = qubits.index(cmd.qubits[0]), cmd.bits[0]
+            if bit.reg_name.startswith(POST_PREFIX):
+                tensor = state.reshape([2] * n)  # axis k is qiskit qubit n-1-k
+                index = [slice(None)] * n
+                index[n - 1 - qi] = 1
+                tensor[tuple(index)] = 0.0
+                kept = float(np.vdot(state, state).real)
+                if kept <= 0:
+                    raise ValueError("postselection has probability 0")
+                success *= kept
+                state = state / math.sqrt(kept)
+            else:
+                outputs[qi] = bit
+            continue
+        if any(qubits.index(q) in outputs for q in cmd.qubits):
+            raise ValueError("gates after an output measurement are not supported")
+        if pending is None:
+            pending = Circuit()
+            for q in flat.values():
+                pending.add_qubit(q)
+        pending.add_gate(cmd.op, [flat[q] for q in cmd.qubits])
+    state = flush(state) * np.exp(1j * math.pi * float(circuit.phase))
+    tensor = np.transpose(state.reshape([2] * n), list(range(n))[::-1])  # axis i <- qubit i
+    dist = None
+    if outputs:
+        order = sorted(outputs, key=lambda qi: outputs[qi].index[0])  # big-endian over the register
+        dist = _marginal(np.abs(tensor) ** 2, order)
+    return Simulation(list(qubits), tensor, success, dist)
+
+
+def _marginal(probs: np.ndarray, order: list[int]) -> np.ndarray:
+    """Distribution over the qubits ``order`` (first = most significant) of a probability tensor."""
+    rest = tuple(i for i in range(probs.ndim) if i not in order)
+    marginal = probs.sum(axis=rest) if rest else probs
+    kept = sorted(order)  # axes of ``marginal`` follow increasing qubit index
+    return np.transpose(marginal, [kept.index(i) for i in order]).reshape(-1)
+
+
+def pauli_features(distributions: dict[str, np.ndarray], n_qubits: int) -> np.ndarray:
+    """``<X_q>, <Y_q>, <Z_q>`` (all q, basis-major, as the model's features) from the outcome
+    distributions in each basis (big-endian over the token register)."""
+    bits = (np.arange(2**n_qubits)[:, None] >> np.arange(n_qubits - 1, -1, -1)) & 1
+    signs = 1.0 - 2.0 * bits  # [outcome, qubit]
+    return np.concatenate([distributions[b] @ signs for b in BASES])
