@@ -4,7 +4,8 @@
 
 1. builds the real circuit of one test window (:mod:`quixer.hardware_circuit`: LCU + QSVT with
    mid-circuit postselection, feed-forward, X/Y/Z measurement) and checks it by simulating it
-   in qiskit-aer against the torch model (state, postselection probability, features);
+   in qiskit-aer (:mod:`quixer.hardware_simulation`) against the torch model (state,
+   postselection probability, features);
 2. compiles it with pytket to named native gate sets (:mod:`quixer.hardware_resources`);
 3. scores the test set with features estimated from S shots per basis
    (:mod:`quixer.hardware_shots`);
@@ -125,7 +126,8 @@ def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Te
 def verify_circuit(model, x: torch.Tensor) -> tuple:
     """The circuit of window ``x`` and how its qiskit-aer simulation compares with the model
     (box level: the multiplexors as qiskit's own; the gate-level decomposition is checked in the tests)."""
-    from .hardware_circuit import BASES, model_circuit, pauli_features, simulate
+    from .hardware_circuit import BASES, model_circuit
+    from .hardware_simulation import pauli_features, simulate
 
     captured = []
     hook = model.output_feedforward.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
@@ -254,22 +256,23 @@ def hardware_markdown(report: dict) -> str:
         f"Checked on test window 0 by qiskit-aer: state error {v['state_max_abs_error']:.1e}, feature error "
         f"{v['features_max_abs_error']:.1e}, postselection {v['postselection_circuit']:.6f} (model "
         f"{v['postselection_model']:.6f}).", "",
-        "## Resources per circuit (one basis, the largest of X/Y/Z)", "",
-        "| gate set | stage | qubits | 2-qubit gates | gates | depth | compile |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"## Resources per circuit (the {res['basis']}-basis circuit; X and Z differ only in their last "
+        "single-qubit gates)", "",
+        "| gate set | stage | qubits | 2-qubit gates | gates | depth | 2-qubit depth | compile |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    d = res["decomposed_Z"]
+    d = res["decomposed"]
     lines.append(f"| pytket decomposition (CX + rotations) | – | {d['qubits']} | {_int(d['two_qubit_gates'])} | "
-                 f"{_int(d['gates'])} | {_int(d['depth'])} | – |")
+                 f"{_int(d['gates'])} | {_int(d['depth'])} | {_int(d['two_qubit_depth'])} | – |")
     for g in res["gate_sets"].values():
-        for stage in ("before", "after"):
-            s = g["per_circuit"][stage]
-            lines.append(f"| {g['name']} | {'rebased' if stage == 'before' else 'optimised'} | {s['qubits']} | "
-                         f"{_int(s['two_qubit_gates'])} | {_int(s['gates'])} | {_int(s['depth'])} | "
-                         f"{g['compile_seconds'] if stage == 'after' else ''}{' s' if stage == 'after' else ''} |")
+        for stage, label, seconds in (("before", "rebased", ""), ("after", "optimised", f"{g['compile_seconds']:.1f} s")):
+            s = g[stage]
+            lines.append(f"| {g['name']} | {label} | {s['qubits']} | {_int(s['two_qubit_gates'])} | {_int(s['gates'])} | "
+                         f"{_int(s['depth'])} | {_int(s['two_qubit_depth'])} | {seconds} |")
     lines += [
-        "", "Blocks compiled one by one and added up (depth: the sum, an upper bound); no routing "
-        "(all-to-all connectivity). See `quixer/hardware_resources.py`.", "",
+        "", "Gates exclude measurements. Blocks compiled one by one (SELECT once, relabelled for each power) and "
+        "put back together; optimised = FullPeepholeOptimise (SynthesiseTket on SELECT), rebase, squash, "
+        "RemoveRedundancies. No routing (all-to-all connectivity). See `quixer/hardware_resources.py`.", "",
         f"## Test accuracy at finite shots ({_int(sh['windows'])} of {_int(sh['test_windows'])} test windows, "
         f"seed {sh['seed']})", "",
         f"Postselection probability: mean {sh['postselection_mean']:.3f}, median {sh['postselection_median']:.3f}, "
@@ -337,7 +340,7 @@ def hardware_summary_markdown(run_dir: str | os.PathLike, link_base: str | os.Pa
     link = os.path.relpath(run_dir / HARDWARE_MD, Path(link_base) if link_base is not None else run_dir.parent)
     parts = [f"{c['qubits']} qubits"]
     for g in res["gate_sets"].values():
-        parts.append(f"{_int(g['per_circuit']['after']['two_qubit_gates'])} two-qubit gates ({g['name']}, optimised)")
+        parts.append(f"{_int(g['after']['two_qubit_gates'])} two-qubit gates ({g['name']}, optimised)")
     shots = ", ".join(f"{_pct(r['top1'])} at {_int(r['shots'])} shots ({_int(r['executions_for_s_kept_mean'])} "
                       f"executions for S kept)" for r in finite)
     return (f"**{run_dir.name} on hardware** ([{HARDWARE_MD}]({link})): {', '.join(parts)} per circuit; "
