@@ -196,6 +196,10 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
         raise RuntimeError(f"the circuit does not reproduce the model: {verification}")
     resources = resource_counts(circuit, gate_sets, progress=progress)
 
+    fewest = min((g["after"]["two_qubit_gates"] for g in resources["gate_sets"].values()),
+                 default=resources["decomposed"]["two_qubit_gates"])
+    resources["error_free_run_probability"] = {  # two-qubit errors only: a rough upper bound
+        "two_qubit_gates": fewest, **{f"{eps:g}": (1 - eps) ** fewest for eps in (1e-3, 1e-4)}}
     exact = exact_outcomes(model, x, batch_size=batch_size, progress=progress)
     rows = shot_table(model, exact, y.numpy(), shots, seed)
     post = exact["postselection"]
@@ -221,7 +225,7 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
         "versions": _versions(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    plot_shots(rows, out / HARDWARE_PNG)
+    plot_shots(rows, out / HARDWARE_PNG, f"{run.run_dir.name}: {len(y):,} test windows, features from S shots per basis")
     atomic_write_text(out / HARDWARE_MD, hardware_markdown(report))
     atomic_write_json(out / HARDWARE_JSON, report)  # last: its signature marks a complete estimate
     log.info("wrote %s, %s and %s in %s", HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG, out)
@@ -269,7 +273,10 @@ def hardware_markdown(report: dict) -> str:
             s = g[stage]
             lines.append(f"| {g['name']} | {label} | {s['qubits']} | {_int(s['two_qubit_gates'])} | {_int(s['gates'])} | "
                          f"{_int(s['depth'])} | {_int(s['two_qubit_depth'])} | {seconds} |")
+    e = res["error_free_run_probability"]
     lines += [
+        "", f"With only two-qubit gate errors, at a rate of 1e-3 (1e-4) per gate, a run of {_int(e['two_qubit_gates'])} "
+        f"two-qubit gates is free of errors with probability {e['0.001']:.1e} ({e['0.0001']:.1e}).",
         "", "Gates exclude measurements. Blocks compiled one by one (SELECT once, relabelled for each power) and "
         "put back together; optimised = FullPeepholeOptimise (SynthesiseTket on SELECT), rebase, squash, "
         "RemoveRedundancies. No routing (all-to-all connectivity). See `quixer/hardware_resources.py`.", "",
@@ -291,7 +298,7 @@ def hardware_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_shots(rows: list[dict], path: Path) -> None:
+def plot_shots(rows: list[dict], path: Path, title: str | None = None) -> None:
     """Top-1 / top-5 and perplexity against shots per basis, with the exact levels as lines."""
     import matplotlib
 
@@ -303,7 +310,7 @@ def plot_shots(rows: list[dict], path: Path) -> None:
     s = [r["shots"] for r in finite]
     fig, (acc, ppl) = plt.subplots(1, 2, figsize=(10, 4))
     for key, color in (("top1", "C0"), ("top5", "C1")):
-        acc.plot(s, [100 * r[key] for r in finite], "o-", color=color, label=f"{key} ({'S shots'})")
+        acc.plot(s, [100 * r[key] for r in finite], "o-", color=color, label=f"{key}, S shots")
         acc.axhline(100 * exact[key], color=color, linestyle="--", label=f"{key} exact")
     ppl.plot(s, [r["perplexity"] for r in finite], "o-", color="C2", label="S shots")
     ppl.axhline(exact["perplexity"], color="C2", linestyle="--", label="exact")
@@ -313,6 +320,8 @@ def plot_shots(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -338,10 +347,13 @@ def hardware_summary_markdown(run_dir: str | os.PathLike, link_base: str | os.Pa
         log.warning("%s: unreadable hardware estimate, left out of the report", path)
         return None
     link = os.path.relpath(run_dir / HARDWARE_MD, Path(link_base) if link_base is not None else run_dir.parent)
-    parts = [f"{c['qubits']} qubits"]
-    for g in res["gate_sets"].values():
-        parts.append(f"{_int(g['after']['two_qubit_gates'])} two-qubit gates ({g['name']}, optimised)")
-    shots = ", ".join(f"{_pct(r['top1'])} at {_int(r['shots'])} shots ({_int(r['executions_for_s_kept_mean'])} "
-                      f"executions for S kept)" for r in finite)
-    return (f"**{run_dir.name} on hardware** ([{HARDWARE_MD}]({link})): {', '.join(parts)} per circuit; "
-            f"test top-1 {_pct(exact['top1'])} exact, {shots} per basis.")
+    gates = " / ".join(f"{_int(g['after']['two_qubit_gates'])} ({key})" for key, g in res["gate_sets"].items())
+    line = f"**{run_dir.name} on hardware** ([{HARDWARE_MD}]({link})): {c['qubits']} qubits"
+    if gates:
+        line += f", {gates} two-qubit gates per circuit after optimisation"
+    line += f"; test top-1 {_pct(exact['top1'])} exact"
+    if finite:
+        line += (f", {' / '.join(_pct(r['top1']) for r in finite)} at {' / '.join(_int(r['shots']) for r in finite)} "
+                 f"shots per basis (on average {' / '.join(_int(r['executions_for_s_kept_mean']) for r in finite)} "
+                 "circuit executions per prediction for that many kept shots)")
+    return line + "."

@@ -1,4 +1,4 @@
-"""The Quixer model of one input window as a real gate-level circuit (pytket), and its simulation.
+"""The Quixer model of one input window as a real circuit for hardware (pytket).
 
 Registers (pytket: qubit 0 of a register is the most significant bit of its basis index):
 
@@ -12,7 +12,7 @@ Registers (pytket: qubit 0 of a register is the most significant bit of its basi
 Block encoding of ``M = sum_w b_w U_w`` (``b`` the L1-normalised LCU weights, so
 ``sum_w |b_w| = 1``): PREPARE puts ``sqrt|b_w|`` on ``|w>`` (a binary tree of multiplexed RY, all
 amplitudes real), SELECT applies ``U_w`` controlled by ``|w>`` and multiplies by the phase
-``exp(i arg b_w)`` (a diagonal on the LCU register), then PREPARE^dagger: the ``<0|..|0>`` block
+``exp(i arg b_w)`` (a diagonal on the LCU register and the SELECT's control), then PREPARE^dagger: the ``<0|..|0>`` block
 of ``PREP^dag SELECT PREP`` is ``M``. SELECT is one multiplexed rotation per gate position of
 ansatz 14 (angle indexed by token position; a CRX is a multiplexed RX with its control as one
 more multiplexer bit), all controlled by ``poly[j-1]`` as one more multiplexer bit. The phases
