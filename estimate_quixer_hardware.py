@@ -40,12 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="token directory with test.pt (default: the run's data_dir from config.json)")
     parser.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS),
                         help="shot budgets S per basis (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the window subset and the shots (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the window subset and of the shots (default: %(default)s)")
     parser.add_argument("--max_windows", type=int, default=DEFAULT_MAX_WINDOWS,
-                        help="test windows to score, a seeded subset when there are more; 0 = all (default: %(default)s)")
+                        help="test windows to score, a seeded subset when there are more; 0 = all "
+                             "(default: %(default)s)")
     parser.add_argument("--gate_sets", nargs="*", default=list(DEFAULT_GATE_SETS), choices=sorted(GATE_SET_NAMES),
                         help="native gate sets to compile to; none skips compiling (default: %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=1024, help="windows per evaluation batch (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=1024,
+                        help="windows per evaluation batch (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace an estimate made with other flags or checkpoint")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)

@@ -16,7 +16,6 @@ and writes ``hardware.json``, ``hardware.md`` and ``hardware_shots.png``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .common import UserError, atomic_path, atomic_write_json, atomic_write_text, load_torch_file, read_json, sha256_file
+from .common import (UserError, atomic_path, atomic_write_json, atomic_write_text, load_torch_file, read_json,
+                     sha256_file)
 
 log = logging.getLogger("quixer")
 
@@ -56,7 +56,8 @@ def _find_data_dir(run_dir: Path, configured: str | None, override: str | os.Pat
     for c in candidates:
         if (c / "test.pt").is_file():
             return c
-    raise UserError(f"test split not found: {candidates[0] / 'test.pt'} (pass --data_dir with the run's token directory)")
+    raise UserError(f"test split not found: {candidates[0] / 'test.pt'} "
+                    "(pass --data_dir with the run's token directory)")
 
 
 def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> QuixerRun:
@@ -106,8 +107,9 @@ def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | No
                      sha256_file(best_path))
 
 
-def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Input tokens and targets of the test windows (a seeded subset of ``max_windows`` if more)."""
+def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
+    """Input tokens, targets and indices of the test windows (a seeded subset of ``max_windows``
+    if there are more), and the number of test windows."""
     from .data import load_split
 
     seq, _ = load_split(run.data_dir, "test")
@@ -115,12 +117,14 @@ def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Te
     if seq.shape[1] - 1 != model.n_tokens:
         raise UserError(f"{run.data_dir}: windows of {seq.shape[1]} tokens, but the model reads {model.n_tokens} + 1")
     if int(seq.max()) >= model.vocabulary_size:
-        raise UserError(f"{run.data_dir}: token id {int(seq.max())} outside the model's vocabulary ({model.vocabulary_size})")
+        raise UserError(f"{run.data_dir}: token id {int(seq.max())} outside the model's vocabulary "
+                        f"({model.vocabulary_size})")
     total = seq.shape[0]
+    keep = np.arange(total)
     if max_windows and total > max_windows:
         keep = np.sort(np.random.default_rng(seed).choice(total, max_windows, replace=False))
         seq = seq[torch.as_tensor(keep)]
-    return seq[:, :-1].contiguous(), seq[:, -1].contiguous(), total
+    return seq[:, :-1].contiguous(), seq[:, -1].contiguous(), keep, total
 
 
 def verify_circuit(model, x: torch.Tensor) -> tuple:
@@ -146,7 +150,8 @@ def verify_circuit(model, x: torch.Tensor) -> tuple:
     return circuit, {
         "state_max_abs_error": float(np.abs(sim.register_state("tok") - expected).max()),
         "postselection_circuit": sim.success, "postselection_model": float(post[0]),
-        "features_max_abs_error": float(np.abs(pauli_features(outputs, model.n_qubits) - captured[0][0].double().numpy()).max()),
+        "features_max_abs_error": float(np.abs(pauli_features(outputs, model.n_qubits)
+                                               - captured[0][0].double().numpy()).max()),
         "simulation_seconds": round(seconds, 2),
     }
 
@@ -176,21 +181,26 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
     run = load_quixer_run(run_dir, data_dir)
     out = Path(output_dir) if output_dir is not None else run.run_dir
     signature = _signature(run, shots, seed, max_windows, gate_sets)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
     old_path = out / HARDWARE_JSON
     if old_path.is_file() and not force:
         old = read_json(old_path)
-        if old.get("signature") == signature and (out / HARDWARE_MD).is_file() and (out / HARDWARE_PNG).is_file():
+        if not isinstance(old, dict) or old.get("signature") != signature:
+            raise UserError(f"{old_path}: holds an estimate with other flags or another checkpoint; "
+                            "pass --force to replace it")
+        if (out / HARDWARE_MD).is_file() and (out / HARDWARE_PNG).is_file():
             log.info("%s is up to date (same checkpoint, test data and flags); nothing to do", old_path)
             return old
-        raise UserError(f"{old_path}: holds an estimate with other flags or another checkpoint; pass --force to replace it")
     model = run.model
-    x, y, total = _test_windows(run, max_windows, seed)
+    x, y, indices, total = _test_windows(run, max_windows, seed)
     log.info("%s: %d qubits, %d tokens, degree %d, %d layers; %d of %d test windows", run.run_dir, model.n_qubits,
              model.n_tokens, model.degree, model.active_layers, len(y), total)
 
     circuit, verification = verify_circuit(model, x[0])
-    log.info("circuit of test window 0 vs the model: state error %.1e, features error %.1e, postselection %.6f vs %.6f",
-             verification["state_max_abs_error"], verification["features_max_abs_error"],
+    log.info("circuit of test window %d vs the model: state error %.1e, features error %.1e, "
+             "postselection %.6f vs %.6f",
+             indices[0], verification["state_max_abs_error"], verification["features_max_abs_error"],
              verification["postselection_circuit"], verification["postselection_model"])
     if max(verification["state_max_abs_error"], verification["features_max_abs_error"]) > 1e-6:
         raise RuntimeError(f"the circuit does not reproduce the model: {verification}")
@@ -211,11 +221,12 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
             "qubits": circuit.width, "token_qubits": model.n_qubits, "lcu_qubits": circuit.lcu_qubits,
             "polynomial_qubits": model.degree,
             "qubits_with_fresh_lcu_registers": model.n_qubits + model.degree * circuit.lcu_qubits + model.degree,
-            "construction": "PREPARE (binary tree of multiplexed RY, amplitudes sqrt|b_w|), SELECT (one multiplexed "
-                            "rotation per ansatz-14 gate, controlled by the polynomial qubit; LCU phases as a diagonal), "
-                            "PREPARE^dag, mid-circuit measurement of the LCU register kept on 0 (register reused); "
-                            "polynomial as an LCU over powers in unary code with sign Z gates; feed-forward; X/Y/Z basis",
-            "verification_window": 0, "verification": verification,
+            "construction": "PREPARE (binary tree of multiplexed RY, amplitudes sqrt|b_w|), SELECT (one "
+                            "multiplexed rotation per ansatz-14 gate, controlled by the polynomial qubit; LCU "
+                            "phases as a diagonal), PREPARE^dag, mid-circuit measurement of the LCU register "
+                            "kept on 0 (register reused); polynomial as an LCU over powers in unary code with "
+                            "sign Z gates; feed-forward; X/Y/Z basis",
+            "verification_window": int(indices[0]), "verification": verification,
         },
         "resources": resources,
         "shots": {"windows": len(y), "test_windows": total, "seed": seed, "rows": rows,
@@ -225,7 +236,8 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
         "versions": _versions(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    plot_shots(rows, out / HARDWARE_PNG, f"{run.run_dir.name}: {len(y):,} test windows, features from S shots per basis")
+    title = f"{run.run_dir.name}: {len(y):,} test windows, features from S shots per basis"
+    plot_shots(rows, out / HARDWARE_PNG, title)
     atomic_write_text(out / HARDWARE_MD, hardware_markdown(report))
     atomic_write_json(out / HARDWARE_JSON, report)  # last: its signature marks a complete estimate
     log.info("wrote %s, %s and %s in %s", HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG, out)
@@ -257,9 +269,9 @@ def hardware_markdown(report: dict) -> str:
         f"polynomial; {c['qubits_with_fresh_lcu_registers']} with a fresh LCU register per power instead of "
         f"mid-circuit measurement), {res['postselection_measurements']} postselected measurements, "
         f"{res['output_measurements']} output measurements, 3 bases.",
-        f"Checked on test window 0 by qiskit-aer: state error {v['state_max_abs_error']:.1e}, feature error "
-        f"{v['features_max_abs_error']:.1e}, postselection {v['postselection_circuit']:.6f} (model "
-        f"{v['postselection_model']:.6f}).", "",
+        f"Checked on test window {c['verification_window']} by qiskit-aer: state error "
+        f"{v['state_max_abs_error']:.1e}, feature error {v['features_max_abs_error']:.1e}, postselection "
+        f"{v['postselection_circuit']:.6f} (model {v['postselection_model']:.6f}).", "",
         f"## Resources per circuit (the {res['basis']}-basis circuit; X and Z differ only in their last "
         "single-qubit gates)", "",
         "| gate set | stage | qubits | 2-qubit gates | gates | depth | 2-qubit depth | compile |",
@@ -269,14 +281,16 @@ def hardware_markdown(report: dict) -> str:
     lines.append(f"| pytket decomposition (CX + rotations) | – | {d['qubits']} | {_int(d['two_qubit_gates'])} | "
                  f"{_int(d['gates'])} | {_int(d['depth'])} | {_int(d['two_qubit_depth'])} | – |")
     for g in res["gate_sets"].values():
-        for stage, label, seconds in (("before", "rebased", ""), ("after", "optimised", f"{g['compile_seconds']:.1f} s")):
+        compiled = f"{g['compile_seconds']:.1f} s"
+        for stage, label, seconds in (("before", "rebased", ""), ("after", "optimised", compiled)):
             s = g[stage]
-            lines.append(f"| {g['name']} | {label} | {s['qubits']} | {_int(s['two_qubit_gates'])} | {_int(s['gates'])} | "
-                         f"{_int(s['depth'])} | {_int(s['two_qubit_depth'])} | {seconds} |")
+            lines.append(f"| {g['name']} | {label} | {s['qubits']} | {_int(s['two_qubit_gates'])} | "
+                         f"{_int(s['gates'])} | {_int(s['depth'])} | {_int(s['two_qubit_depth'])} | {seconds} |")
     e = res["error_free_run_probability"]
     lines += [
-        "", f"With only two-qubit gate errors, at a rate of 1e-3 (1e-4) per gate, a run of {_int(e['two_qubit_gates'])} "
-        f"two-qubit gates is free of errors with probability {e['0.001']:.1e} ({e['0.0001']:.1e}).",
+        "", "With only two-qubit gate errors, at a rate of 1e-3 (1e-4) per gate, a run of "
+        f"{_int(e['two_qubit_gates'])} two-qubit gates is free of errors with probability {e['0.001']:.1e} "
+        f"({e['0.0001']:.1e}).",
         "", "Gates exclude measurements. Blocks compiled one by one (SELECT once, relabelled for each power) and "
         "put back together; optimised = FullPeepholeOptimise (SynthesiseTket on SELECT), rebase, squash, "
         "RemoveRedundancies. No routing (all-to-all connectivity). See `quixer/hardware_resources.py`.", "",
@@ -285,12 +299,14 @@ def hardware_markdown(report: dict) -> str:
         f"Postselection probability: mean {sh['postselection_mean']:.3f}, median {sh['postselection_median']:.3f}, "
         f"min {sh['postselection_min']:.2e}. S attempts per basis; a shot counts only when postselection "
         f"succeeds; {sh['zero_success_fallback']}.", "",
-        "| shots S per basis | top-1 | top-5 | perplexity | loss | executions (3 S) | mean for S kept (3 S / p) | no kept shot |",
+        "| shots S per basis | top-1 | top-5 | perplexity | loss | executions (3 S) | mean for S kept (3 S / p) "
+        "| no kept shot |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sh["rows"]:
         if r["shots"] is None:
-            lines.append(f"| exact | {_pct(r['top1'])} | {_pct(r['top5'])} | {r['perplexity']:.2f} | {r['loss']:.4f} | – | – | – |")
+            lines.append(f"| exact | {_pct(r['top1'])} | {_pct(r['top5'])} | {r['perplexity']:.2f} | "
+                         f"{r['loss']:.4f} | – | – | – |")
         else:
             lines.append(f"| {_int(r['shots'])} | {_pct(r['top1'])} | {_pct(r['top5'])} | {r['perplexity']:.2f} | "
                          f"{r['loss']:.4f} | {_int(r['executions_per_prediction'])} | "

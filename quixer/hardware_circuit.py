@@ -12,11 +12,12 @@ Registers (pytket: qubit 0 of a register is the most significant bit of its basi
 Block encoding of ``M = sum_w b_w U_w`` (``b`` the L1-normalised LCU weights, so
 ``sum_w |b_w| = 1``): PREPARE puts ``sqrt|b_w|`` on ``|w>`` (a binary tree of multiplexed RY, all
 amplitudes real), SELECT applies ``U_w`` controlled by ``|w>`` and multiplies by the phase
-``exp(i arg b_w)`` (a diagonal on the LCU register and the SELECT's control), then PREPARE^dagger: the ``<0|..|0>`` block
-of ``PREP^dag SELECT PREP`` is ``M``. SELECT is one multiplexed rotation per gate position of
-ansatz 14 (angle indexed by token position; a CRX is a multiplexed RX with its control as one
-more multiplexer bit), all controlled by ``poly[j-1]`` as one more multiplexer bit. The phases
-must sit inside the controlled part: outside it, branches without this power would pick them up.
+``exp(i arg b_w)`` (a diagonal on the LCU register and the SELECT's control), then
+PREPARE^dagger: the ``<0|..|0>`` block of ``PREP^dag SELECT PREP`` is ``M``. SELECT is one
+multiplexed rotation per gate position of ansatz 14 (angle indexed by token position; a CRX is
+a multiplexed RX with its control as one more multiplexer bit), all controlled by ``poly[j-1]``
+as one more multiplexer bit. The phases must sit inside the controlled part: outside it,
+branches without this power would pick them up.
 
 Polynomial ``sum_k c_k M^k |0> / ||c||_1``: an LCU over powers. PREPARE_c puts
 ``sqrt(|c_k| / ||c||_1)`` on branch ``k`` (RY, then a chain of CRY), signs of ``c`` are Z gates

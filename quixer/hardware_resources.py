@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Iterable
 
-from .hardware_circuit import BASES, QuixerCircuit
+from .hardware_circuit import QuixerCircuit
 
 log = logging.getLogger("quixer")
 

@@ -228,6 +228,10 @@ def test_script_writes_a_consistent_estimate(trained, tmp_path):
     mtime = (out / HARDWARE_JSON).stat().st_mtime_ns
     assert estimate_quixer_hardware.main(argv) == 0  # same flags: up to date, nothing rewritten
     assert (out / HARDWARE_JSON).stat().st_mtime_ns == mtime
+    (out / HARDWARE_MD).unlink()  # as if killed before the report was complete: made again
+    assert estimate_quixer_hardware.main(argv) == 0
+    assert (out / HARDWARE_MD).is_file()
+    assert json.loads((out / HARDWARE_JSON).read_text())["shots"] == report["shots"]
     with pytest.raises(UserError, match="--force"):
         estimate_quixer_hardware.main([*argv[:-2], "--gate_sets"])
     assert estimate_quixer_hardware.main([*argv[:-2], "--gate_sets", "--force"]) == 0
@@ -247,7 +251,8 @@ def test_script_errors_are_one_line(trained, tmp_path, capsys):
     assert exc.value.code == 0 and "--max_windows" in capsys.readouterr().out
     with pytest.raises(UserError, match="run directory not found"):
         load_quixer_run(tmp_path / "missing")
-    train_classical_baselines.main(["--model", "uniform", "--data_dir", str(tokens), "--output_dir", str(tmp_path / "u")])
+    train_classical_baselines.main(["--model", "uniform", "--data_dir", str(tokens),
+                                    "--output_dir", str(tmp_path / "u")])
     with pytest.raises(UserError, match="not a Quixer run"):
         load_quixer_run(tmp_path / "u")
     no_best = tmp_path / "no_best"
@@ -256,6 +261,8 @@ def test_script_errors_are_one_line(trained, tmp_path, capsys):
         (no_best / name).write_bytes((run / name).read_bytes())
     with pytest.raises(UserError, match="best.pt: not found"):
         load_quixer_run(no_best)
+    with pytest.raises(UserError, match="not a directory"):
+        estimate_quixer_hardware.main(["--run_dir", str(run), "--output_dir", str(run / "config.json")])
     with pytest.raises(UserError, match="--shots"):
         estimate_quixer_hardware.main(["--run_dir", str(run), "--shots", "0", "--output_dir", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
