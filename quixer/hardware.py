@@ -171,6 +171,8 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
 
     if not shots or any(int(s) != s or s < 1 for s in shots):
         raise UserError(f"--shots must be positive integers, got {list(shots)}")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
     if max_windows < 0:
         raise UserError(f"--max_windows must be >= 0 (0 = all), got {max_windows}")
     unknown = sorted(set(gate_sets) - set(GATE_SET_NAMES))
