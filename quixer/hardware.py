@@ -1,0 +1,377 @@
+"""From simulation to hardware: what a trained Quixer run costs on a quantum computer.
+
+:func:`estimate_hardware` (``estimate_quixer_hardware.py``) takes a Quixer run directory and
+
+1. builds the real circuit of one test window (:mod:`quixer.hardware_circuit`: LCU + QSVT with
+   mid-circuit postselection, feed-forward, X/Y/Z measurement) and checks it by simulating it
+   in qiskit-aer (:mod:`quixer.hardware_simulation`) against the torch model (state,
+   postselection probability, features);
+2. compiles it with pytket to named native gate sets (:mod:`quixer.hardware_resources`);
+3. scores the test set with features estimated from S shots per basis
+   (:mod:`quixer.hardware_shots`);
+
+and writes ``hardware.json``, ``hardware.md`` and ``hardware_shots.png``.
+:func:`hardware_summary_markdown` gives the report one or two lines about it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .common import (UserError, atomic_path, atomic_write_json, atomic_write_text, load_torch_file, read_json,
+                     sha256_file)
+
+log = logging.getLogger("quixer")
+
+HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG = "hardware.json", "hardware.md", "hardware_shots.png"
+DEFAULT_SHOTS = (100, 1000, 10000)
+DEFAULT_MAX_WINDOWS = 2000
+DEFAULT_GATE_SETS = ("ibm", "ion")
+
+
+@dataclass
+class QuixerRun:
+    run_dir: Path
+    config: dict
+    model: "torch.nn.Module"
+    data_dir: Path
+    checkpoint_sha256: str
+
+
+def _find_data_dir(run_dir: Path, configured: str | None, override: str | os.PathLike | None) -> Path:
+    if override is not None:
+        candidates = [Path(override)]
+    elif configured:
+        p = Path(configured)
+        candidates = [p] if p.is_absolute() else [p, run_dir.parent / p, run_dir.parent.parent / p]
+    else:
+        raise UserError(f"{run_dir / 'config.json'}: no data_dir recorded; pass --data_dir")
+    for c in candidates:
+        if (c / "test.pt").is_file():
+            return c
+    raise UserError(f"test split not found: {candidates[0] / 'test.pt'} "
+                    "(pass --data_dir with the run's token directory)")
+
+
+def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> QuixerRun:
+    """The best checkpoint of a Quixer run as a complex128 model in eval mode.
+
+    Sizes come from the checkpoint's tensors and are checked against ``config.json``.
+    """
+    from .model import Quixer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run directory not found")
+    config = read_json(run_dir / "config.json")
+    results_path = run_dir / "results.json"
+    model_name = read_json(results_path).get("model") if results_path.is_file() else None
+    if not isinstance(config, dict) or "qubits" not in config or model_name not in (None, "quixer"):
+        raise UserError(f"{run_dir}: not a Quixer run (model {model_name or 'unknown'}); "
+                        "this estimate needs a run of train_quixer_hybrid.py")
+    best_path = run_dir / "best.pt"
+    if not best_path.is_file():
+        raise UserError(f"{best_path}: not found (the run has not finished an epoch)")
+    best = load_torch_file(best_path)
+    state = best.get("model") if isinstance(best, dict) else None
+    if not isinstance(state, dict) or "lcu_coefficients" not in state:
+        raise UserError(f"{best_path}: not a Quixer checkpoint (no lcu_coefficients)")
+    try:
+        n = state["quantum_feedforward_parameters"].shape[0] // 4
+        vocab, embed = state["embedding.weight"].shape
+        degree = state["qsvt_polynomial_coefficients"].shape[0] - 1
+        layers = state["embedding_to_angles.weight"].shape[0] // (4 * n)
+        n_tokens = state["lcu_coefficients"].shape[0]
+    except (KeyError, IndexError, ZeroDivisionError, ValueError) as exc:
+        raise UserError(f"{best_path}: incomplete Quixer checkpoint ({exc})") from None
+    for key, value in (("qubits", n), ("degree", degree), ("ansatz_layers", layers), ("embedding_dim", embed)):
+        if key in config and config[key] != value:
+            raise UserError(f"{run_dir}: config.json says {key}={config[key]} but best.pt has {value}")
+    model = Quixer(n_qubits=n, n_tokens=n_tokens, qsvt_polynomial_degree=degree, n_ansatz_layers=layers,
+                   vocabulary_size=vocab, embedding_dimension=embed, dropout=0.0, dtype=torch.complex128)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{best_path}: does not load into Quixer ({str(exc).splitlines()[0]})") from None
+    if best.get("active_layers"):
+        model.set_active_layers(int(best["active_layers"]))
+    model.eval()
+    return QuixerRun(run_dir, config, model, _find_data_dir(run_dir, config.get("data_dir"), data_dir),
+                     sha256_file(best_path))
+
+
+def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
+    """Input tokens, targets and indices of the test windows (a seeded subset of ``max_windows``
+    if there are more), and the number of test windows."""
+    from .data import load_split
+
+    seq, _ = load_split(run.data_dir, "test")
+    model = run.model
+    if seq.shape[1] - 1 != model.n_tokens:
+        raise UserError(f"{run.data_dir}: windows of {seq.shape[1]} tokens, but the model reads {model.n_tokens} + 1")
+    if int(seq.max()) >= model.vocabulary_size:
+        raise UserError(f"{run.data_dir}: token id {int(seq.max())} outside the model's vocabulary "
+                        f"({model.vocabulary_size})")
+    total = seq.shape[0]
+    keep = np.arange(total)
+    if max_windows and total > max_windows:
+        keep = np.sort(np.random.default_rng(seed).choice(total, max_windows, replace=False))
+        seq = seq[torch.as_tensor(keep)]
+    return seq[:, :-1].contiguous(), seq[:, -1].contiguous(), keep, total
+
+
+def verify_circuit(model, x: torch.Tensor) -> tuple:
+    """The circuit of window ``x`` and how its qiskit-aer simulation compares with the model
+    (box level: the multiplexors as qiskit's own; the gate-level decomposition is checked in the tests)."""
+    from .hardware_circuit import BASES, model_circuit
+    from .hardware_simulation import pauli_features, simulate
+
+    captured = []
+    hook = model.output_feedforward.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            _, post = model(x[None])
+            state = model.qsvt_state(x[None])[0].to(torch.complex128).numpy()
+    finally:
+        hook.remove()
+    circuit = model_circuit(model, x)
+    start = time.perf_counter()
+    sim = simulate(circuit.state, decompose=False)
+    outputs = {b: simulate(circuit.tail(b), decompose=False, initial=sim).outputs for b in BASES}
+    seconds = time.perf_counter() - start
+    expected = state / np.linalg.norm(state)
+    return circuit, {
+        "state_max_abs_error": float(np.abs(sim.register_state("tok") - expected).max()),
+        "postselection_circuit": sim.success, "postselection_model": float(post[0]),
+        "features_max_abs_error": float(np.abs(pauli_features(outputs, model.n_qubits)
+                                               - captured[0][0].double().numpy()).max()),
+        "simulation_seconds": round(seconds, 2),
+    }
+
+
+def _signature(run: QuixerRun, shots, seed, max_windows, gate_sets) -> dict:
+    return {"checkpoint_sha256": run.checkpoint_sha256, "test_sha256": sha256_file(run.data_dir / "test.pt"),
+            "shots": list(shots), "seed": seed, "max_windows": max_windows, "gate_sets": list(gate_sets)}
+
+
+def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
+                      shots: Sequence[int] = DEFAULT_SHOTS, seed: int = 0, max_windows: int = DEFAULT_MAX_WINDOWS,
+                      gate_sets: Sequence[str] = DEFAULT_GATE_SETS, data_dir: str | os.PathLike | None = None,
+                      batch_size: int = 1024, force: bool = False, progress: bool = True) -> dict:
+    """Circuit, resources and finite-shot accuracy of a Quixer run; see the module docstring."""
+    from .hardware_resources import GATE_SET_NAMES, resource_counts
+    from .hardware_shots import exact_outcomes, shot_table
+
+    if not shots or any(int(s) != s or s < 1 for s in shots):
+        raise UserError(f"--shots must be positive integers, got {list(shots)}")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
+    if max_windows < 0:
+        raise UserError(f"--max_windows must be >= 0 (0 = all), got {max_windows}")
+    unknown = sorted(set(gate_sets) - set(GATE_SET_NAMES))
+    if unknown:
+        raise UserError(f"unknown gate set {unknown[0]!r}; choose from {', '.join(GATE_SET_NAMES)}")
+    shots = sorted({int(s) for s in shots})
+    logging.getLogger("qiskit").setLevel(logging.WARNING)  # its transpiler logs every pass at INFO
+    run = load_quixer_run(run_dir, data_dir)
+    out = Path(output_dir) if output_dir is not None else run.run_dir
+    signature = _signature(run, shots, seed, max_windows, gate_sets)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    old_path = out / HARDWARE_JSON
+    if old_path.is_file() and not force:
+        old = read_json(old_path)
+        if not isinstance(old, dict) or old.get("signature") != signature:
+            raise UserError(f"{old_path}: holds an estimate with other flags or another checkpoint; "
+                            "pass --force to replace it")
+        if (out / HARDWARE_MD).is_file() and (out / HARDWARE_PNG).is_file():
+            log.info("%s is up to date (same checkpoint, test data and flags); nothing to do", old_path)
+            return old
+    model = run.model
+    x, y, indices, total = _test_windows(run, max_windows, seed)
+    log.info("%s: %d qubits, %d tokens, degree %d, %d layers; %d of %d test windows", run.run_dir, model.n_qubits,
+             model.n_tokens, model.degree, model.active_layers, len(y), total)
+
+    circuit, verification = verify_circuit(model, x[0])
+    log.info("circuit of test window %d vs the model: state error %.1e, features error %.1e, "
+             "postselection %.6f vs %.6f",
+             indices[0], verification["state_max_abs_error"], verification["features_max_abs_error"],
+             verification["postselection_circuit"], verification["postselection_model"])
+    if max(verification["state_max_abs_error"], verification["features_max_abs_error"]) > 1e-6:
+        raise RuntimeError(f"the circuit does not reproduce the model: {verification}")
+    resources = resource_counts(circuit, gate_sets, progress=progress)
+
+    fewest = min((g["after"]["two_qubit_gates"] for g in resources["gate_sets"].values()),
+                 default=resources["decomposed"]["two_qubit_gates"])
+    resources["error_free_run_probability"] = {  # two-qubit errors only: a rough upper bound
+        "two_qubit_gates": fewest, **{f"{eps:g}": (1 - eps) ** fewest for eps in (1e-3, 1e-4)}}
+    exact = exact_outcomes(model, x, batch_size=batch_size, progress=progress)
+    rows = shot_table(model, exact, y.numpy(), shots, seed)
+    post = exact["postselection"]
+    report = {
+        "run_dir": str(run.run_dir), "data_dir": str(run.data_dir), "signature": signature,
+        "model": {"qubits": model.n_qubits, "tokens": model.n_tokens, "degree": model.degree,
+                  "ansatz_layers": model.active_layers, "vocabulary_size": model.vocabulary_size},
+        "circuit": {
+            "qubits": circuit.width, "token_qubits": model.n_qubits, "lcu_qubits": circuit.lcu_qubits,
+            "polynomial_qubits": model.degree,
+            "qubits_with_fresh_lcu_registers": model.n_qubits + model.degree * circuit.lcu_qubits + model.degree,
+            "construction": "PREPARE (binary tree of multiplexed RY, amplitudes sqrt|b_w|), SELECT (one "
+                            "multiplexed rotation per ansatz-14 gate, controlled by the polynomial qubit; LCU "
+                            "phases as a diagonal), PREPARE^dag, mid-circuit measurement of the LCU register "
+                            "kept on 0 (register reused); polynomial as an LCU over powers in unary code with "
+                            "sign Z gates; feed-forward; X/Y/Z basis",
+            "verification_window": int(indices[0]), "verification": verification,
+        },
+        "resources": resources,
+        "shots": {"windows": len(y), "test_windows": total, "seed": seed, "rows": rows,
+                  "postselection_mean": float(post.mean()), "postselection_median": float(np.median(post)),
+                  "postselection_min": float(post.min()),
+                  "zero_success_fallback": "features of a basis with no kept shot are 0 (a fair +-1 coin)"},
+        "versions": _versions(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{run.run_dir.name}: {len(y):,} test windows, features from S shots per basis"
+    plot_shots(rows, out / HARDWARE_PNG, title)
+    atomic_write_text(out / HARDWARE_MD, hardware_markdown(report))
+    atomic_write_json(out / HARDWARE_JSON, report)  # last: its signature marks a complete estimate
+    log.info("wrote %s, %s and %s in %s", HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG, out)
+    return report
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("pytket", "pytket-qiskit", "qiskit", "qiskit-aer", "torch", "numpy")}
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f} %"
+
+
+def _int(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def hardware_markdown(report: dict) -> str:
+    """``hardware.md``: the circuit, its compiled cost and the accuracy per shot budget."""
+    m, c, res, sh = report["model"], report["circuit"], report["resources"], report["shots"]
+    v = c["verification"]
+    lines = [
+        f"# Quixer on hardware: `{report['run_dir']}`", "",
+        f"Model: {m['qubits']} qubits, {m['tokens']} tokens, degree {m['degree']}, {m['ansatz_layers']} ansatz layers.",
+        f"Circuit: {c['qubits']} qubits ({c['token_qubits']} token + {c['lcu_qubits']} LCU + {c['polynomial_qubits']} "
+        f"polynomial; {c['qubits_with_fresh_lcu_registers']} with a fresh LCU register per power instead of "
+        f"mid-circuit measurement), {res['postselection_measurements']} postselected measurements, "
+        f"{res['output_measurements']} output measurements, 3 bases.",
+        f"Checked on test window {c['verification_window']} by qiskit-aer: state error "
+        f"{v['state_max_abs_error']:.1e}, feature error {v['features_max_abs_error']:.1e}, postselection "
+        f"{v['postselection_circuit']:.6f} (model {v['postselection_model']:.6f}).", "",
+        f"## Resources per circuit (the {res['basis']}-basis circuit; X and Z differ only in their last "
+        "single-qubit gates)", "",
+        "| gate set | stage | qubits | 2-qubit gates | gates | depth | 2-qubit depth | compile |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    d = res["decomposed"]
+    lines.append(f"| pytket decomposition (CX + rotations) | – | {d['qubits']} | {_int(d['two_qubit_gates'])} | "
+                 f"{_int(d['gates'])} | {_int(d['depth'])} | {_int(d['two_qubit_depth'])} | – |")
+    for g in res["gate_sets"].values():
+        compiled = f"{g['compile_seconds']:.1f} s"
+        for stage, label, seconds in (("before", "rebased", ""), ("after", "optimised", compiled)):
+            s = g[stage]
+            lines.append(f"| {g['name']} | {label} | {s['qubits']} | {_int(s['two_qubit_gates'])} | "
+                         f"{_int(s['gates'])} | {_int(s['depth'])} | {_int(s['two_qubit_depth'])} | {seconds} |")
+    e = res["error_free_run_probability"]
+    lines += [
+        "", "With only two-qubit gate errors, at a rate of 1e-3 (1e-4) per gate, a run of "
+        f"{_int(e['two_qubit_gates'])} two-qubit gates is free of errors with probability {e['0.001']:.1e} "
+        f"({e['0.0001']:.1e}).",
+        "", "Gates exclude measurements. Blocks compiled one by one (SELECT once, relabelled for each power) and "
+        "put back together; optimised = FullPeepholeOptimise (SynthesiseTket on SELECT), rebase, squash, "
+        "RemoveRedundancies. No routing (all-to-all connectivity). See `quixer/hardware_resources.py`.", "",
+        f"## Test accuracy at finite shots ({_int(sh['windows'])} of {_int(sh['test_windows'])} test windows, "
+        f"seed {sh['seed']})", "",
+        f"Postselection probability: mean {sh['postselection_mean']:.3f}, median {sh['postselection_median']:.3f}, "
+        f"min {sh['postselection_min']:.2e}. S attempts per basis; a shot counts only when postselection "
+        f"succeeds; {sh['zero_success_fallback']}.", "",
+        "| shots S per basis | top-1 | top-5 | perplexity | loss | executions (3 S) | mean for S kept (3 S / p) "
+        "| no kept shot |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sh["rows"]:
+        if r["shots"] is None:
+            lines.append(f"| exact | {_pct(r['top1'])} | {_pct(r['top5'])} | {r['perplexity']:.2f} | "
+                         f"{r['loss']:.4f} | – | – | – |")
+        else:
+            lines.append(f"| {_int(r['shots'])} | {_pct(r['top1'])} | {_pct(r['top5'])} | {r['perplexity']:.2f} | "
+                         f"{r['loss']:.4f} | {_int(r['executions_per_prediction'])} | "
+                         f"{_int(r['executions_for_s_kept_mean'])} | {_pct(r['zero_success_fraction'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_shots(rows: list[dict], path: Path, title: str | None = None) -> None:
+    """Top-1 / top-5 and perplexity against shots per basis, with the exact levels as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    exact = next(r for r in rows if r["shots"] is None)
+    finite = [r for r in rows if r["shots"] is not None]
+    s = [r["shots"] for r in finite]
+    fig, (acc, ppl) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, color in (("top1", "C0"), ("top5", "C1")):
+        acc.plot(s, [100 * r[key] for r in finite], "o-", color=color, label=f"{key}, S shots")
+        acc.axhline(100 * exact[key], color=color, linestyle="--", label=f"{key} exact")
+    ppl.plot(s, [r["perplexity"] for r in finite], "o-", color="C2", label="S shots")
+    ppl.axhline(exact["perplexity"], color="C2", linestyle="--", label="exact")
+    for ax, label in ((acc, "test accuracy (%)"), (ppl, "test perplexity")):
+        ax.set_xscale("log")
+        ax.set_xlabel("shots per basis (attempts, before postselection)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def hardware_summary_markdown(run_dir: str | os.PathLike, link_base: str | os.PathLike | None = None) -> str | None:
+    """One markdown line on a run's ``hardware.md`` (key figures), or None without an estimate.
+
+    The link is relative to ``link_base`` (default: the run directory's parent, where
+    ``report_results.py`` writes ``results.md`` by default).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / HARDWARE_JSON
+    if not path.is_file():
+        return None
+    try:
+        report = read_json(path)
+        c, res, rows = report["circuit"], report["resources"], report["shots"]["rows"]
+        exact = next(r for r in rows if r["shots"] is None)
+        finite = [r for r in rows if r["shots"] is not None]
+    except (UserError, KeyError, TypeError, StopIteration):
+        log.warning("%s: unreadable hardware estimate, left out of the report", path)
+        return None
+    link = os.path.relpath(run_dir / HARDWARE_MD, Path(link_base) if link_base is not None else run_dir.parent)
+    gates = " / ".join(f"{_int(g['after']['two_qubit_gates'])} ({key})" for key, g in res["gate_sets"].items())
+    line = f"**{run_dir.name} on hardware** ([{HARDWARE_MD}]({link})): {c['qubits']} qubits"
+    if gates:
+        line += f", {gates} two-qubit gates per circuit after optimisation"
+    line += f"; test top-1 {_pct(exact['top1'])} exact"
+    if finite:
+        line += (f", {' / '.join(_pct(r['top1']) for r in finite)} at {' / '.join(_int(r['shots']) for r in finite)} "
+                 f"shots per basis (on average {' / '.join(_int(r['executions_for_s_kept_mean']) for r in finite)} "
+                 "circuit executions per prediction for that many kept shots)")
+    return line + "."

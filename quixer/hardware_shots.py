@@ -1,0 +1,134 @@
+"""Test accuracy of a trained Quixer when its features come from a finite number of shots.
+
+On hardware each of the 3n features is an average of measured +-1 outcomes. Per window and
+per basis (X, Y, Z) the circuit runs ``S`` times; a shot is kept only when every postselected
+bit reads 0, which happens with the model's postselection probability ``p`` (so the kept count
+is Binomial(S, p)); the outcome of a kept shot is drawn from the normalised state's
+distribution in that basis (so the outcome counts are multinomial). The features are the
+sample means, and the classical head turns them into logits.
+
+Nothing is simulated per window: the exact outcome distributions come from the torch model
+(``qsvt_state``, the feed-forward unitary and the basis change, vectorised over windows) and
+numpy draws all counts at once. A basis with no kept shot carries no information; its features
+are set to 0, the mean of a fair +-1 coin (counted in ``zero_success_fraction``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_H = np.array([[1, 1], [1, -1]], dtype=complex) / math.sqrt(2)
+_SDG = np.diag([1, -1j])
+BASIS_CHANGE = {"X": _H, "Y": _H @ _SDG, "Z": np.eye(2, dtype=complex)}  # applied before measuring Z
+
+
+def _on_every_qubit(gate: np.ndarray, n_qubits: int) -> np.ndarray:
+    out = np.ones((1, 1), dtype=complex)
+    for _ in range(n_qubits):
+        out = np.kron(out, gate)
+    return out
+
+
+def outcome_signs(n_qubits: int) -> np.ndarray:
+    """``[2^n, n]``: +1 / -1 as qubit q of outcome o (qubit 0 most significant) reads 0 / 1."""
+    bits = (np.arange(2**n_qubits)[:, None] >> np.arange(n_qubits - 1, -1, -1)) & 1
+    return 1.0 - 2.0 * bits
+
+
+@torch.no_grad()
+def exact_outcomes(model, x: torch.Tensor, batch_size: int = 1024, progress: bool = True) -> dict:
+    """Per window: outcome distributions ``probs [B, 3, 2^n]`` (X, Y, Z), ``postselection [B]``,
+    the model's own ``features [B, 3n]`` and ``logits [B, V]``.
+
+    The distributions are checked against the features the model feeds its head (captured with
+    a forward pre-hook): they must be the same state measured the same way.
+    """
+    from tqdm import tqdm
+
+    n = model.n_qubits
+    dim = 2**n
+    model.eval()
+    feedforward = model.feedforward_unitary().to(torch.complex128).numpy()
+    rotations = np.stack([_on_every_qubit(BASIS_CHANGE[b], n) @ feedforward for b in ("X", "Y", "Z")])
+    captured = []
+    hook = model.output_feedforward.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    out = {"probs": [], "postselection": [], "features": [], "logits": []}
+    try:
+        for chunk in tqdm(x.split(batch_size), desc="exact outcomes", leave=False, disable=None if progress else True):
+            logits, post = model(chunk)
+            state = model.qsvt_state(chunk).to(torch.complex128).numpy()
+            state = state / np.linalg.norm(state, axis=1, keepdims=True)
+            amplitudes = np.einsum("bij,nj->nbi", rotations, state)
+            out["probs"].append(np.abs(amplitudes) ** 2)
+            out["postselection"].append(post.double().numpy())
+            out["features"].append(captured.pop().double().numpy())
+            out["logits"].append(logits.double().numpy())
+    finally:
+        hook.remove()
+    result = {k: np.concatenate(v) for k, v in out.items()}
+    check = features_from_distributions(result["probs"], n)
+    error = float(np.abs(check - result["features"]).max())
+    if error > 1e-6:
+        raise RuntimeError(f"outcome distributions disagree with the model's features (max error {error:.2e})")
+    result["probs"] = np.clip(result["probs"], 0.0, None)
+    result["probs"] /= result["probs"].sum(-1, keepdims=True)
+    assert result["probs"].shape[1:] == (3, dim)
+    return result
+
+
+def features_from_distributions(probs: np.ndarray, n_qubits: int) -> np.ndarray:
+    """``[B, 3, 2^n]`` outcome distributions (or count fractions) -> features ``[B, 3n]``
+    (all <X_q>, then <Y_q>, then <Z_q>, as the model orders them)."""
+    return (probs @ outcome_signs(n_qubits)).reshape(probs.shape[0], -1)
+
+
+def sample_features(probs: np.ndarray, postselection: np.ndarray, shots: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Features estimated from ``shots`` attempts per basis: ``(features [B, 3n], kept [B, 3])``."""
+    n_qubits = int(round(math.log2(probs.shape[-1])))
+    p = np.clip(postselection, 0.0, 1.0)
+    kept = rng.binomial(shots, np.repeat(p[:, None], 3, axis=1))
+    counts = rng.multinomial(kept, probs)  # [B, 3, 2^n]
+    fractions = counts / np.maximum(kept, 1)[..., None]  # zero kept -> all zero -> features 0
+    return features_from_distributions(fractions, n_qubits), kept
+
+
+def head_metrics(model, features: np.ndarray, targets: np.ndarray) -> dict:
+    """Loss (nats), perplexity, top-1 and top-5 of the model's classical head on ``features``."""
+    head = model.output_feedforward
+    dtype = next(head.parameters()).dtype
+    with torch.no_grad():
+        logits = head(torch.as_tensor(features, dtype=dtype)).double()
+    return logit_metrics(logits, torch.as_tensor(targets))
+
+
+def logit_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    loss = float(F.cross_entropy(logits, y))
+    top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+    return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf"),
+            "top1": float((logits.argmax(-1) == y).double().mean()),
+            "top5": float((top5 == y[:, None]).any(-1).double().mean())}
+
+
+def shot_table(model, exact: dict, targets: np.ndarray, shots: list[int], seed: int) -> list[dict]:
+    """One row per shot budget (and one for exact expectations): metrics and circuit executions.
+
+    Each budget draws from its own generator, seeded by ``(seed, S)``, so a row does not depend
+    on which other budgets are in the list.
+    """
+    post = exact["postselection"]
+    rows = [{"shots": None, **head_metrics(model, exact["features"], targets)}]
+    for s in shots:
+        features, kept = sample_features(exact["probs"], post, s, np.random.default_rng([seed, s]))
+        rows.append({
+            "shots": s, **head_metrics(model, features, targets),
+            "executions_per_prediction": 3 * s,
+            "mean_kept_shots_per_basis": float(kept.mean()),
+            "zero_success_fraction": float((kept == 0).mean()),
+            "executions_for_s_kept_mean": float(np.mean(3 * s / np.maximum(post, 1e-300))),
+            "executions_for_s_kept_median": float(np.median(3 * s / np.maximum(post, 1e-300))),
+        })
+    return rows
