@@ -29,6 +29,11 @@ Modules (one obvious place for each idea):
 - ``distributed``  the DDP context and the checkpointed RNG state
 - ``tuning``       the Optuna hyperparameter search (tune_quixer_hybrid.py)
 - ``report``       the results table and plots
+- ``hardware``     the hardware estimate of a trained Quixer run (estimate_quixer_hardware.py): load, check, report
+- ``hardware_circuit`` the Quixer circuit itself in pytket: PREPARE / SELECT, LCU of powers, feed-forward, bases
+- ``hardware_simulation`` qiskit-aer simulation of that circuit with mid-circuit postselection
+- ``hardware_resources`` pytket compilation to hardware gate sets and the resource counts
+- ``hardware_shots`` test accuracy with features estimated from finite shots
 
 The names below are importable from ``quixer`` directly (``from quixer import Quixer``). Each
 is loaded from its module on first use, so ``import quixer`` itself imports neither torch nor

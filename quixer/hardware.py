@@ -108,22 +108,26 @@ def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | No
 
 
 def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
-    """Input tokens, targets and indices of the test windows (a seeded subset of ``max_windows``
-    if there are more), and the number of test windows."""
-    from .data import load_split
+    """Input tokens and targets of the test targets the run was scored on (the protocol of
+    :mod:`quixer.streams`; a seeded subset of ``max_windows`` if there are more), their indices
+    among those targets, and how many there are."""
+    from .data import load_token_data
+    from .streams import DEFAULT_EVAL_TARGETS, eval_targets
 
-    seq, _ = load_split(run.data_dir, "test")
+    data = load_token_data(run.data_dir)
     model = run.model
-    if seq.shape[1] - 1 != model.n_tokens:
-        raise UserError(f"{run.data_dir}: windows of {seq.shape[1]} tokens, but the model reads {model.n_tokens} + 1")
-    if int(seq.max()) >= model.vocabulary_size:
-        raise UserError(f"{run.data_dir}: token id {int(seq.max())} outside the model's vocabulary "
-                        f"({model.vocabulary_size})")
-    total = seq.shape[0]
+    if data.window_size - 1 != model.n_tokens:
+        raise UserError(f"{run.data_dir}: windows of {data.window_size} tokens, but the model reads {model.n_tokens} + 1")
+    if data.vocab_size > model.vocabulary_size:
+        raise UserError(f"{run.data_dir}: a vocabulary of {data.vocab_size} tokens, but the model has "
+                        f"{model.vocabulary_size}")
+    streams = data.streams("test")
+    targets = eval_targets(streams, data.window_size, run.config.get("eval_targets", DEFAULT_EVAL_TARGETS))
+    total = len(targets)
     keep = np.arange(total)
     if max_windows and total > max_windows:
         keep = np.sort(np.random.default_rng(seed).choice(total, max_windows, replace=False))
-        seq = seq[torch.as_tensor(keep)]
+    seq = streams.windows(targets.starts[keep], data.window_size)
     return seq[:, :-1].contiguous(), seq[:, -1].contiguous(), keep, total
 
 

@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .scoring import score_logits
 
 _H = np.array([[1, 1], [1, -1]], dtype=complex) / math.sqrt(2)
 _SDG = np.diag([1, -1j])
@@ -106,11 +107,12 @@ def head_metrics(model, features: np.ndarray, targets: np.ndarray) -> dict:
 
 
 def logit_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
-    loss = float(F.cross_entropy(logits, y))
-    top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+    """The training loop's metrics (:func:`quixer.scoring.score_logits`: top-k counts ties as
+    expected accuracy), so the exact row equals the run's own test scores."""
+    nll, top1, top5 = score_logits(logits, y)
+    loss = float(nll.mean())
     return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf"),
-            "top1": float((logits.argmax(-1) == y).double().mean()),
-            "top5": float((top5 == y[:, None]).any(-1).double().mean())}
+            "top1": float(top1.mean()), "top5": float(top5.mean())}
 
 
 def shot_table(model, exact: dict, targets: np.ndarray, shots: list[int], seed: int) -> list[dict]:

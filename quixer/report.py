@@ -511,7 +511,7 @@ def write_report(runs_dir: str | os.PathLike, output_dir: str | os.PathLike | No
                  for e, r in zip(entries, rows) if e.is_reference]
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = markdown_table(rows, title, _hardware_links(entries))
+    markdown = markdown_table(rows, title, _hardware_links(entries, output_dir))
     atomic_write_json(output_dir / "results.json", rows)
     atomic_write_text(output_dir / "results.md", markdown)
     plot_learning_curves(curves, ref_lines, output_dir / "learning_curves.png", title)
@@ -525,7 +525,11 @@ def write_report(runs_dir: str | os.PathLike, output_dir: str | os.PathLike | No
     }
 
 
-def _hardware_links(entries: list[Entry]) -> list[str]:
-    """Links to the hardware estimates (``hardware.md``) of Quixer runs that have one."""
-    return [f"Hardware estimate of {e.name}/{d.name}: {d / 'hardware.md'}"
-            for e in entries if e.model == "quixer" for d in e.run_dirs if (d / "hardware.md").is_file()]
+def _hardware_links(entries: list[Entry], output_dir: Path) -> list[str]:
+    """One line per Quixer run with a hardware estimate (``estimate_quixer_hardware.py``)."""
+    runs = [d for e in entries if e.model == "quixer" for d in e.run_dirs if (d / "hardware.json").is_file()]
+    if not runs:
+        return []
+    from .hardware import hardware_summary_markdown
+
+    return [line for d in runs if (line := hardware_summary_markdown(d, link_base=output_dir))]

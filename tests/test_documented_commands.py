@@ -111,6 +111,7 @@ GROUPS = {
     "encoder": ("lambeq_encoder.py", "run_lambeq_gpu.sh"),
     "quantize": ("quantize_lambeq_embeddings.py",),
     "quixer": ("tune_quixer_hybrid.py", "train_quixer_hybrid.py"),
+    "hardware": ("estimate_quixer_hardware.py",),
     "classical": ("train_classical_baselines.py", "report_results.py"),
 }
 EXTRA = {
@@ -135,6 +136,11 @@ EXTRA = {
     "python train_quixer_hybrid.py --epochs 50": CAP,
     "python train_quixer_hybrid.py --resume": CAP,
     "torchrun --nproc_per_node 4 train_quixer_hybrid.py --output_dir runs/quixer_ddp": CAP,
+    # the hardware estimate of the Quixer run above: fewer windows; compiling only where the example asks
+    "python estimate_quixer_hardware.py --run_dir runs/quixer": "--max_windows 300 --gate_sets",
+    "python estimate_quixer_hardware.py --run_dir runs/quixer --shots 100 1000 10000 100000 --max_windows 0":
+        "--max_windows 300 --gate_sets",
+    "python estimate_quixer_hardware.py --run_dir runs/quixer --gate_sets ibm --output_dir hw_quixer": "--max_windows 300",
     "python train_classical_baselines.py --model lstm": CAP,
     "python train_classical_baselines.py --model transformer --preset paper128 --epochs 30": CAP,
     "python train_classical_baselines.py --model ngram": "",
@@ -227,20 +233,27 @@ def test_help_examples_in_pipeline_order(tmp_path):
     assert space["init_strategy"] is None
     ws.path("space.json").write_text(json.dumps(space))
     ws.run("python tune_quixer_hybrid.py --search_space space.json --output_dir runs/tune_space --init_strategy xavier",
-           "--n_trials 1 --epochs_per_trial 1 --max_train_batches 2")
+           "--n_trials 1 --epochs_per_trial 1 --max_train_batches 2 --eval_targets 2000")
     best = json.loads(ws.path("runs", "tune_space", "best_config.json").read_text())
     summary = json.loads(ws.path("runs", "tune_space", "study_summary.json").read_text())
     assert best["init_strategy"] == "xavier" and "init_strategy" not in summary["best_params"]  # null: the flag's value
     assert 4 <= best["qubits"] <= 6 and best["embedding_dim"] in (128, 512)
 
-    # classical baselines, then the report over every run so far
+    # the hardware estimate of the Quixer run: its files beside the run, or where --output_dir says
+    _run_group("hardware", ws)
+    hardware = json.loads(ws.path("runs", "quixer", "hardware.json").read_text())
+    assert hardware["shots"]["windows"] == 300 and hardware["circuit"]["verification"]["state_max_abs_error"] < 1e-9
+    compiled = json.loads(ws.path("hw_quixer", "hardware.json").read_text())
+    assert list(compiled["resources"]["gate_sets"]) == ["ibm"] and not hardware["resources"]["gate_sets"]
+
+    # classical baselines, then the report over every run so far (it links the hardware estimate)
     procs = _run_group("classical", ws)
     runs = ("lstm", "transformer_paper128", "ngram", "lstm_kmers", "quixer", "quixer_tuned", "quixer_ddp")
     for run in runs:
         assert _results(ws, run)["test_loss"] > 0
     assert json.loads(ws.path("runs", "lstm_kmers", "config.json").read_text())["data_dir"] == "classical_benchmarks"
     table = ws.path("runs", "results.md").read_text()
-    assert all(f" | {run} | " in table for run in runs)
+    assert all(f" | {run} | " in table for run in runs) and "hardware.md" in table
     assert procs["python report_results.py runs"].stdout.strip()
     assert "chrX RNA, K=512 tokens" in ws.path("report", "results.md").read_text()
     assert {p.name for p in ws.path("report").glob("*.png")} == {"learning_curves.png", "test_accuracy.png",

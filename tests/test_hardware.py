@@ -18,10 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-try:
-    from tests.token_fixtures import make_token_dir
-except ImportError:  # tests/ on sys.path instead of the repository root
-    from token_fixtures import make_token_dir
+from tests.token_fixtures import make_token_dir
 
 import estimate_quixer_hardware
 import train_classical_baselines
@@ -30,7 +27,7 @@ from quixer.common import UserError
 from quixer.hardware import HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG, hardware_summary_markdown, load_quixer_run
 from quixer.hardware_circuit import BASES, model_circuit
 from quixer.hardware_resources import compile_circuit, gate_counts, resource_counts
-from quixer.hardware_shots import exact_outcomes, features_from_distributions, outcome_signs, sample_features
+from quixer.hardware_shots import exact_outcomes, features_from_distributions, sample_features
 from quixer.hardware_simulation import pauli_features, simulate
 from quixer.model import Quixer
 
@@ -217,7 +214,7 @@ def test_script_writes_a_consistent_estimate(trained, tmp_path):
     rows = {r["shots"]: r for r in report["shots"]["rows"]}
     assert set(rows) == {None, 50, 5000}
     results = json.loads((run / "results.json").read_text())
-    assert report["shots"]["windows"] == 120
+    assert report["shots"]["windows"] == results["test_targets"]  # the very targets the run was scored on
     for key in ("loss", "top1", "top5"):  # exact features: the run's own test metrics (complex64 there)
         assert rows[None][key] == pytest.approx(results[f"test_{key}"], rel=1e-4, abs=1e-4)
     assert rows[5000]["executions_per_prediction"] == 15000

@@ -99,7 +99,7 @@ def test_runs_never_cross_non_acgt_and_rna_is_read_as_dna(tmp_path):
 def test_stride_subsampling_and_determinism(tmp_path):
     cfg = WindowConfig(window_stride=5, max_windows_per_sequence=3, max_sequences=40, seed=7)
     a = prepare_autoregressive_data(SAMPLE_FASTA, tmp_path / "a", cfg)
-    b = prepare_autoregressive_data(SAMPLE_FASTA, tmp_path / "b", cfg)
+    assert prepare_autoregressive_data(SAMPLE_FASTA, tmp_path / "b", cfg) == json.loads((tmp_path / "b" / "metadata.json").read_text())
     for split in SPLITS:
         assert (tmp_path / "a" / split / "sentences.txt").read_bytes() == (tmp_path / "b" / split / "sentences.txt").read_bytes()
         per_acc = {}

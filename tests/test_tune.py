@@ -6,7 +6,6 @@ import json
 
 import optuna
 import pytest
-import torch
 
 import train_quixer_hybrid
 import tune_quixer_hybrid
