@@ -18,7 +18,7 @@ of Binomial(S, p) kept outcomes; 3 S / p executions give S kept shots per basis 
 
 Examples:
   python estimate_quixer_hardware.py --run_dir runs/quixer
-  python estimate_quixer_hardware.py --run_dir runs/quixer --shots 100 1000 10000 100000 --max_windows 0
+  python estimate_quixer_hardware.py --run_dir runs/quixer --shots 100 1000 10000 100000 --max_windows 0 --force
   python estimate_quixer_hardware.py --run_dir runs/quixer --gate_sets ibm --output_dir hw_quixer
 """
 from __future__ import annotations

@@ -10,7 +10,8 @@
 # --epochs is the most epochs a run may take (early stopping usually ends it sooner);
 # --eval_targets the scored val/test positions (default: the trainers' 100,000, 0 = all).
 # Rerunning reuses every stage and run whose input and parameters did not change.
-# --jobs 2 (default on 2+ cores) trains Quixer beside the other models, splitting the cores.
+# --jobs 2 (default on 2+ cores) trains in two lanes, one core each: Quixer, its ablation and the
+# LSTM in the background (log: train_lane1.log), the references and the Transformer in front.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
@@ -23,7 +24,7 @@ eval_targets=100000
 device="auto"
 cores=$(nproc 2>/dev/null || echo 1)
 jobs=$([ "$cores" -ge 2 ] && echo 2 || echo 1)
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --fasta) fasta="${2:?--fasta needs a file}"; shift 2 ;;
@@ -56,47 +57,53 @@ step "stage 2: lambeq k-mer embeddings"
 step "stage 3: k-means into 512 tokens"
 "$py" "$here/quantize_lambeq_embeddings.py" --input_dir "$emb" --output_dir "$tok"
 seed_list=$(seq 42 $((41 + seeds)))
-train_quixer() {  # every seed, one after the other
-  for s in $seed_list; do
-    "$py" "$here/train_quixer_hybrid.py" --data_dir "$tok" --epochs "$epochs" --device "$device" --seed "$s" \
-      --eval_targets "$eval_targets" --output_dir "$runs/quixer/seed_$s" --resume
+train() {  # train MODEL...: every seed of each, one after the other
+  local model s script
+  for model in "$@"; do
+    script="train_classical_baselines.py --model $model"
+    [ "$model" = quixer ] && script="train_quixer_hybrid.py"
+    for s in $seed_list; do
+      step "stage 4: $model, seed $s (at most $epochs epochs)"
+      # shellcheck disable=SC2086
+      "$py" "$here"/$script --data_dir "$tok" --epochs "$epochs" --device "$device" --seed "$s" \
+        --eval_targets "$eval_targets" --output_dir "$runs/$model/seed_$s" --resume
+    done
   done
 }
-qpid=""
+references() {
+  local ref
+  for ref in uniform unigram ngram; do
+    step "reference: $ref"
+    "$py" "$here/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --eval_targets "$eval_targets" \
+      --output_dir "$runs/$ref"
+  done
+}
+# Two lanes of about equal work: Quixer, its ablation and the LSTM; the references and the Transformer.
+lane1=(quixer quixer_ablation lstm)
+lane2=(transformer)
 if [ "$jobs" -eq 2 ]; then
   # one core each: two processes with all threads each would fight over the cores
   threads=$(( cores / 2 > 0 ? cores / 2 : 1 ))
   export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
-  step "stage 4a: Quixer ($seeds seed(s), at most $epochs epochs) in the background, log in $out/quixer_train.log"
-  train_quixer > "$out/quixer_train.log" 2>&1 &
-  qpid=$!
-  trap '[ -n "$qpid" ] && kill "$qpid" 2>/dev/null' EXIT
-fi
-for ref in uniform unigram ngram; do
-  step "reference baseline: $ref"
-  "$py" "$here/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --eval_targets "$eval_targets" \
-    --output_dir "$runs/$ref"
-done
-for model in quixer_ablation lstm transformer; do
-  for s in $seed_list; do
-    step "stage 4b: $model, seed $s (at most $epochs epochs)"
-    "$py" "$here/train_classical_baselines.py" --model "$model" --data_dir "$tok" --epochs "$epochs" \
-      --device "$device" --seed "$s" --eval_targets "$eval_targets" --output_dir "$runs/$model/seed_$s" --resume
-  done
-done
-if [ -n "$qpid" ]; then
-  step "waiting for Quixer"
-  if ! wait "$qpid"; then
-    qpid=""
-    tail -n 5 "$out/quixer_train.log" >&2
-    echo "error: Quixer training failed; see $out/quixer_train.log" >&2
+  log="$out/train_lane1.log"
+  step "stage 4: ${lane1[*]} ($seeds seed(s) each) in the background, log in $log"
+  train "${lane1[@]}" > "$log" 2>&1 &
+  bgpid=$!
+  trap '[ -n "${bgpid:-}" ] && kill "$bgpid" 2>/dev/null' EXIT
+  references
+  train "${lane2[@]}"
+  step "waiting for ${lane1[*]}"
+  if ! wait "$bgpid"; then
+    bgpid=""
+    tail -n 5 "$log" >&2
+    echo "error: training failed; see $log" >&2
     exit 1
   fi
-  qpid=""
-  grep -E "epoch [0-9]+/|test:|already finished" "$out/quixer_train.log" >&2 || true
+  bgpid=""
+  grep -E "==>|epoch [0-9]+/|test:|already finished" "$log" >&2 || true
 else
-  step "stage 4a: Quixer ($seeds seed(s), at most $epochs epochs)"
-  train_quixer
+  references
+  train "${lane1[@]}" "${lane2[@]}"
 fi
 step "report"
 "$py" "$here/report_results.py" "$runs" --output_dir "$out"

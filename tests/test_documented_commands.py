@@ -138,7 +138,7 @@ EXTRA = {
     "torchrun --nproc_per_node 4 train_quixer_hybrid.py --output_dir runs/quixer_ddp": CAP,
     # the hardware estimate of the Quixer run above: fewer windows; compiling only where the example asks
     "python estimate_quixer_hardware.py --run_dir runs/quixer": "--max_windows 300 --gate_sets",
-    "python estimate_quixer_hardware.py --run_dir runs/quixer --shots 100 1000 10000 100000 --max_windows 0":
+    "python estimate_quixer_hardware.py --run_dir runs/quixer --shots 100 1000 10000 100000 --max_windows 0 --force":
         "--max_windows 300 --gate_sets",
     "python estimate_quixer_hardware.py --run_dir runs/quixer --gate_sets ibm --output_dir hw_quixer": "--max_windows 300",
     "python train_classical_baselines.py --model lstm": CAP,
