@@ -34,7 +34,7 @@ while [ "$#" -gt 0 ]; do
     --eval_targets) eval_targets="${2:?--eval_targets needs a number}"; shift 2 ;;
     --device) device="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
     --jobs) jobs="${2:?--jobs needs 1 or 2}"; shift 2 ;;
-    -h|--help) usage; exit 0 ;;
+    -h|--help) help=1; shift ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +43,7 @@ case "$seeds" in ''|*[!0-9]*|0) echo "error: --seeds must be a positive integer"
 case "$eval_targets" in ''|*[!0-9]*) echo "error: --eval_targets must be a number (0 = all)" >&2; exit 2 ;; esac
 case "$jobs" in 1|2) ;; *) echo "error: --jobs must be 1 or 2" >&2; exit 2 ;; esac
 [ -f "$fasta" ] || { echo "error: $fasta: file not found" >&2; exit 2; }
+if [ -n "${help:-}" ]; then usage; exit 0; fi  # after the checks: a shown command line is validated
 
 step() { echo "==> $*" >&2; }
 mkdir -p "$out/runs"
