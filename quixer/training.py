@@ -21,10 +21,11 @@ score every position with a full context, or a fixed sample of ``--eval_targets`
 
 Optimisation follows the official Quixer code where it is not a protocol choice: Adam (eps
 1e-10, weight decay 1e-4 by default), gradient clipping at norm 5, cross-entropy on each
-window's target. The learning rate halves after every epoch without a lower validation loss
-(``--lr_schedule plateau``, the default: it does not run to zero at an arbitrary epoch), and
-the run stops after ``--patience`` such epochs in a row, or at ``--epochs``; ``cosine`` is the
-official schedule over all steps of ``--epochs``.
+window's target. The learning rate halves after every epoch that does not lower the best
+validation loss by at least 0.01 % (``--lr_schedule plateau``, the default: it does not run
+to zero at an arbitrary epoch), and the run stops after ``--patience`` epochs in a row without
+a lower validation loss, or at ``--epochs``; ``cosine`` is the official schedule over all steps
+of ``--epochs``. The best checkpoint is the epoch with the lowest validation loss.
 
 Determinism: the windows of epoch ``e`` are a pure function of ``(seed, e)`` and the RNG
 states are checkpointed, so ``--resume`` after a kill reproduces the unbroken run bit for bit
@@ -122,7 +123,8 @@ def add_training_args(
     g.add_argument("--lr", type=float, default=lr,
                    help="initial learning rate (default: %s)" % (lr if lr is not None else "the model's own default"))
     g.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="plateau",
-                   help="plateau: halve the learning rate after each epoch without a lower validation loss; "
+                   help="plateau: halve the learning rate after each epoch that lowers the best validation loss "
+                        "by less than 0.01 %%; "
                         "cosine: the official schedule, to zero over all steps of --epochs (default: %(default)s)")
     g.add_argument("--weight_decay", type=float, default=1e-4, help="Adam weight decay (default: %(default)s)")
     g.add_argument("--max_grad_norm", type=float, default=5.0,
@@ -483,7 +485,7 @@ def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, bu
     if args.lr_schedule == "cosine":
         lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps)
     else:
-        lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
+        lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0, threshold=1e-4)
     step_model = model
     if dist.enabled:
         step_model = nn.parallel.DistributedDataParallel(
