@@ -10,9 +10,9 @@ whole circuit (optimisation across block boundaries is left out: a few gates at 
 Passes: ``DecomposeBoxes``, then "before" is only ``AutoRebase`` to the gate set; "after" is
 ``FullPeepholeOptimise`` (every block but SELECT), ``AutoRebase``, the gate set's single-qubit
 squash and ``RemoveRedundancies``. SELECT (about a third of the circuit each, ~9k CX at the
-paper's size) gets ``SynthesiseTket`` instead of ``FullPeepholeOptimise``: the latter did not
-finish a SELECT in 15 minutes, and on one and on eight of its multiplexed rotations it removed
-no two-qubit gate (a multiplexed rotation with ``k`` controls decomposes into ``2^k`` CX, which
+paper's size) gets ``SynthesiseTket`` instead of ``FullPeepholeOptimise``: the latter does not
+scale to a whole SELECT, and on one and on eight of its multiplexed rotations it removed no
+two-qubit gate (a multiplexed rotation with ``k`` controls decomposes into ``2^k`` CX, which
 is already what it needs). No routing: all-to-all connectivity is assumed (trapped ions have
 it; on a fixed coupling map SWAPs come on top).
 """

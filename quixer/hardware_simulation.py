@@ -53,8 +53,8 @@ _NAMED = {  # pytket op -> qiskit QuantumCircuit method; pytket angles are half-
 def to_qiskit(segment, n_qubits: int, boxes: bool = False):
     """A measurement-free pytket circuit on qubits ``q[0..]`` as a qiskit circuit, gate by gate.
 
-    Named gates map to qiskit's own gates (tk_to_qiskit does the same but takes ~0.3 ms per gate,
-    too slow for the ~60k gates of the paper-size circuit). With ``boxes``, a multiplexed rotation
+    Named gates map to qiskit's own gates (tk_to_qiskit does the same, but too slowly for the
+    ~60k gates of the paper-size circuit). With ``boxes``, a multiplexed rotation
     becomes qiskit's ``UCGate`` (target first, then the controls least significant first: pytket's
     first control is the most significant bit) and a diagonal box a ``DiagonalGate`` (qubits
     reversed for the same reason); qiskit-aer runs both natively. Other ops become a

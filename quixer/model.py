@@ -74,10 +74,9 @@ _IGNORED_OFFICIAL_PREFIXES = ("torchquantum_device.", "q_device.")
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose CPU mask comes from the fused kernel library (:mod:`quixer.native`).
 
-    torch's CPU ``bernoulli_`` makes one generator call per element: about 6 ms for the
-    ``[32, 32, 512]`` embeddings of a training batch, an eighth of a training step. The kernel's
-    counter-based generator takes a fraction of a millisecond; its seed is drawn from torch's
-    generator, so seeding and resuming work as before. Same distribution, other values; without
+    torch's CPU ``bernoulli_`` makes one generator call per element, a noticeable share of a
+    training step for the ``[B, W, E]`` embeddings; the kernel's counter-based generator is
+    far cheaper. Its seed is drawn from torch's generator, so seeding and resuming work as before. Same distribution, other values; without
     the kernel, or off the CPU, this is ``nn.Dropout``.
     """
 
