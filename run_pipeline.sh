@@ -7,7 +7,7 @@
 # Everything goes under --out (default pipeline_out): one directory per stage with the names
 # the stage scripts use, runs/<model>/seed_<s>/ per trained model and seed (seeds 42, 43, ...),
 # runs/<reference>/ per reference, and results.json, results.md and the PNG plots at the top.
-# --epochs is the most epochs a run may take (early stopping usually ends it sooner);
+# --epochs is the most epochs a run may take (default 4; early stopping may end it sooner);
 # --eval_targets the scored val/test positions (default: the trainers' 100,000, 0 = all).
 # Rerunning reuses every stage and run whose input and parameters did not change.
 # --jobs 2 (default on 2+ cores) trains in two lanes, one core each: Quixer, its ablation and the
@@ -18,7 +18,7 @@ py="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python
 
 fasta="$here/data/sample_rna.fasta.gz"
 out="pipeline_out"
-epochs=6
+epochs=4
 seeds=1
 eval_targets=100000
 device="auto"

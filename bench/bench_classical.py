@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model, resolve_classical_args  # noqa: E402
-from quixer.common import UserError, resolve_device, run_cli, setup_logging  # noqa: E402
-from quixer.devices import time_training_step  # noqa: E402
+from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model, resolve_classical_args
+from quixer.common import UserError, resolve_device, run_cli, setup_logging
+from quixer.devices import time_training_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:

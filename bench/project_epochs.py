@@ -15,12 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from quixer.data import load_split  # noqa: E402
-from quixer.training import active_layers_at  # noqa: E402
+from quixer.data import load_split
+from quixer.training import active_layers_at
 
 
 def main(argv=None) -> int:

@@ -376,6 +376,7 @@ def hardware_summary_markdown(run_dir: str | os.PathLike, link_base: str | os.Pa
     line += f"; test top-1 {_pct(exact['top1'])} exact"
     if finite:
         line += (f", {' / '.join(_pct(r['top1']) for r in finite)} at {' / '.join(_int(r['shots']) for r in finite)} "
-                 f"shots per basis (on average {' / '.join(_int(r['executions_for_s_kept_mean']) for r in finite)} "
-                 "circuit executions per prediction for that many kept shots)")
+                 f"shots per basis ({' / '.join(_int(r['executions_per_prediction']) for r in finite)} circuit "
+                 f"executions per prediction, {' / '.join(_int(r['mean_kept_shots_per_basis']) for r in finite)} "
+                 "kept per basis after postselection)")
     return line + "."

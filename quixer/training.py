@@ -525,8 +525,9 @@ def _run_epoch(run: Run) -> None:
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower --lr "
                                f"(now {args.lr}) or --max_grad_norm")
-    val = evaluate(run.model, run.data, "val", run.targets["val"], run.eval_batch_size, run.dist,
-                   desc="validation").metrics()
+    val_scores = evaluate(run.model, run.data, "val", run.targets["val"], run.eval_batch_size, run.dist,
+                          desc="validation")
+    val = val_scores.metrics()
     if not math.isfinite(val["loss"]):
         raise TrainingDiverged(f"validation loss became {val['loss']} in epoch {epoch + 1}; lower --lr (now {args.lr})")
     epoch_s = time.perf_counter() - t_epoch
@@ -542,7 +543,7 @@ def _run_epoch(run: Run) -> None:
              epoch + 1, args.epochs, train_loss, val["loss"], val["perplexity"], val["top1"], val["top5"],
              f", postselection {val['postselection']:.3f}" if "postselection" in val else "", epoch_s,
              f"; stop: {state.stop_reason}" if state.stop_reason else "")
-    _checkpoint(run, record, improved, val)
+    _checkpoint(run, record, improved, val, val_scores)
     if run.epoch_callback is not None:
         run.epoch_callback(epoch + 1, dict(record))
 
@@ -578,12 +579,15 @@ def _update_stopping(run: Run, val_loss: float) -> bool:
     return improved
 
 
-def _checkpoint(run: Run, record: dict, improved: bool, val: dict) -> None:
+def _checkpoint(run: Run, record: dict, improved: bool, val: dict, val_scores: TargetScores) -> None:
+    """metrics.jsonl, last.pt, and on a new best epoch best.pt with its validation scores (written
+    first, so the scores file is never newer than a best.pt it does not belong to)."""
     ranks_rng = run.dist.gather_object(rng_state())
     if not run.dist.is_main:
         return
     _rewrite_metrics(run.out / "metrics.jsonl", run.state.epoch - 1, record)
     if improved:
+        val_scores.save(run.out / "val_scores.npz")
         atomic_torch_save(run.out / "best.pt", {
             "model": run.model.state_dict(), "epoch": run.state.epoch, "val": val,
             "active_layers": record.get("active_layers"), "config": run.config,
@@ -631,6 +635,17 @@ def _train_steps(run: Run, frozen: "FrozenEntries | None", desc: str) -> tuple[f
     return float(sums[0]) / max(n, 1), n, seconds
 
 
+def _best_val_scores(run: Run, best: dict) -> TargetScores:
+    """The best epoch's validation scores as saved beside best.pt; scored again only when that file
+    is missing or belongs to other targets or another checkpoint."""
+    path = run.out / "val_scores.npz"
+    if path.is_file():
+        saved = TargetScores.load(path)
+        if saved.key == run.targets["val"].key and saved.metrics()["loss"] == best.get("val", {}).get("loss"):
+            return saved
+    return evaluate(run.model, run.data, "val", run.targets["val"], run.eval_batch_size, run.dist, desc="best: val")
+
+
 def _finish(run: Run) -> dict:
     """Score the best checkpoint on val and test; write the score files and results.json."""
     dist, out = run.dist, run.out
@@ -639,12 +654,11 @@ def _finish(run: Run) -> dict:
     run.model.load_state_dict(best["model"])
     if run.n_layers and best.get("active_layers") is not None:
         run.model.set_active_layers(best["active_layers"])
-    scores = {}
-    for split in ("val", "test"):
-        t0 = time.perf_counter()
-        scores[split] = evaluate(run.model, run.data, split, run.targets[split], run.eval_batch_size, dist,
-                                 desc=f"best: {split}")
-        eval_seconds = time.perf_counter() - t0
+    scores = {"val": _best_val_scores(run, best)}
+    t0 = time.perf_counter()
+    scores["test"] = evaluate(run.model, run.data, "test", run.targets["test"], run.eval_batch_size, dist,
+                              desc="best: test")
+    eval_seconds = time.perf_counter() - t0
     test, val = scores["test"].metrics(), scores["val"].metrics()
     state = run.state
     results: dict[str, Any] = {

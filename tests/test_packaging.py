@@ -138,3 +138,13 @@ def test_benchmark_imports_the_installed_package_from_anywhere(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["impl"] == "fast" and result["naive"]["impl"] == "naive"
+
+
+def test_tests_and_benchmarks_import_the_package_without_path_edits():
+    """The installed package is what tests and benchmarks import: no ``sys.path`` edits in them, and no
+    subprocess of theirs gets the checkout put on its path (``PYTHONPATH=...REPO``)."""
+    files = sorted((REPO / "tests").glob("*.py")) + sorted((REPO / "bench").glob("*.py"))
+    edits = [f"{f.relative_to(REPO)}:{i}" for f in files
+             for i, line in enumerate(f.read_text().splitlines(), 1)
+             if re.search(r"sys\.path\.(insert|append|extend)|sys\.path\s*[+]?=|PYTHONPATH=str\(REPO", line)]
+    assert files and edits == []

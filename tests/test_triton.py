@@ -24,7 +24,7 @@ INTERPRETER_ON = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def test_interpreted_kernels_match_the_torch_simulation():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(REPO / "tests" / "interpreted_triton_cases.py")],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
