@@ -17,9 +17,12 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported lazily: the stage-1 scripts never need it
+    import torch
 
 log = logging.getLogger("quixer")
 
@@ -147,7 +150,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def resolve_device(name: str = "auto") -> "torch.device":  # noqa: F821 (torch imported lazily)
+def resolve_device(name: str = "auto") -> "torch.device":
     """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is a clear error."""
     import torch
 
