@@ -643,7 +643,10 @@ def _best_val_scores(run: Run, best: dict) -> TargetScores:
         saved = TargetScores.load(path)
         if saved.key == run.targets["val"].key and saved.metrics()["loss"] == best.get("val", {}).get("loss"):
             return saved
-    return evaluate(run.model, run.data, "val", run.targets["val"], run.eval_batch_size, run.dist, desc="best: val")
+    scores = evaluate(run.model, run.data, "val", run.targets["val"], run.eval_batch_size, run.dist, desc="best: val")
+    if run.dist.is_main:
+        scores.save(path)
+    return scores
 
 
 def _finish(run: Run) -> dict:
@@ -682,8 +685,7 @@ def _finish(run: Run) -> dict:
         torch_version=torch.__version__,
     )
     if dist.is_main:
-        for split, s in scores.items():
-            s.save(out / f"{split}_scores.npz")
+        scores["test"].save(out / "test_scores.npz")
         atomic_write_json(out / "results.json", results)
         log.info("test: loss %.4f, perplexity %.2f, top1 %.3f, top5 %.3f (%s after %d epochs) -> %s",
                  results["test_loss"], results["test_perplexity"], results["test_top1"], results["test_top5"],
