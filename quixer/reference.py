@@ -58,7 +58,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -340,16 +340,20 @@ class KneserNeyModel:
             ids.append(np.where(found, pos, -1))
         return ids
 
-    def iter_orders(self, contexts: np.ndarray, max_order: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(n, P_n)`` for n = 1..max_order, sharing the lower-order recursion.
+    def iter_orders(self, contexts: np.ndarray, max_order: int | None = None,
+                    orders: Collection[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(n, P_n)`` for n = 1..max_order (only the n in ``orders`` when given), sharing the
+        lower-order recursion.
 
-        ``P_n`` is [B, V]: raw counts at level n-1 on top of continuation-count levels below.
+        ``P_n`` is [B, V]: raw counts at level n-1 on top of continuation-count levels below; the
+        continuation levels are needed for every higher order, the raw level only for its own.
         """
         top = self.max_order if max_order is None else max_order
         ids = self.context_ids(contexts)
         lower = np.full((len(ids[0]), self.vocab_size), 1.0 / self.vocab_size)
         for L in range(top):
-            yield L + 1, self.raw[L].apply(lower, ids[L])
+            if orders is None or L + 1 in orders:
+                yield L + 1, self.raw[L].apply(lower, ids[L])
             if L + 1 < top:
                 self.cont[L].apply(lower, ids[L], out=lower)
 
@@ -357,10 +361,7 @@ class KneserNeyModel:
         """Full next-token distribution [B, V] of the order-``order`` model."""
         if not 1 <= order <= self.max_order:
             raise ValueError(f"order must be in 1..{self.max_order}, got {order}")
-        for n, proba in self.iter_orders(contexts, order):
-            if n == order:
-                return proba
-        raise AssertionError("unreachable")
+        return next(proba for _, proba in self.iter_orders(contexts, order, orders=(order,)))
 
     def parameters(self, order: int) -> int:
         """Stored entries of the order-``order`` model (see the module docstring)."""
@@ -372,14 +373,15 @@ class KneserNeyModel:
         return [list(t.discounts) for t in tables]
 
     def scores_by_order(self, contexts: np.ndarray, targets: np.ndarray,
-                        max_order: int | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per order n = 1..max_order: per-target (nll, expected top-1, expected top-5)."""
-        top = self.max_order if max_order is None else max_order
-        parts: list[list[tuple]] = [[] for _ in range(top)]
+                        orders: Sequence[int] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per order n in ``orders`` (default 1..max_order): per-target (nll, expected top-1,
+        expected top-5); only the orders asked for are computed and scored."""
+        wanted = set(range(1, self.max_order + 1) if orders is None else orders)
+        parts: dict[int, list[tuple]] = {n: [] for n in sorted(wanted)}
         for sl in _batches(len(targets), self.vocab_size):
-            for n, proba in self.iter_orders(contexts[sl], top):
-                parts[n - 1].append(_proba_scores(proba, targets[sl]))
-        return [tuple(np.concatenate([p[i] for p in part]) for i in range(3)) for part in parts]
+            for n, proba in self.iter_orders(contexts[sl], max(wanted), wanted):
+                parts[n].append(_proba_scores(proba, targets[sl]))
+        return {n: tuple(np.concatenate([p[i] for p in part]) for i in range(3)) for n, part in parts.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,7 +441,7 @@ def _fit_ngram(data: TokenData, val: _Split, max_order: int, tolerance: float) -
     t0 = time.perf_counter()
     model = KneserNeyModel(data.vocab_size, max_order).fit_streams(data.streams("train"))
     log.info("ngram: orders 1-%d fitted in %.2f s", max_order, time.perf_counter() - t0)
-    by_order = [val.scores(*arrays) for arrays in model.scores_by_order(val.contexts, val.targets)]
+    by_order = [val.scores(*arrays) for arrays in model.scores_by_order(val.contexts, val.targets).values()]
     losses = [s.metrics()["loss"] for s in by_order]
     for n, s in enumerate(by_order, start=1):
         log.info("ngram order=%d: val loss %.4f top1 %.4f", n, losses[n - 1], s.metrics()["top1"])
@@ -448,7 +450,7 @@ def _fit_ngram(data: TokenData, val: _Split, max_order: int, tolerance: float) -
         log.warning("ngram: the chosen order %d is the largest tried; a larger --max_order may do better", order)
 
     def predict(split: _Split):
-        return model.scores_by_order(split.contexts, split.targets, order)[order - 1]
+        return model.scores_by_order(split.contexts, split.targets, [order])[order]
 
     return _Fitted(by_order[order - 1], predict, {"table": model.parameters(order)},
                    {"order": order, "discounts": model.discounts(order), "val_loss_by_order": losses})
