@@ -114,7 +114,7 @@ def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Te
     from .data import load_token_data
     from .streams import DEFAULT_EVAL_TARGETS, eval_targets
 
-    data = load_token_data(run.data_dir)
+    data = load_token_data(run.data_dir, splits=("test",))
     model = run.model
     if data.window_size - 1 != model.n_tokens:
         raise UserError(f"{run.data_dir}: windows of {data.window_size} tokens, but the model reads {model.n_tokens} + 1")

@@ -53,8 +53,7 @@ def prepare_classical_benchmarks(output_dir: str | os.PathLike, *, fasta: str | 
     with staged_output_dir(output_dir) as tmp:
         if fasta is not None:  # the very windows, splits and sources of stage 1, made on the side
             data_dir = tmp / "_stage1"
-            prepare_autoregressive_data(fasta, data_dir, cfg)
-        meta = load_metadata(data_dir)
+            meta = prepare_autoregressive_data(fasta, data_dir, cfg)
         ids = {s: split_kmer_ids(data_dir, s).astype(np.int64) for s in SPLITS}
         for split in SPLITS:
             seq = torch.from_numpy(ids[split])

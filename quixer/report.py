@@ -212,8 +212,8 @@ def sort_key(row: dict[str, Any]) -> tuple:
 
 
 def collect_rows(runs_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Entry]]:
-    entries = sorted(find_entries(runs_dir), key=lambda e: sort_key(_base_row(e)))
-    rows = [_base_row(e) for e in entries]
+    pairs = sorted(((_base_row(e), e) for e in find_entries(runs_dir)), key=lambda pair: sort_key(pair[0]))
+    rows, entries = [row for row, _ in pairs], [entry for _, entry in pairs]
     _add_intervals(rows, entries)
     return rows, entries
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import UserError
+from .windows import stage1_split_file
 
 
 @dataclass
@@ -46,7 +47,7 @@ class WindowSources:
         accessions: list[str] = []
         index: dict[str, int] = {}
         rows, offsets = [], []
-        with open(_need(split_dir / "sources.txt"), encoding="ascii") as fh:
+        with open(stage1_split_file(data_dir, split, "sources.txt"), encoding="ascii") as fh:
             for line in fh:
                 acc, offset = line.split()
                 rows.append(index.setdefault(acc, len(index)))
@@ -90,9 +91,3 @@ class WindowSources:
         if bad:
             raise UserError(f"{path}: 'sources' does not match its {n} windows of width {width}")
         return sources
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        raise UserError(f"{path}: missing (run prepare_autoregressive_data.py first)")
-    return path

@@ -253,11 +253,12 @@ def _group_transcripts(scan: _Scan, cfg: WindowConfig, grouper: SharedSequenceGr
     grouping = grouper.groups([tag for _, tag, _ in scan.kept], [n for _, _, n in scan.kept])
     stats = {"method": "homology", "joined_by_gene_tag": grouping.joined_by_tag,
              "sharing_pairs": grouping.joined_by_sequence, "refused_joins": grouping.refused,
-             **asdict(cfg.homology)}
+             **grouping.statistics, **asdict(cfg.homology)}
     if grouping.refused:
-        log.warning("%d joins of transcripts sharing sequence were refused because the group would hold "
-                    "more than %.1f %% of the windows (--max_group_share); their shared sequence may leak",
-                    grouping.refused, 100 * cfg.homology.max_group_share)
+        log.warning("%d joins of transcripts sharing sequence were refused (%d of them joins by gene tag) because "
+                    "the group would hold more than %.1f %% of the windows (--max_group_share); their shared "
+                    "sequence may leak", grouping.refused, grouping.statistics["refused_tag_joins"],
+                    100 * cfg.homology.max_group_share)
     return {a: accessions[int(root)] for a, root in zip(accessions, grouping.labels)}, stats
 
 
@@ -343,7 +344,7 @@ def prepare_autoregressive_data(fasta: str | os.PathLike, output_dir: str | os.P
             "split": plan.statistics | {"shares": _shares(counts)},
             "leakage": _leakage(counts, plan.train_index.length),
             "groups": (
-                {s: sorted({g for a, g in plan.group_of.items() if plan.split_of(a) == s}) for s in SPLITS}
+                {s: sorted(g for g, gs in plan.split_of_group.items() if gs == s) for s in SPLITS}
                 if plan.split_of_group is not None else None
             ),
             "transcript_groups": plan.group_of,
@@ -352,7 +353,7 @@ def prepare_autoregressive_data(fasta: str | os.PathLike, output_dir: str | os.P
     return metadata
 
 
-#: Text files per split; val and test also get novel.txt (see :func:`read_window_sources`).
+#: Text files per split; val and test also get novel.txt (see :meth:`quixer.window_sources.WindowSources.from_stage1`).
 _SPLIT_FILES = ("sentences", "labels", "sources")
 _HELD_OUT_FILES = _SPLIT_FILES + ("novel",)
 
@@ -446,8 +447,9 @@ def load_metadata(data_dir: str | os.PathLike) -> dict:
     return read_json(path)
 
 
-def _sentences_path(data_dir: str | os.PathLike, split: str) -> Path:
-    path = Path(data_dir) / split / "sentences.txt"
+def stage1_split_file(data_dir: str | os.PathLike, split: str, name: str) -> Path:
+    """``data_dir/split/name`` of a stage-1 directory, or one clear error when it is missing."""
+    path = Path(data_dir) / split / name
     if not path.exists():
         raise UserError(f"{path}: missing (run prepare_autoregressive_data.py first)")
     return path
@@ -455,7 +457,7 @@ def _sentences_path(data_dir: str | os.PathLike, split: str) -> Path:
 
 def iter_split_windows(data_dir: str | os.PathLike, split: str) -> Iterator[list[str]]:
     """Stream the windows of one split as lists of k-mers."""
-    with open(_sentences_path(data_dir, split), encoding="ascii") as fh:
+    with open(stage1_split_file(data_dir, split, "sentences.txt"), encoding="ascii") as fh:
         for line in fh:
             yield line.split()
 
