@@ -33,7 +33,7 @@ import torch
 from quixer import native
 from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging
 from quixer.cuda_graphs import capture_step
-from quixer.devices import fastest_device
+from quixer.devices import fastest_device, synchronize, training_step
 from quixer.model import Quixer
 from quixer.naive import NaiveQuixer
 from quixer.simulators import TritonSimulator
@@ -168,18 +168,6 @@ def simulations(args: argparse.Namespace, device: torch.device) -> dict[str, tup
     return {"fast": (kernel, fast), "naive": (kernel, None), "torch": (False, "torch")}
 
 
-def train_step_fn(runner, optimizer):
-    def step(x, y):
-        logits, _ = runner(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
-
-
 def time_alternately(impls: list[str], calls: dict, use, batches, warmup: int, peak: PeakMemory,
                      device: torch.device) -> dict:
     """Per implementation: seconds of each call on each batch after ``warmup`` batches, alternating
@@ -193,18 +181,13 @@ def time_alternately(impls: list[str], calls: dict, use, batches, warmup: int, p
                 calls[name](*batch)
                 results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
                 continue
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             calls[name](*batch)
-            _synchronize(device)
+            synchronize(device)
             if i >= warmup:
                 results[name]["times"].append(time.perf_counter() - start)
     return results
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
@@ -230,7 +213,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         x = torch.randint(0, args.vocab, (args.batch_size, args.window + 1), generator=gen).to(device)
         return x[:, :-1], x[:, -1]
 
-    steps = {name: train_step_fn(runners[name], optimizer) for name in impls}
+    steps = {name: training_step(runners[name], optimizer) for name in impls}
     if args.cuda_graph:
         use("fast")
         steps["fast"] = capture_step(steps["fast"], *batch())
@@ -242,14 +225,13 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         evaluate = {name: (lambda x, y, r=runners[name]: r(x)) for name in impls}
         evaluation = time_alternately(impls, evaluate, use, [batch() for _ in range(args.steps + 2)], 0, peak, device)
-    return report(args, model, device, device_choice, impls, settings, train, evaluation)
+    return report(args, model, device, device_choice, impls, use, train, evaluation)
 
 
-def report(args, model, device, device_choice, impls, settings, train, evaluation) -> dict:
+def report(args, model, device, device_choice, impls, use, train, evaluation) -> dict:
     def summary(name: str) -> dict:
         step, evaluate = statistics.median(train[name]["times"]), statistics.median(evaluation[name]["times"][1:])
-        native.set_enabled(settings[name][0])
-        model.use_simulator(settings[name][1])
+        use(name)
         return {"impl": name,
                 "simulator": "naive" if name == "naive" else model.simulator().name,
                 "seconds_per_step": round(step, 6),

@@ -17,9 +17,24 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so wall-clock timings are true."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``step(x, y)``: forward, cross-entropy, backward, optimiser step; returns the detached loss.
+    Models returning ``(logits, extra)`` (Quixer) and plain logits alike."""
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
 
 
 def time_training_step(model: nn.Module, n_tokens: int, vocab_size: int, batch_size: int, device: torch.device,
@@ -28,19 +43,15 @@ def time_training_step(model: nn.Module, n_tokens: int, vocab_size: int, batch_s
     ``model`` (already on ``device``) on random tokens; ``warmup`` untimed steps first (kernel
     builds and compilation). The model's parameters change: pass a throwaway copy."""
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step = training_step(model, torch.optim.Adam(model.parameters(), lr=1e-4))
     x = torch.randint(0, vocab_size, (batch_size, n_tokens), device=device)
     y = torch.randint(0, vocab_size, (batch_size,), device=device)
     seconds = []
     for i in range(warmup + steps):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
-        out = model(x)
-        loss = F.cross_entropy((out[0] if isinstance(out, tuple) else out).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _synchronize(device)
+        step(x, y)
+        synchronize(device)
         if i >= warmup:
             seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)

@@ -13,12 +13,11 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tests.helpers import adam_steps
 
 from quixer.cuda_graphs import capture_step
-from quixer.devices import fastest_device
+from quixer.devices import fastest_device, training_step
 from quixer.model import Quixer
 from quixer.simulators import select
 
@@ -122,24 +121,13 @@ def test_training_steps_on_the_gpu_lower_the_loss(simulator):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def _train_step(model, optimizer):
-    def step(x, y):
-        loss = F.cross_entropy(model(x)[0], y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
-
-
 def test_a_captured_training_step_equals_eager_steps():
     _, graphed = pair()
     eager = copy.deepcopy(graphed)
     batches = [(tokens(16, 7, 13, seed=s).cuda(), tokens(16, 1, 13, seed=s + 50)[:, 0].cuda()) for s in range(5)]
-    run = capture_step(_train_step(graphed, torch.optim.Adam(graphed.parameters(), lr=0.01, capturable=True)),
+    run = capture_step(training_step(graphed, torch.optim.Adam(graphed.parameters(), lr=0.01, capturable=True)),
                        *batches[0], warmup=2)
-    step = _train_step(eager, torch.optim.Adam(eager.parameters(), lr=0.01, capturable=True))
+    step = training_step(eager, torch.optim.Adam(eager.parameters(), lr=0.01, capturable=True))
     for _ in range(2):  # the capture's warm-up steps
         step(*batches[0])
     for x, y in batches[1:]:
