@@ -40,6 +40,6 @@ if [ -n "$tokens" ]; then
   rm -rf "$out/chrx_run"
   "$py" train_quixer_hybrid.py --data_dir "$tokens" --output_dir "$out/chrx_run" --device cuda --epochs 4 \
     --max_train_batches 300 --batch_size 32 --init_strategy small_gaussian --use_layerwise_training 2>&1 | tail -n 8
-  "$py" bench/project_epochs.py "$out/chrx_run" "$tokens" --epochs 50 | tee "$out/chrx_projection.json"
+  "$py" bench/project_epochs.py "$out/chrx_run" --epochs 50 | tee "$out/chrx_projection.json"
   rm -f "$out"/chrx_run/*.pt  # checkpoints: not for docs/
 fi

@@ -6,7 +6,7 @@ A full epoch with k layers is projected as (train windows / the measured trainin
 (the measured rest of the epoch: validation, checkpoints); the long run's time is the sum over its
 layerwise schedule (:func:`quixer.training.active_layers_at`). Prints one JSON line.
 
-    python bench/project_epochs.py RUN_DIR TOKENS_DIR --epochs 50
+    python bench/project_epochs.py RUN_DIR --epochs 50
 """
 from __future__ import annotations
 
@@ -15,19 +15,17 @@ import json
 import sys
 from pathlib import Path
 
-from quixer.data import load_split
 from quixer.training import active_layers_at
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="the short run's output directory")
-    p.add_argument("tokens_dir", type=Path, help="its token directory (to count the train windows)")
     p.add_argument("--epochs", type=int, default=50, help="epochs of the long run")
     args = p.parse_args(argv)
     config = json.loads((args.run_dir / "config.json").read_text())
     records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    n_train = load_split(args.tokens_dir, "train")[0].shape[0]
+    n_train = json.loads((args.run_dir / "results.json").read_text())["windows"]["train"]
     capped = config["max_train_batches"] * config["batch_size"]
     per_layers = {}
     for r in records:
