@@ -19,18 +19,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench_stages import DEFAULT_FASTA, REPO, run_stage_wait4  # bench/ is the script's own directory
 from quixer.fasta import iter_fasta
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARK_FASTA = REPO.parent / "shared" / "data" / "grch38_chrX_refseq_rna.fasta.gz"
 _CODE = np.full(256, 255, dtype=np.uint8)
 for _i, _b in enumerate(b"ACGT"):
     _CODE[_b], _CODE[_b + 32] = _i, _i
@@ -51,7 +47,7 @@ def make_input(path: Path, copies: int, rate: float, seed: int) -> tuple[int, in
     rng = np.random.default_rng(seed)
     records, bases = 0, 0
     with gzip.open(path, "wt", compresslevel=1) as out:
-        for rec in iter_fasta(BENCHMARK_FASTA):
+        for rec in iter_fasta(DEFAULT_FASTA):
             for c in range(copies + 1):
                 seq = rec.sequence if c == 0 else mutate(rec.sequence, rate, rng)
                 out.write(f">{rec.accession}{'' if c == 0 else f'_copy{c}'}\n{seq}\n")
@@ -69,18 +65,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "design_scale.fa.gz"
         records, bases = make_input(fasta, args.copies, args.divergence, args.seed)
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(REPO / "prepare_autoregressive_data.py"), "--fasta", str(fasta),
-                               "--output_dir", str(Path(tmp) / "out")], capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode:
-            print(proc.stderr, file=sys.stderr)
-            return 1
+        stage = run_stage_wait4("prepare_autoregressive_data", [
+            str(REPO / "prepare_autoregressive_data.py"), "--fasta", str(fasta), "--output_dir", str(Path(tmp) / "out")])
         meta = json.loads((Path(tmp) / "out" / "metadata.json").read_text())
-    summary = proc.stderr.strip().splitlines()[-1]
     print(json.dumps({
         "records": records, "bases": bases, "copies": args.copies, "divergence": args.divergence,
-        "wall_seconds": round(wall, 1), "peak_memory_mib": float(summary.split("peak memory ")[1].split()[0]),
+        "wall_seconds": stage["seconds"], "peak_memory_mib": stage["peak_rss_mb"],
         "windows": sum(c["windows"] for c in meta["counts"].values()),
         "groups": meta["split"]["groups"], "largest_group_share": round(meta["split"]["largest_group_share"], 4),
         "refused_joins": meta["split"]["refused_joins"],
