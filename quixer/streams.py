@@ -54,10 +54,10 @@ class TokenStreams:
         trans, offs = sources.transcript[order], sources.offsets[order]
         step = np.diff(offs, prepend=offs[0] - width - 1)
         cont = (np.diff(trans, prepend=-1) == 0) & (step >= 1) & (step <= width)
-        for i in np.flatnonzero(cont):  # the overlap must agree, else start a new segment
-            d = int(step[i])
-            if not np.array_equal(seq[order[i], : width - d], seq[order[i - 1], d:]):
-                cont[i] = False
+        for d in np.unique(step[cont & (step < width)]).tolist():  # overlapping windows, by step size:
+            idx = np.flatnonzero(cont & (step == d))  # the overlap must agree, else start a new segment
+            agree = (seq[order[idx], : width - d] == seq[order[idx - 1], d:]).all(axis=1)
+            cont[idx[~agree]] = False
         take = np.where(cont, np.minimum(step, width), width)  # new tokens each window adds
         cols = np.arange(width)[None, :] >= (width - take)[:, None]
         tokens = seq[order][cols]
