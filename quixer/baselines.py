@@ -166,8 +166,9 @@ class QuixerAblation(nn.Module):
     per position, as the LCU has) -> Linear(4 n L -> 3 n) -> tanh (3 n features in [-1, 1],
     like expectation values) -> the same head (Linear(3 n -> E), ReLU, Linear(E -> V)). The
     pooling is linear in the tokens: no products between positions, which is what the
-    polynomial of the LCU contributes. Initialised as Quixer's ``small_gaussian`` strategy
-    where the parts are shared (embedding N(0, 0.02^2), Xavier head, zero biases).
+    polynomial of the LCU contributes. Initialised as Quixer's ``small_gaussian`` strategy for
+    the embedding (N(0, 0.02^2)) and the head (Xavier, zero biases); its angle map is Xavier too,
+    where Quixer's ``small_gaussian`` draws N(0, 0.01^2).
     """
 
     PARAMETER_GROUPS = {"embedding": ("embedding.",), "angle_map": ("embedding_to_angles.",),

@@ -64,7 +64,7 @@ import numpy as np
 
 from .common import UserError, atomic_write_json, read_json, sha256_file
 from .data import TokenData, load_token_data
-from .scoring import TargetScores, expected_in_top, fixed_distribution_scores, prefixed
+from .scoring import TargetScores, fixed_distribution_scores, prefixed, proba_scores
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TokenStreams, eval_targets
 from .windows import SPLITS
 
@@ -88,18 +88,6 @@ def _batches(n: int, vocab_size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + step))
 
 
-def _proba_scores(proba: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-target (nll, expected top-1, expected top-5) of normalised distributions ``[B, V]``
-    (the rule of :func:`quixer.scoring.score_logits`, without its log-softmax)."""
-    p_t = proba[np.arange(len(targets)), targets][:, None]
-    above = np.count_nonzero(proba > p_t, axis=1).astype(np.float64)
-    tied = np.count_nonzero(proba == p_t, axis=1).astype(np.float64)
-    with np.errstate(divide="ignore"):
-        nll = -np.log(p_t[:, 0])
-    k5 = min(5, proba.shape[1])
-    return nll, expected_in_top(1, above, tied), expected_in_top(k5, above, tied)
-
-
 def unigram_proba(tokens: np.ndarray, vocab_size: int, alpha: float) -> np.ndarray:
     """Add-alpha smoothed token frequencies, shape [V]."""
     counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)
@@ -120,9 +108,6 @@ class _Split:
         scored = eval_targets(streams, data.window_size, max_targets)
         windows = streams.windows(scored.starts, data.window_size).numpy()
         return cls(np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, -1]), scored)
-
-    def scores(self, nll, top1, top5) -> TargetScores:
-        return TargetScores(nll, top1, top5, self.scored.novel, self.scored.groups, None, self.scored.key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,7 +365,7 @@ class KneserNeyModel:
         parts: dict[int, list[tuple]] = {n: [] for n in sorted(wanted)}
         for sl in _batches(len(targets), self.vocab_size):
             for n, proba in self.iter_orders(contexts[sl], max(wanted), wanted):
-                parts[n].append(_proba_scores(proba, targets[sl]))
+                parts[n].append(proba_scores(proba, targets[sl]))
         return {n: tuple(np.concatenate([p[i] for p in part]) for i in range(3)) for n, part in parts.items()}
 
 
@@ -420,13 +405,13 @@ def _fit_fixed(name: str, data: TokenData, val: _Split, alphas: tuple[float, ...
     V = data.vocab_size
     if name == "uniform":
         p = np.full(V, 1.0 / V)
-        return _Fitted(val.scores(*fixed_distribution_scores(p, val.targets)),
+        return _Fitted(val.scored.scores(*fixed_distribution_scores(p, val.targets)),
                        lambda split: fixed_distribution_scores(p, split.targets), {}, {})
     train = data.streams("train").tokens.numpy()
     best = None
     for alpha in alphas:
         p = unigram_proba(train, V, alpha)
-        scores = val.scores(*fixed_distribution_scores(p, val.targets))
+        scores = val.scored.scores(*fixed_distribution_scores(p, val.targets))
         log.info("unigram alpha=%g: val loss %.4f", alpha, scores.metrics()["loss"])
         if best is None or scores.metrics()["loss"] < best[1].metrics()["loss"] - 1e-12:
             best = (alpha, scores, p)
@@ -441,7 +426,7 @@ def _fit_ngram(data: TokenData, val: _Split, max_order: int, tolerance: float) -
     t0 = time.perf_counter()
     model = KneserNeyModel(data.vocab_size, max_order).fit_streams(data.streams("train"))
     log.info("ngram: orders 1-%d fitted in %.2f s", max_order, time.perf_counter() - t0)
-    by_order = [val.scores(*arrays) for arrays in model.scores_by_order(val.contexts, val.targets).values()]
+    by_order = [val.scored.scores(*arrays) for arrays in model.scores_by_order(val.contexts, val.targets).values()]
     losses = [s.metrics()["loss"] for s in by_order]
     for n, s in enumerate(by_order, start=1):
         log.info("ngram order=%d: val loss %.4f top1 %.4f", n, losses[n - 1], s.metrics()["top1"])
@@ -500,7 +485,7 @@ def run_reference(
               else _fit_fixed(name, data, val, unigram_alphas))
     train_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    test_scores = test.scores(*fitted.predict(test))
+    test_scores = test.scored.scores(*fitted.predict(test))
     eval_seconds = time.perf_counter() - t1
     results = {
         "model": name, "seed": None, "data_dir": str(data_dir),

@@ -52,6 +52,18 @@ def fixed_distribution_scores(p: np.ndarray, targets: np.ndarray) -> tuple[np.nd
     return nll, expected_in_top(1, above, tied), expected_in_top(min(5, len(p)), above, tied)
 
 
+def proba_scores(proba: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-target (nll, expected top-1, expected top-5) of normalised distributions ``[B, V]``
+    (the rule of :func:`score_logits`, without its log-softmax)."""
+    p_t = proba[np.arange(len(targets)), targets][:, None]
+    above = np.count_nonzero(proba > p_t, axis=1).astype(np.float64)
+    tied = np.count_nonzero(proba == p_t, axis=1).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        nll = -np.log(p_t[:, 0])
+    k5 = min(5, proba.shape[1])
+    return nll, expected_in_top(1, above, tied), expected_in_top(k5, above, tied)
+
+
 def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 

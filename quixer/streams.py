@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .scoring import TargetScores
 from .window_sources import WindowSources
 
 #: Scored targets per split when there are more positions (0 or None: all of them).
@@ -101,6 +102,11 @@ class EvalTargets:
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def scores(self, nll: np.ndarray, top1: np.ndarray, top5: np.ndarray,
+               postselection: np.ndarray | None = None) -> TargetScores:
+        """Per-target scores of these targets, carrying their novel flags, groups and key."""
+        return TargetScores(nll, top1, top5, self.novel, self.groups, postselection, self.key)
 
 
 def eval_targets(streams: TokenStreams, width: int, max_targets: int | None = DEFAULT_EVAL_TARGETS) -> EvalTargets:

@@ -235,8 +235,7 @@ def evaluate(model: nn.Module, data: TokenData, split: str, targets: EvalTargets
     mine = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     gathered = dist.gather_object(mine)  # contiguous shards: rank order is target order
     joined = {k: (np.concatenate([g[k] for g in gathered]) if gathered[0][k] is not None else None) for k in mine}
-    return TargetScores(joined["nll"], joined["top1"], joined["top5"], targets.novel, targets.groups,
-                        joined["post"], targets.key)
+    return targets.scores(joined["nll"], joined["top1"], joined["top5"], joined["post"])
 
 
 def _progress(iterable, dist: DistContext, desc: str, total: int | None = None):
