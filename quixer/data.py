@@ -167,24 +167,26 @@ def _shard(items: np.ndarray, rank: int, world_size: int, pad: bool) -> np.ndarr
     return np.array_split(items, world_size)[rank]
 
 
-def train_batches(streams: TokenStreams, starts: np.ndarray, width: int, batch_size: int, *, rank: int = 0,
-                  world_size: int = 1, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(input ``[B, width-1]``, target ``[B]``) batches of one epoch's window starts, this rank's share."""
-    mine = _shard(starts, rank, world_size, pad=True)
-    for i, lo in enumerate(range(0, len(mine), batch_size)):
+def _window_batches(streams: TokenStreams, starts: np.ndarray, width: int, batch_size: int,
+                    limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input ``[B, width-1]``, target ``[B]``) batches of the windows at ``starts``, at most ``limit``."""
+    for i, lo in enumerate(range(0, len(starts), batch_size)):
         if limit is not None and i >= limit:
             return
-        windows = streams.windows(mine[lo: lo + batch_size], width)
+        windows = streams.windows(starts[lo: lo + batch_size], width)
         yield windows[:, :-1], windows[:, -1]
+
+
+def train_batches(streams: TokenStreams, starts: np.ndarray, width: int, batch_size: int, *, rank: int = 0,
+                  world_size: int = 1, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of one epoch's window starts, this rank's share (padded: every rank steps as often)."""
+    return _window_batches(streams, _shard(starts, rank, world_size, pad=True), width, batch_size, limit)
 
 
 def eval_batches(streams: TokenStreams, targets: EvalTargets, width: int, batch_size: int, *, rank: int = 0,
                  world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches over this rank's contiguous share of the targets (each target exactly once)."""
-    mine = _shard(targets.starts, rank, world_size, pad=False)
-    for lo in range(0, len(mine), batch_size):
-        windows = streams.windows(mine[lo: lo + batch_size], width)
-        yield windows[:, :-1], windows[:, -1]
+    return _window_batches(streams, _shard(targets.starts, rank, world_size, pad=False), width, batch_size)
 
 
 def steps_per_epoch(epoch_size: int, batch_size: int, world_size: int = 1, limit: int | None = None) -> int:

@@ -225,7 +225,7 @@ def evaluate(model: nn.Module, data: TokenData, split: str, targets: EvalTargets
     parts: dict[str, list] = {"nll": [], "top1": [], "top5": [], "post": []}
     batches = eval_batches(data.streams(split), targets, data.window_size, batch_size, rank=dist.rank,
                            world_size=dist.world_size)
-    for x, y in _progress(batches, dist, desc, total=math.ceil(len(targets) / dist.world_size / batch_size)):
+    for x, y in _progress(batches, dist, desc, total=steps_per_epoch(len(targets), batch_size, dist.world_size)):
         x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
         logits, post = split_output(model(x))
         for key, value in zip(("nll", "top1", "top5"), score_logits(logits, y)):
