@@ -371,15 +371,21 @@ class TritonSimulator(_FusedKernels):
 SIMULATORS: dict[str, type[Simulator]] = {cls.name: cls for cls in (TorchSimulator, NativeSimulator, TritonSimulator)}
 
 
+def simulator_class(name: str) -> type[Simulator]:
+    """The simulator called ``name``, or a ValueError naming the choices."""
+    if name not in SIMULATORS:
+        raise ValueError(f"unknown simulator {name!r}; choose one of {', '.join(SIMULATORS)}")
+    return SIMULATORS[name]
+
+
 def select(device: torch.device, name: str | None = None) -> type[Simulator]:
     """The simulator for tensors on ``device``: ``name`` ("torch", "native", "triton") if given,
     else the fastest that runs there (Triton on CUDA, the native kernel on a CPU, else torch)."""
     if name is not None:
-        if name not in SIMULATORS:
-            raise ValueError(f"unknown simulator {name!r}; choose one of {', '.join(SIMULATORS)}")
-        if not SIMULATORS[name].runs_on(device):
+        cls = simulator_class(name)
+        if not cls.runs_on(device):
             raise RuntimeError(f"the {name} simulator cannot run on {device} here")
-        return SIMULATORS[name]
+        return cls
     if device.type == "cuda" and TritonSimulator.runs_on(device):
         return TritonSimulator
     if device.type == "cpu" and NativeSimulator.runs_on(device):
