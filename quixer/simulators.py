@@ -105,6 +105,11 @@ class Simulator(ABC):
         """Backward of :meth:`circuits` from its ``outputs`` and ``grad``: dL/d(input) (None unless
         ``input_grad``) and dL/dtheta per instance and gate ``[N, G]``."""
 
+    def _vocab_coefficients(self, model) -> GateCoefficients:
+        """Gate coefficients of every vocabulary token's circuit ``[V, G]``, cached for evaluation."""
+        return self.cache.get("vocab_coefficients", lambda: gate_coefficients(
+            model.token_plan(), model.token_angles(torch.arange(model.vocabulary_size, device=model.embedding.weight.device))))
+
     def lcu_power(self, plan: CircuitPlan, coefficients: GateCoefficients, psi: torch.Tensor, lcu: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """``sum_w b_w U_{b,w} psi_b`` for ``psi [R, B]``, circuits ``b * W + w`` and complex ``lcu [W]``;
@@ -291,8 +296,7 @@ class NativeSimulator(_FusedKernels):
         parts) and the polynomial divided by its L1 norm."""
         def build():
             plan, dim = model.token_plan(), 2**model.n_qubits
-            ids = torch.arange(model.vocabulary_size, device=model.embedding.weight.device)
-            vocab = gate_coefficients(plan, model.token_angles(ids))
+            vocab = self._vocab_coefficients(model)
             zero = torch.zeros(1, 2 * dim, model.vocabulary_size, dtype=vocab.cos.dtype)
             zero[:, 0] = 1
             first = self.circuits(plan, vocab, zero).view(2 * dim, -1).t().contiguous()
@@ -356,9 +360,7 @@ class TritonSimulator(_FusedKernels):
         return module is not None and (device.type == "cuda" or (device.type == "cpu" and module.INTERPRETED))
 
     def _eval_state(self, model, x):
-        plan = model.token_plan()
-        vocab = self.cache.get("vocab_coefficients", lambda: gate_coefficients(
-            plan, model.token_angles(torch.arange(model.vocabulary_size, device=x.device))))
+        plan, vocab = model.token_plan(), self._vocab_coefficients(model)
         ids = x.reshape(-1)
         coefficients = GateCoefficients(plan, vocab.cos[ids], vocab.sin[ids])
         lcu = model.lcu_weights()
