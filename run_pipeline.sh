@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
 # The main job: stages 1-4 and the report, on the embedded real-RNA sample by default.
 #
-#   bash run_pipeline.sh [--fasta FILE] [--out DIR] [--epochs N] [--seeds N] [--eval_targets N]
-#                        [--device auto|cpu|cuda] [--jobs 1|2]
+#   bash run_pipeline.sh [--fasta FILE] [--out DIR] [--protocol project|official] [--epochs N]
+#                        [--seeds N] [--models LIST] [--eval_targets N] [--device auto|cpu|cuda]
+#                        [--jobs 1|2]
 #
 # Everything goes under --out (default pipeline_out): one directory per stage with the names
 # the stage scripts use, runs/<model>/seed_<s>/ per trained model and seed (seeds 42, 43, ...),
 # runs/<reference>/ per reference, and results.json, results.md and the PNG plots at the top.
-# --epochs is the most epochs a run may take (default 4; early stopping may end it sooner);
+# --protocol names the trainers' defaults: project (plateau schedule, early stopping; the main
+# job's default, with at most --epochs 4) or official (the CQCL/Quixer protocol: 30 epochs of a
+# cosine schedule, no early stopping, epochs selected on 10,000 validation targets).
+# --epochs is the most epochs a run may take (default: 4, or the protocol's 30 with official).
+# --models the trained models, comma-separated (default quixer,quixer_ablation,
+# quixer_ablation_matched,lstm,transformer; fnet can be added); the references always run.
 # --eval_targets the scored val/test positions (default: the trainers' 100,000, 0 = all).
 # Rerunning reuses every stage and run whose input and parameters did not change.
-# --jobs 2 (default on 2+ cores) trains in two lanes, one core each: Quixer, its ablation and the
-# LSTM in the background (log: train_lane1.log), the references and the Transformer in front.
+# --jobs 2 (default on 2+ cores) trains in two lanes of about equal work, one core each: one in
+# the background (log: train_lane1.log), the references and the other models in front.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
 
 fasta="$here/data/sample_rna.fasta.gz"
 out="pipeline_out"
-epochs=4
+protocol="project"
+epochs=""
 seeds=1
+models="quixer,quixer_ablation,quixer_ablation_matched,lstm,transformer"
 eval_targets=100000
 device="auto"
 cores=$(nproc 2>/dev/null || echo 1)
@@ -29,7 +37,9 @@ while [ "$#" -gt 0 ]; do
   case "$1" in
     --fasta) fasta="${2:?--fasta needs a file}"; shift 2 ;;
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
+    --protocol) protocol="${2:?--protocol needs project or official}"; shift 2 ;;
     --epochs) epochs="${2:?--epochs needs a number}"; shift 2 ;;
+    --models) models="${2:?--models needs a comma-separated list}"; shift 2 ;;
     --seeds) seeds="${2:?--seeds needs a number}"; shift 2 ;;
     --eval_targets) eval_targets="${2:?--eval_targets needs a number}"; shift 2 ;;
     --device) device="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
@@ -38,7 +48,16 @@ while [ "$#" -gt 0 ]; do
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$epochs" in ''|*[!0-9]*|0) echo "error: --epochs must be a positive integer" >&2; exit 2 ;; esac
+case "$protocol" in project|official) ;; *) echo "error: --protocol must be project or official" >&2; exit 2 ;; esac
+[ -z "$epochs" ] && [ "$protocol" = project ] && epochs=4
+case "$epochs" in ''|*[!0-9]*|0) [ -z "$epochs" ] || { echo "error: --epochs must be a positive integer" >&2; exit 2; } ;; esac
+IFS=, read -r -a model_list <<< "$models"
+for m in "${model_list[@]}"; do
+  case "$m" in quixer|quixer_ablation|quixer_ablation_matched|lstm|transformer|fnet) ;;
+    *) echo "error: --models: unknown model '$m' (choose from quixer, quixer_ablation, quixer_ablation_matched, lstm, transformer, fnet)" >&2; exit 2 ;;
+  esac
+done
+[ "${#model_list[@]}" -gt 0 ] || { echo "error: --models needs at least one model" >&2; exit 2; }
 case "$seeds" in ''|*[!0-9]*|0) echo "error: --seeds must be a positive integer" >&2; exit 2 ;; esac
 case "$eval_targets" in ''|*[!0-9]*) echo "error: --eval_targets must be a number (0 = all)" >&2; exit 2 ;; esac
 case "$jobs" in 1|2) ;; *) echo "error: --jobs must be 1 or 2" >&2; exit 2 ;; esac
@@ -58,18 +77,22 @@ step "stage 2: lambeq k-mer embeddings"
 step "stage 3: k-means into 512 tokens"
 "$py" "$here/quantize_lambeq_embeddings.py" --input_dir "$emb" --output_dir "$tok"
 seed_list=$(seq 42 $((41 + seeds)))
+epoch_flag=(); [ -n "$epochs" ] && epoch_flag=(--epochs "$epochs")
 train() {  # train MODEL...: every seed of each, one after the other
   local model s script
   for model in "$@"; do
     script="train_classical_baselines.py --model $model"
     [ "$model" = quixer ] && script="train_quixer_hybrid.py"
     for s in $seed_list; do
-      step "stage 4: $model, seed $s (at most $epochs epochs)"
+      step "stage 4: $model, seed $s ($protocol protocol, at most ${epochs:-its} epochs)"
       # shellcheck disable=SC2086
-      "$py" "$here"/$script --data_dir "$tok" --epochs "$epochs" --device "$device" --seed "$s" \
-        --eval_targets "$eval_targets" --output_dir "$runs/$model/seed_$s" --resume
+      "$py" "$here"/$script --data_dir "$tok" --protocol "$protocol" "${epoch_flag[@]}" --device "$device" \
+        --seed "$s" --eval_targets "$eval_targets" --output_dir "$runs/$model/seed_$s" --resume
     done
   done
+}
+cost() {  # relative CPU time per epoch of a model (measured on chrX, one core): balances the lanes
+  case "$1" in transformer) echo 265 ;; quixer|lstm) echo 130 ;; *) echo 90 ;; esac
 }
 references() {
   local ref
@@ -79,16 +102,21 @@ references() {
       --output_dir "$runs/$ref"
   done
 }
-# Two lanes of about equal work: Quixer, its ablation and the LSTM; the references and the Transformer.
-lane1=(quixer quixer_ablation lstm)
-lane2=(transformer)
+# Two lanes of about equal work: each model, costliest first, joins the lane with less work so far
+# (the references run first in lane 2).
+lane1=(); lane2=(); work1=0; work2=30
+for m in $(for m in "${model_list[@]}"; do echo "$(cost "$m") $m"; done | sort -rn | cut -d' ' -f2); do
+  if [ "$jobs" -eq 2 ] && [ "$work1" -le "$work2" ]; then lane1+=("$m"); work1=$((work1 + $(cost "$m")))
+  else lane2+=("$m"); work2=$((work2 + $(cost "$m"))); fi
+done
 if [ "$jobs" -eq 2 ]; then
   # one core each: two processes with all threads each would fight over the cores
   threads=$(( cores / 2 > 0 ? cores / 2 : 1 ))
   export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
   log="$out/train_lane1.log"
-  step "stage 4: ${lane1[*]} ($seeds seed(s) each) in the background, log in $log"
-  train "${lane1[@]}" > "$log" 2>&1 &
+  step "stage 4: ${lane1[*]:-nothing} ($seeds seed(s) each) in the background, log in $log"
+  echo "==> $(date -u +%FT%TZ) run_pipeline.sh: lane 1" >> "$log"
+  train "${lane1[@]}" >> "$log" 2>&1 &
   bgpid=$!
   trap '[ -n "${bgpid:-}" ] && kill "$bgpid" 2>/dev/null' EXIT
   references
@@ -101,10 +129,12 @@ if [ "$jobs" -eq 2 ]; then
     exit 1
   fi
   bgpid=""
-  grep -E "==>|epoch [0-9]+/|test:|already finished" "$log" >&2 || true
+  # this invocation's part of the log (a rerun appends to it)
+  first=$(grep -n "run_pipeline.sh: lane 1" "$log" | tail -n 1 | cut -d: -f1)
+  tail -n "+${first:-1}" "$log" | grep -E "==> stage|epoch [0-9]+/|test:|already finished" >&2 || true
 else
   references
-  train "${lane1[@]}" "${lane2[@]}"
+  train "${lane2[@]}"
 fi
 step "report"
 "$py" "$here/report_results.py" "$runs" --output_dir "$out"

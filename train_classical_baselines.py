@@ -4,7 +4,9 @@
 Neural models (trained by the same loop as Quixer, same flags, metrics and run files):
   lstm, transformer, fnet   sizes from --preset (default, paper96, paper128) or the size flags.
   quixer_ablation           Quixer with its quantum block replaced by a classical pooling of the
-                            same embeddings (same embedding, head and training).
+                            same embeddings (same embedding, head and training; a 1,777-number block).
+  quixer_ablation_matched   the same with a classical block of fewer trainable numbers (71) than
+                            Quixer's quantum block (90).
 Reference predictors (no gradient training; fitted on train, chosen on val, scored on the same
 test targets as the trained models):
   uniform, unigram, ngram   (interpolated Kneser-Ney, order chosen on validation).
@@ -18,6 +20,7 @@ Examples:
   python train_classical_baselines.py --model transformer --preset paper128 --epochs 30
   python train_classical_baselines.py --model ngram
   python train_classical_baselines.py --model quixer_ablation
+  python train_classical_baselines.py --model quixer_ablation_matched --protocol official
   python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers   # raw k-mer tokens
 """
 from __future__ import annotations
@@ -32,7 +35,8 @@ from quixer.reference import DEFAULT_MAX_ORDER, REFERENCE_MODELS
 from quixer.training import DEFAULT_QUIXER_DATA_DIR, add_training_args, parse_args, train_classical
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag of this script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=NEURAL_MODELS + REFERENCE_MODELS, default="lstm",
                         help="baseline to run (default: %(default)s)")
@@ -43,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = parser.add_argument_group("reference models")
     g.add_argument("--max_order", type=int, default=DEFAULT_MAX_ORDER,
                    help="ngram: largest order tried on validation (default: %(default)s)")
-    args = parse_args(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
     setup_logging(args.verbose)
     train_classical(args)
     return 0

@@ -4,7 +4,9 @@ ablation.
 Each reads the W - 1 input tokens and predicts the next token from the representation of
 the last input position, exactly the task Quixer solves, and returns plain logits
 ``[B, vocab]``. ``quixer_ablation`` is Quixer with its quantum block replaced by a classical
-pooling (:class:`QuixerAblation`): what the LCU + QSVT block adds is the gap between the two. The ``paper96`` / ``paper128`` presets follow the baselines of the Quixer
+pooling (:class:`QuixerAblation`, a 1,777-number block against the quantum block's 90), and
+``quixer_ablation_matched`` by one with fewer trainable numbers than the quantum block
+(:class:`MatchedQuixerAblation`): what the LCU + QSVT block adds is the gap between them. The ``paper96`` / ``paper128`` presets follow the baselines of the Quixer
 paper (arXiv:2406.04305): embedding 96 or 128, LSTM 2 layers (hidden = embedding),
 Transformer 1 layer 1 head (feed-forward 4x), FNet 2 layers (feed-forward 4x). The
 ``default`` preset sizes them for a 512-token vocabulary: LSTM about 220k parameters,
@@ -21,7 +23,7 @@ from torch import nn
 
 from .common import UserError
 
-NEURAL_MODELS = ("lstm", "transformer", "fnet", "quixer_ablation")
+NEURAL_MODELS = ("lstm", "transformer", "fnet", "quixer_ablation", "quixer_ablation_matched")
 PRESETS = ("default", "paper96", "paper128")
 
 # Size per (preset, model): embedding_dim, hidden_dim, num_layers, num_heads. The ablation
@@ -34,6 +36,7 @@ _SIZES: dict[str, dict[str, dict[str, int]]] = {
         "transformer": dict(embedding_dim=128, hidden_dim=512, num_layers=2, num_heads=4),
         "fnet": dict(embedding_dim=128, hidden_dim=512, num_layers=2, num_heads=1),
         "quixer_ablation": _ABLATION_SIZE,
+        "quixer_ablation_matched": _ABLATION_SIZE,
     },
     **{
         f"paper{d}": {
@@ -41,6 +44,7 @@ _SIZES: dict[str, dict[str, dict[str, int]]] = {
             "transformer": dict(embedding_dim=d, hidden_dim=4 * d, num_layers=1, num_heads=1),
             "fnet": dict(embedding_dim=d, hidden_dim=4 * d, num_layers=2, num_heads=1),
             "quixer_ablation": _ABLATION_SIZE,
+            "quixer_ablation_matched": _ABLATION_SIZE,
         }
         for d in (96, 128)
     },
@@ -52,6 +56,7 @@ _TRAINING_DEFAULTS = {
     "transformer": dict(lr=0.001, dropout=0.1),
     "fnet": dict(lr=0.002, dropout=0.1),
     "quixer_ablation": dict(lr=0.002, dropout=0.1),
+    "quixer_ablation_matched": dict(lr=0.002, dropout=0.1),
 }
 _SIZE_KEYS = ("embedding_dim", "hidden_dim", "num_layers", "num_heads")
 
@@ -197,6 +202,55 @@ class QuixerAblation(nn.Module):
         return self.output_feedforward(torch.tanh(self.to_features(pooled)))
 
 
+class MatchedQuixerAblation(nn.Module):
+    """Quixer with its quantum block replaced by a classical block of fewer trainable numbers.
+
+    :class:`QuixerAblation` replaces Quixer's 90-number quantum block (31 complex LCU
+    coefficients, d + 1 polynomial coefficients, 4 n feed-forward angles at the defaults) by
+    1,777 numbers; this one stays below it, so "the classical block is simply bigger" cannot
+    explain a gap. Same embedding, angle map and head as Quixer; the block: a weighted sum over
+    positions (one weight each, as the LCU), an elementwise polynomial of degree d of the pooled
+    angles normalised by the l1 norm of its coefficients (as the QSVT polynomial: products between
+    positions), a fixed seeded projection to 3 n features (not trained, like a circuit's wiring),
+    then a trainable scale and offset per feature and tanh (values in [-1, 1] like expectation
+    values): W - 1 + (d + 1) + 6 n numbers, 71 at the defaults.
+    """
+
+    PARAMETER_GROUPS = {"embedding": ("embedding.",), "angle_map": ("embedding_to_angles.",),
+                        "pooling": ("position_weights", "polynomial", "feature_scale", "feature_offset"),
+                        "head": ("output_feedforward.",)}
+    PROJECTION_SEED = 0  # the fixed projection is the same for every model seed
+
+    def __init__(self, vocab_size: int, n_tokens: int, embedding_dim: int, qubits: int, ansatz_layers: int,
+                 dropout: float, degree: int = 3) -> None:
+        super().__init__()
+        angles, features = 4 * qubits * ansatz_layers, 3 * qubits
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.embedding_to_angles = nn.Linear(embedding_dim, angles)
+        self.position_weights = nn.Parameter(torch.rand(n_tokens))
+        self.polynomial = nn.Parameter(torch.rand(degree + 1))
+        self.feature_scale = nn.Parameter(torch.ones(features))
+        self.feature_offset = nn.Parameter(torch.zeros(features))
+        projection = torch.randn(angles, features, generator=torch.Generator().manual_seed(self.PROJECTION_SEED))
+        self.register_buffer("projection", projection / projection.norm(dim=0, keepdim=True))
+        self.output_feedforward = nn.Sequential(nn.Linear(features, embedding_dim), nn.ReLU(),
+                                                nn.Linear(embedding_dim, vocab_size))
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        for lin in (self.embedding_to_angles, self.output_feedforward[0], self.output_feedforward[2]):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = self.embedding_to_angles(self.dropout(self.embedding(x)))  # [B, W, 4 n L]
+        weights = self.position_weights / self.position_weights.abs().sum().clamp_min(1e-12)
+        pooled = torch.einsum("bwa,w->ba", angles, weights)  # [B, 4 n L]
+        coeffs = self.polynomial / self.polynomial.abs().sum().clamp_min(1e-12)
+        powers = torch.stack([pooled ** k for k in range(len(coeffs))], dim=-1)  # [B, 4 n L, d + 1]
+        mixed = (powers @ coeffs) @ self.projection  # [B, 3 n]
+        return self.output_feedforward(torch.tanh(self.feature_scale * mixed + self.feature_offset))
+
+
 def add_classical_model_args(parser: argparse.ArgumentParser) -> None:
     """Size flags of the neural baselines; unset flags come from ``--preset``."""
     g = parser.add_argument_group("classical model size (unset flags come from --preset)")
@@ -237,6 +291,8 @@ def build_classical_model(
     """One of :data:`NEURAL_MODELS` with the given size."""
     if name == "quixer_ablation":
         return QuixerAblation(vocab_size, n_tokens, embedding_dim, qubits, ansatz_layers, dropout)
+    if name == "quixer_ablation_matched":
+        return MatchedQuixerAblation(vocab_size, n_tokens, embedding_dim, qubits, ansatz_layers, dropout)
     if name == "lstm":
         return LSTMModel(vocab_size, embedding_dim, hidden_dim, num_layers, dropout)
     if name == "transformer":

@@ -30,6 +30,7 @@ from .window_sources import WindowSources
 #: Scored targets per split when there are more positions (0 or None: all of them).
 DEFAULT_EVAL_TARGETS = 100_000
 _EVAL_SAMPLE_SEED = 20_240_604  # fixed: the targets must not depend on any model's seed
+_SELECTION_SAMPLE_SEED = 20_261_206  # fixed, and other than the above: a sample of the scored targets
 
 
 @dataclass
@@ -107,6 +108,18 @@ class EvalTargets:
                postselection: np.ndarray | None = None) -> TargetScores:
         """Per-target scores of these targets, carrying their novel flags, groups and key."""
         return TargetScores(nll, top1, top5, self.novel, self.groups, postselection, self.key)
+
+    def sample(self, n: int) -> "EvalTargets":
+        """A fixed seeded sample of ``n`` of these targets (all of them when ``n`` is 0 or not
+        smaller): per-epoch model selection scores it instead of every target. It depends on
+        the targets only, so every model and seed selects its epochs on the same sample."""
+        if not n or n >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(_SELECTION_SAMPLE_SEED).choice(len(self), size=n, replace=False))
+        digest = hashlib.sha256(self.key.encode())
+        digest.update(keep.tobytes())
+        pick = (lambda a: a[keep] if a is not None else None)
+        return EvalTargets(self.starts[keep], pick(self.novel), pick(self.groups), digest.hexdigest())
 
 
 def eval_targets(streams: TokenStreams, width: int, max_targets: int | None = DEFAULT_EVAL_TARGETS) -> EvalTargets:

@@ -42,6 +42,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ from .common import (
 from .data import TokenData, eval_batches, load_cluster_centers, load_token_data, steps_per_epoch, train_batches
 from .devices import fastest_device
 from .distributed import DistContext, init_distributed, rng_state, set_rng_state
+from .provenance import now, provenance
 from .scoring import TargetScores, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
 
@@ -73,10 +75,27 @@ log = logging.getLogger("quixer")
 ADAM_EPS = 1e-10  # as the official Quixer code
 DEFAULT_QUIXER_DATA_DIR = "quantized_embeddings_autoregressive"
 LR_SCHEDULES = ("plateau", "cosine")
+# Named training protocols: defaults for the flags a command line (or --config) leaves unset.
+# "project" keeps every flag's own default. "official" is the CQCL/Quixer run.py protocol: 30
+# epochs of a cosine schedule to zero, Adam with weight decay 1e-4, batch 32, clipping at norm 5,
+# no early stopping (each model keeps its own official rate: 0.002, the Transformer 0.001), and
+# per-epoch model selection on a fixed 10,000-target sample of validation (docs/protocol.md).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "project": {},
+    "official": dict(epochs=30, lr_schedule="cosine", patience=0, weight_decay=1e-4, max_grad_norm=5.0,
+                     batch_size=32, selection_targets=10_000),
+}
+# A run has converged when early stopping fired, or when it ran its whole budget and each of its
+# last two epochs lowered the selection validation loss by less than this fraction.
+CONVERGENCE_TOLERANCE = 1e-3
+CONVERGENCE_RULE = ("early stopping fired, or the run reached --epochs and each of its last two epochs lowered the "
+                    "validation (selection) loss by less than 0.1 %")
 # Flags that do not change what a run computes: they may differ when resuming.
 _IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "resume", "config"})
+# Flags added after runs were written: a config.json without them ran with these values.
+_LEGACY_VALUES = {"protocol": "project", "selection_targets": 0}
 # Flags that are never part of a run's config.json.
-_NOT_CONFIG = frozenset({"config", "resume", "verbose"})
+_NOT_CONFIG = frozenset({"config", "resume", "verbose", "command"})
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -111,7 +130,17 @@ def add_training_args(
                         "where there are more, the same for every model; 0 = all (default: %(default)s)")
     g.add_argument("--max_train_batches", type=int, default=None,
                    help="cap on training batches per epoch, for quick runs (default: all)")
+    g.add_argument("--selection_targets", type=int, default=0,
+                   help="validation targets scored after each epoch to pick the best epoch: a fixed seeded sample "
+                        "of the --eval_targets ones (the same for every model and seed); the best checkpoint is "
+                        "then scored once on all of them; 0 = all every epoch (default: %(default)s)")
     g = parser.add_argument_group("optimisation")
+    if run_flags:
+        g.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                       help="named defaults for the flags not given: project (each flag's own default) or official "
+                            "(the CQCL/Quixer protocol: --epochs 30 --lr_schedule cosine --patience 0 "
+                            "--weight_decay 1e-4 --batch_size 32 --max_grad_norm 5 --selection_targets 10000) "
+                            "(default: project)")
     if run_flags:
         g.add_argument("--epochs", type=int, default=50,
                        help="most training epochs; early stopping (--patience) usually ends a run first "
@@ -151,11 +180,26 @@ def add_training_args(
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv``; with ``--config FILE`` its values become defaults that explicit flags override."""
+    """Parse ``argv``. Unset flags come, in this order, from ``--config FILE``, from the named
+    ``--protocol`` (given, or recorded in the config file) and from the flags' own defaults."""
     args = parser.parse_args(argv)
     path = getattr(args, "config", None)
-    if not path:
-        return args
+    cfg = _read_config_values(parser, path) if path else {}
+    if hasattr(args, "protocol"):
+        protocol = args.protocol or cfg.get("protocol") or "project"
+        parser.set_defaults(**PROTOCOLS[protocol])
+        cfg["protocol"] = protocol
+    if cfg:
+        parser.set_defaults(**cfg)
+        args = parser.parse_args(argv)
+        if hasattr(args, "protocol"):
+            args.protocol = args.protocol or cfg["protocol"]
+    args.command = [parser.prog, *(sys.argv[1:] if argv is None else map(str, argv))]  # provenance only
+    return args
+
+
+def _read_config_values(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The flag values of a ``--config`` JSON file, checked against the parser's flags."""
     cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: expected a JSON object of flag values")
@@ -177,8 +221,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         if action.choices is not None and value not in action.choices:
             raise UserError(f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
         values[key] = value
-    parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    return values
 
 
 def validate_training_args(args: argparse.Namespace) -> None:
@@ -193,6 +236,7 @@ def validate_training_args(args: argparse.Namespace) -> None:
         ("patience", lambda v: v >= 0, ">= 0"),
         ("epoch_size", lambda v: v is None or v >= 1, ">= 1"),
         ("eval_targets", lambda v: v is None or v >= 0, ">= 0"),
+        ("selection_targets", lambda v: v is None or v >= 0, ">= 0"),
         ("max_train_batches", lambda v: v is None or v >= 1, ">= 1"),
         ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ]
@@ -301,6 +345,7 @@ class FrozenEntries:
 
 
 def _describe_diff(old: dict, new: dict) -> str:
+    old = {**_LEGACY_VALUES, **old}
     keys = sorted(k for k in set(old) | set(new) if k not in _IGNORED_ON_RESUME and old.get(k) != new.get(k))
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
 
@@ -385,6 +430,7 @@ class RunState:
     bad_epochs: int = 0
     active_layers: int = 0
     stop_reason: str = ""  # "", then "early_stop" (patience ran out) or "max_epochs"
+    started: str = ""  # UTC time the run's first epoch started (kept across resumptions)
     train_seconds: float = 0.0
     step_seconds: float = 0.0
     train_sequences: int = 0
@@ -443,6 +489,7 @@ def train_model(
         run.epoch_callback = epoch_callback
         if mode == "resume":
             _resume(run)
+        run.state.started = run.state.started or now()
         if dist.is_main:
             _rewrite_metrics(out / "metrics.jsonl", run.state.epoch)
         while not run.state.stop_reason:
@@ -478,6 +525,7 @@ def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, bu
     epoch_size = args.epoch_size or int(data.splits["train"].shape[0])
     schedule = TrainSchedule(data.streams("train"), data.window_size, epoch_size, args.seed)
     targets = {s: eval_targets(data.streams(s), data.window_size, args.eval_targets) for s in ("val", "test")}
+    targets["selection"] = targets["val"].sample(args.selection_targets)
     steps = steps_per_epoch(epoch_size, args.batch_size, dist.world_size, args.max_train_batches)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay, eps=ADAM_EPS)
@@ -489,9 +537,10 @@ def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, bu
     if dist.enabled:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    log.info("%s: %d trainable parameters on %s (%d process%s); %d windows per epoch, %d val / %d test targets",
-             model_name, count_parameters(model), dist.device, dist.world_size, "es" if dist.enabled else "",
-             epoch_size, len(targets["val"]), len(targets["test"]))
+    log.info("%s: %d trainable parameters on %s (%d process%s); %d windows per epoch, %d val / %d test targets, "
+             "%d val targets per epoch for model selection", model_name, count_parameters(model), dist.device,
+             dist.world_size, "es" if dist.enabled else "", epoch_size, len(targets["val"]), len(targets["test"]),
+             len(targets["selection"]))
     return Run(args, dist, out, config, model_name, data, schedule, targets, model, step_model, optimizer,
                lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0)
 
@@ -524,7 +573,7 @@ def _run_epoch(run: Run) -> None:
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower --lr "
                                f"(now {args.lr}) or --max_grad_norm")
-    val_scores = evaluate(run.model, run.data, "val", run.targets["val"], run.eval_batch_size, run.dist,
+    val_scores = evaluate(run.model, run.data, "val", run.targets["selection"], run.eval_batch_size, run.dist,
                           desc="validation")
     val = val_scores.metrics()
     if not math.isfinite(val["loss"]):
@@ -634,6 +683,30 @@ def _train_steps(run: Run, frozen: "FrozenEntries | None", desc: str) -> tuple[f
     return float(sums[0]) / max(n, 1), n, seconds
 
 
+def _simulator_name(model: nn.Module) -> str | None:
+    """The circuit simulator a Quixer-like model used on its device (None for classical models)."""
+    simulator = getattr(model, "simulator", None)
+    return simulator().name if callable(simulator) else None
+
+
+def is_converged(stop_reason: str, val_losses: Sequence[float], tolerance: float = CONVERGENCE_TOLERANCE) -> bool:
+    """:data:`CONVERGENCE_RULE` for a run's stop reason and its per-epoch validation losses."""
+    if stop_reason == "early_stop":
+        return True
+    if stop_reason != "max_epochs" or len(val_losses) < 3:
+        return False
+    last = val_losses[-3:]
+    return all(prev - cur < tolerance * abs(prev) for prev, cur in zip(last, last[1:]))
+
+
+def _selection_losses(path: Path) -> list[float]:
+    """The per-epoch validation losses of metrics.jsonl, in epoch order."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [float(r["val_loss"]) for r in sorted(rows, key=lambda r: r["epoch"])]
+
+
 def _best_val_scores(run: Run, best: dict) -> TargetScores:
     """The best epoch's validation scores as saved beside best.pt; scored again only when that file
     is missing or belongs to other targets or another checkpoint."""
@@ -667,7 +740,8 @@ def _finish(run: Run) -> dict:
         "model": run.model_name, "seed": run.args.seed, "data_dir": str(run.args.data_dir),
         "parameters": count_parameters(run.model), "parameter_breakdown": parameter_breakdown(run.model),
         **prefixed("test", {k: v for k, v in test.items() if k != "postselection"}),
-        "test_targets": len(scores["test"]), "targets_sha256": run.targets["test"].key,
+        "test_targets": len(scores["test"]), "val_targets": len(scores["val"]),
+        "targets_sha256": run.targets["test"].key,
         "train_seconds": state.train_seconds,
         "train_sequences_per_second": state.train_sequences / max(state.step_seconds, 1e-9),
         "eval_sequences_per_second": len(scores["test"]) / max(eval_seconds, 1e-9),
@@ -677,11 +751,16 @@ def _finish(run: Run) -> dict:
     results.update(prefixed("val", {k: v for k, v in val.items() if k != "postselection"}))
     results.update(
         epochs_run=state.epoch, best_epoch=best["epoch"], stop_reason=state.stop_reason,
-        converged=state.stop_reason == "early_stop", max_epochs=run.args.epochs, epoch_size=run.schedule.epoch_size,
+        converged=is_converged(state.stop_reason, _selection_losses(out / "metrics.jsonl")),
+        converged_rule=CONVERGENCE_RULE, protocol=getattr(run.args, "protocol", None) or "project",
+        lr_schedule=run.args.lr_schedule, selection_targets=len(run.targets["selection"]),
+        max_epochs=run.args.epochs, epoch_size=run.schedule.epoch_size,
         vocabulary_size=run.data.vocab_size, window_size=run.data.window_size,
         windows={s: int(t.shape[0]) for s, t in run.data.splits.items()},
         world_size=dist.world_size, device=str(dist.device), peak_rss_mb=peak_rss_mb(),
         torch_version=torch.__version__,
+        provenance=provenance(run.state.started, command=getattr(run.args, "command", None), device=str(dist.device),
+                              simulator=_simulator_name(run.model)),
     )
     if dist.is_main:
         scores["test"].save(out / "test_scores.npz")

@@ -110,6 +110,25 @@ def test_quixer_ablation_shares_quixer_embedding_and_head_and_learns(tokens, tmp
     assert results["test_loss"] < 4.8  # uniform is ln 256 = 5.55
 
 
+def test_matched_ablation_block_is_no_bigger_than_the_quantum_block(tokens, tmp_path):
+    from quixer.model import Quixer
+    from quixer.training import parameter_breakdown
+
+    quantum = parameter_breakdown(Quixer(n_qubits=6, n_tokens=31, vocabulary_size=512, embedding_dimension=512))
+    matched = parameter_breakdown(sized("quixer_ablation_matched", "default"))
+    # 31 position weights + 4 polynomial coefficients + 18 scales + 18 offsets, against 62 + 4 + 24
+    assert matched["pooling"] == 31 + 4 + 2 * 18 == 71 <= quantum["quantum"] == 90
+    assert {k: v for k, v in matched.items() if k != "pooling"} == \
+        {k: v for k, v in quantum.items() if k != "quantum"}
+    out = tmp_path / "matched"
+    train_classical_baselines.main(["--model", "quixer_ablation_matched", "--data_dir", str(tokens), "--output_dir",
+                                    str(out), "--epochs", "2", "--embedding_dim", "32", "--qubits", "3",
+                                    "--ansatz_layers", "2", "--lr", "0.02", "--device", "cpu"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["parameter_breakdown"]["pooling"] == 7 + 4 + 2 * 9
+    assert results["test_loss"] < 5.2  # uniform is ln 256 = 5.55
+
+
 def test_transformer_learns_real_data(tokens, tmp_path):
     out = tmp_path / "tf"
     train_classical_baselines.main(["--model", "transformer", "--preset", "paper96", "--data_dir", str(tokens),

@@ -145,6 +145,7 @@ EXTRA = {
     "python train_classical_baselines.py --model transformer --preset paper128 --epochs 30": CAP,
     "python train_classical_baselines.py --model ngram": "",
     "python train_classical_baselines.py --model quixer_ablation": CAP,
+    "python train_classical_baselines.py --model quixer_ablation_matched --protocol official": CAP,
     "python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers": CAP,
     "python report_results.py runs": "",
     "python report_results.py runs --output_dir report --title 'chrX RNA, K=512 tokens'": "",

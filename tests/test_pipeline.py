@@ -7,7 +7,7 @@ import subprocess
 from tests.helpers import REPO, SAMPLE_FASTA
 from quixer.fasta import iter_fasta
 
-MODELS = {"uniform", "unigram", "ngram", "quixer_ablation", "lstm", "transformer", "quixer"}
+MODELS = {"uniform", "unigram", "ngram", "quixer_ablation", "quixer_ablation_matched", "lstm", "transformer", "quixer"}
 TRAINED = MODELS - {"uniform", "unigram", "ngram"}
 
 
@@ -56,4 +56,8 @@ def test_pipeline_flag_errors():
     assert res.returncode == 2 and res.stderr.strip() == "error: --epochs must be a positive integer"
     res = _run("--fasta", "/nonexistent.fa")
     assert res.returncode == 2 and "not found" in res.stderr
+    res = _run("--models", "lstm,gpt")
+    assert res.returncode == 2 and "unknown model 'gpt'" in res.stderr
+    res = _run("--protocol", "paper")
+    assert res.returncode == 2 and res.stderr.strip() == "error: --protocol must be project or official"
     assert _run("--help").returncode == 0

@@ -119,6 +119,11 @@ def test_quixer_run_writes_consistent_files(tokens, tmp_path):
     assert 0 < results["postselection"] <= 1 + 1e-6
     assert results["train_sequences_per_second"] > 0 and results["train_seconds"] > 0
     assert results["stop_reason"] in ("max_epochs", "early_stop") and 0 < results["novel_fraction"] <= 1
+    made = results["provenance"]  # how the run was made
+    assert len(made["git_commit"]) == 40 and isinstance(made["git_dirty"], bool)
+    assert made["packages"]["torch"] == torch.__version__ and made["packages"]["numpy"]
+    assert made["device"] == "cpu" and made["simulator"] in ("native", "torch") and made["host"]
+    assert made["started"] <= made["finished"] and "--epochs" in made["command"]
     metrics = read_metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert all(METRIC_KEYS <= set(m) for m in metrics)
@@ -304,3 +309,79 @@ def test_early_stopping_follows_patience(tokens, tmp_path):
     assert results["epochs_run"] == len(metrics) == expected_stop
     assert results["stop_reason"] == ("early_stop" if expected_stop < 6 else "max_epochs")
     assert results["converged"] == (expected_stop < 6)
+
+
+def test_official_protocol_fills_unset_flags_only(tokens, tmp_path):
+    official = parse_args(quixer_parser(), ["--protocol", "official"])
+    assert (official.epochs, official.lr_schedule, official.patience, official.weight_decay, official.batch_size,
+            official.max_grad_norm, official.lr, official.selection_targets) == (30, "cosine", 0, 1e-4, 32, 5.0,
+                                                                                0.002, 10_000)
+    assert parse_args(quixer_parser(), ["--protocol", "official", "--epochs", "3"]).epochs == 3
+    project = parse_args(quixer_parser(), [])
+    assert (project.protocol, project.epochs, project.lr_schedule, project.patience) == ("project", 50, "plateau", 3)
+    # a run's config.json carries its protocol; its recorded values beat the protocol, the command line both
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"protocol": "official", "epochs": 7}))
+    args = parse_args(quixer_parser(), ["--config", str(cfg)])
+    assert (args.protocol, args.epochs, args.lr_schedule) == ("official", 7, "cosine")
+    args = parse_args(quixer_parser(), ["--config", str(cfg), "--protocol", "project", "--epochs", "2"])
+    assert (args.protocol, args.epochs, args.lr_schedule) == ("project", 2, "plateau")
+    import train_classical_baselines
+    from quixer.baselines import resolve_classical_args
+
+    args = parse_args(train_classical_baselines.build_parser(), ["--model", "transformer", "--protocol", "official"])
+    resolve_classical_args(args)
+    assert (args.epochs, args.lr_schedule, args.lr) == (30, "cosine", 0.001)  # the Transformer's official rate
+
+
+def test_convergence_rule():
+    from quixer.training import is_converged
+
+    assert is_converged("early_stop", [])
+    assert is_converged("max_epochs", [2.0, 1.5, 1.4995, 1.4990])  # last two epochs each < 0.1 % lower
+    assert is_converged("max_epochs", [2.0, 1.5, 1.4995, 1.51])  # a rise counts as no improvement
+    assert not is_converged("max_epochs", [2.0, 1.5, 1.49, 1.4895])  # 0.67 % two epochs before the end
+    assert not is_converged("max_epochs", [1.5, 1.4995])  # too short to tell
+    assert not is_converged("", [1.5, 1.5, 1.5])
+
+
+def test_selection_sample_is_fixed_subset(tokens):
+    from quixer.streams import eval_targets
+
+    data = load_token_data(tokens)
+    full = eval_targets(data.streams("val"), data.window_size, 0)
+    sample = full.sample(40)
+    assert len(sample) == 40 and sample.key != full.key
+    assert set(sample.starts) <= set(full.starts) and list(sample.starts) == sorted(sample.starts)
+    assert sample.starts.tolist() == full.sample(40).starts.tolist()  # depends on the targets only
+    index = {s: i for i, s in enumerate(full.starts)}
+    rows = [index[s] for s in sample.starts]
+    assert sample.groups.tolist() == full.groups[rows].tolist() and sample.novel.tolist() == full.novel[rows].tolist()
+    assert full.sample(0) is full and full.sample(len(full)) is full
+
+
+def test_selection_on_sample_and_full_validation_once(tokens, tmp_path):
+    out = tmp_path / "run"
+    argv = tiny(tokens, out, "--protocol", "official", "--epochs", 2, "--selection_targets", 30,
+                "--max_train_batches", 4)
+    train_quixer_hybrid.main(argv)
+    results = json.loads((out / "results.json").read_text())
+    assert (results["protocol"], results["lr_schedule"], results["selection_targets"]) == ("official", "cosine", 30)
+    assert isinstance(results["converged"], bool) and "0.1 %" in results["converged_rule"]
+    metrics = read_metrics(out)
+    assert metrics[1]["lr"] < metrics[0]["lr"]  # cosine decays over the run
+    # the per-epoch validation is the 30-target sample; the best checkpoint is scored on every target
+    val_ref = independent_eval(out, tokens, "val")
+    assert results["val_targets"] == val_ref["targets"] > 30
+    for key in ("loss", "top1", "top5"):
+        assert math.isclose(results[f"val_{key}"], val_ref[key], rel_tol=1e-5, abs_tol=1e-6), key
+    best = metrics[results["best_epoch"] - 1]
+    assert not math.isclose(best["val_loss"], results["val_loss"], rel_tol=1e-9)
+    # a run written before the protocol flags existed resumes as the project protocol
+    old = tmp_path / "old"
+    train_quixer_hybrid.main(tiny(tokens, old, "--epochs", 1, "--max_train_batches", 2))
+    cfg = json.loads((old / "config.json").read_text())
+    for key in ("protocol", "selection_targets"):
+        cfg.pop(key)
+    (old / "config.json").write_text(json.dumps(cfg))
+    train_quixer_hybrid.main(tiny(tokens, old, "--epochs", 1, "--max_train_batches", 2, "--resume"))

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The converged chrX campaign: run_pipeline.sh under the official protocol on the benchmark set,
+# every phase from a worktree at its pinned commit (so later changes to this checkout cannot
+# change a run half way), in the background under nice; rerun `start` after any interruption and
+# the pipeline resumes every run from its last epoch checkpoint (bit-exact on the same machine).
+#
+#   bash bench/campaign_chrX.sh start     start (or resume) the phases in the background
+#   bash bench/campaign_chrX.sh status    finished / running / pending runs and the wall time so far
+#   bash bench/campaign_chrX.sh publish   copy finished runs' results into docs/benchmark_chrX/official/
+#   bash bench/campaign_chrX.sh stop      stop the background campaign (resumable)
+#
+# Phases: bench/campaign_chrX.phases (name, commit, run_pipeline.sh flags), run in order. Work
+# goes to $CAMPAIGN_DIR (default: campaign_chrX beside this checkout): code-<commit>/ worktrees,
+# out/ (the pipeline's --out), logs/, wall.log (start and end of every invocation),
+# heartbeat.log (a time stamp a minute while it runs: the wall time so far). Published
+# runs are copied back into out/ by `start`, so a fresh machine skips them.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+root="${CAMPAIGN_DIR:-$(dirname "$repo")/campaign_chrX}"
+py="${PYTHON:-$repo/.venv/bin/python}"
+fasta="${CAMPAIGN_FASTA:-$(dirname "$repo")/shared/data/grch38_chrX_refseq_rna.fasta.gz}"
+phases="$repo/bench/campaign_chrX.phases"
+published="$repo/docs/benchmark_chrX/official"
+out="$root/out"
+
+phase_lines() { grep -v '^\s*#' "$phases" | grep -v '^\s*$'; }
+
+worktree() {  # worktree COMMIT: a checkout of the pinned commit (made once)
+  local dir="$root/code-$1"
+  if [ ! -d "$dir" ]; then
+    git -C "$repo" worktree add --detach "$dir" "$1" >/dev/null 2>&1 || { echo "error: cannot check out $1" >&2; exit 1; }
+  fi
+  echo "$dir"
+}
+
+restore() {  # published runs back into out/, so the pipeline finds them finished
+  [ -d "$published/runs" ] || return 0
+  (cd "$published/runs" && find . -name results.json) | while read -r f; do
+    local d; d="$(dirname "$f")"
+    [ -f "$out/runs/$d/results.json" ] && continue
+    mkdir -p "$out/runs/$d" && cp "$published/runs/$d"/* "$out/runs/$d/"
+  done
+}
+
+drive() {  # every phase in order, each a run_pipeline.sh invocation from its worktree
+  local name commit flags code
+  (while sleep 60; do date +%s >> "$root/heartbeat.log"; done) &
+  date +%s >> "$root/heartbeat.log"
+  while read -r name commit flags; do
+    code="$(worktree "$commit")"
+    echo "$(date -u +%FT%TZ) start $name $commit" >> "$root/wall.log"
+    # shellcheck disable=SC2086
+    PYTHON="$py" nice -n 19 bash "$code/run_pipeline.sh" --fasta "$fasta" --out "$out" $flags \
+      >> "$root/logs/$name.log" 2>&1 || { echo "$(date -u +%FT%TZ) failed $name" >> "$root/wall.log"; return 1; }
+    echo "$(date -u +%FT%TZ) end $name" >> "$root/wall.log"
+  done < <(phase_lines)
+}
+
+case "${1:-}" in
+  start)
+    [ -f "$fasta" ] || { echo "error: $fasta: file not found (set CAMPAIGN_FASTA)" >&2; exit 2; }
+    if [ -f "$root/driver.pid" ] && kill -0 "$(cat "$root/driver.pid")" 2>/dev/null; then
+      echo "campaign already running (pid $(cat "$root/driver.pid")); see: bash $0 status" >&2; exit 0
+    fi
+    mkdir -p "$root/logs" "$out"
+    restore
+    export -f drive worktree phase_lines
+    export root repo py fasta phases out
+    setsid bash -c drive > "$root/logs/driver.log" 2>&1 < /dev/null &
+    echo $! > "$root/driver.pid"
+    echo "campaign started (pid $!): $root; progress: bash $0 status" >&2 ;;
+  status)
+    "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" ;;
+  publish)
+    mkdir -p "$published/runs"
+    (cd "$out/runs" && find . -name results.json) | while read -r f; do
+      d="$(dirname "$f")"; mkdir -p "$published/runs/$d"
+      for x in config.json metrics.jsonl results.json test_scores.npz; do
+        [ -f "$out/runs/$d/$x" ] && cp "$out/runs/$d/$x" "$published/runs/$d/"
+      done
+    done
+    cp "$out/autoregressive_data/metadata.json" "$published/stage1_metadata.json" 2>/dev/null || true
+    cp "$root/wall.log" "$published/wall.log" 2>/dev/null || true
+    "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" > "$published/status.txt"
+    echo "published $(find "$published/runs" -name results.json | wc -l) finished runs to $published" >&2 ;;
+  stop)
+    if [ -f "$root/driver.pid" ]; then kill -- -"$(cat "$root/driver.pid")" 2>/dev/null || true; rm -f "$root/driver.pid"; fi
+    echo "campaign stopped; resume with: bash $0 start" >&2 ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] || exit 2 ;;
+esac
