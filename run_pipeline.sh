@@ -2,8 +2,8 @@
 # The main job: stages 1-4 and the report, on the embedded real-RNA sample by default.
 #
 #   bash run_pipeline.sh [--fasta FILE] [--out DIR] [--protocol project|official] [--epochs N]
-#                        [--seeds N] [--models LIST] [--eval_targets N] [--device auto|cpu|cuda]
-#                        [--jobs 1|2]
+#                        [--seeds N] [--models LIST] [--tokens quantized|raw|both]
+#                        [--eval_targets N] [--device auto|cpu|cuda] [--jobs 1|2]
 #
 # Everything goes under --out (default pipeline_out): one directory per stage with the names
 # the stage scripts use, runs/<model>/seed_<s>/ per trained model and seed (seeds 42, 43, ...),
@@ -14,6 +14,9 @@
 # --epochs is the most epochs a run may take (default: 4, or the protocol's 30 with official).
 # --models the trained models, comma-separated (default quixer,quixer_ablation,
 # quixer_ablation_matched,lstm,transformer; fnet can be added); the references always run.
+# --tokens the track(s): quantized (default: stages 2-3, the 512 lambeq + k-means tokens, runs in
+# runs/), raw (the un-quantised control: the 4,096 raw 6-mers of the same windows, tokens in
+# raw_kmer_tokens/, runs in runs_raw/) or both; the report shows the tracks side by side.
 # --eval_targets the scored val/test positions (default: the trainers' 100,000, 0 = all).
 # Rerunning reuses every stage and run whose input and parameters did not change.
 # --jobs 2 (default on 2+ cores) trains in two lanes of about equal work, one core each: one in
@@ -28,6 +31,7 @@ protocol="project"
 epochs=""
 seeds=1
 models="quixer,quixer_ablation,quixer_ablation_matched,lstm,transformer"
+tokens="quantized"
 eval_targets=100000
 device="auto"
 cores=$(nproc 2>/dev/null || echo 1)
@@ -40,6 +44,7 @@ while [ "$#" -gt 0 ]; do
     --protocol) protocol="${2:?--protocol needs project or official}"; shift 2 ;;
     --epochs) epochs="${2:?--epochs needs a number}"; shift 2 ;;
     --models) models="${2:?--models needs a comma-separated list}"; shift 2 ;;
+    --tokens) tokens="${2:?--tokens needs quantized, raw or both}"; shift 2 ;;
     --seeds) seeds="${2:?--seeds needs a number}"; shift 2 ;;
     --eval_targets) eval_targets="${2:?--eval_targets needs a number}"; shift 2 ;;
     --device) device="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
@@ -49,6 +54,8 @@ while [ "$#" -gt 0 ]; do
   esac
 done
 case "$protocol" in project|official) ;; *) echo "error: --protocol must be project or official" >&2; exit 2 ;; esac
+case "$tokens" in quantized) tracks=(quantized) ;; raw) tracks=(raw) ;; both) tracks=(quantized raw) ;;
+  *) echo "error: --tokens must be quantized, raw or both" >&2; exit 2 ;; esac
 [ -z "$epochs" ] && [ "$protocol" = project ] && epochs=4
 case "$epochs" in ''|*[!0-9]*|0) [ -z "$epochs" ] || { echo "error: --epochs must be a positive integer" >&2; exit 2; } ;; esac
 IFS=, read -r -a model_list <<< "$models"
@@ -65,17 +72,22 @@ case "$jobs" in 1|2) ;; *) echo "error: --jobs must be 1 or 2" >&2; exit 2 ;; es
 if [ -n "${help:-}" ]; then usage; exit 0; fi  # after the checks: a shown command line is validated
 
 step() { echo "==> $*" >&2; }
-mkdir -p "$out/runs"
+mkdir -p "$out"
 data="$out/autoregressive_data"; emb="$out/lambeq_embeddings_autoregressive"
-tok="$out/quantized_embeddings_autoregressive"; runs="$out/runs"
 start=$SECONDS
 
 step "stage 1: windows from $fasta"
 "$py" "$here/prepare_autoregressive_data.py" --fasta "$fasta" --output_dir "$data"
-step "stage 2: lambeq k-mer embeddings"
-"$py" "$here/lambeq_encoder.py" --data_dir "$data" --output_dir "$emb" --device "$device"
-step "stage 3: k-means into 512 tokens"
-"$py" "$here/quantize_lambeq_embeddings.py" --input_dir "$emb" --output_dir "$tok"
+if [ "$tokens" != raw ]; then
+  step "stage 2: lambeq k-mer embeddings"
+  "$py" "$here/lambeq_encoder.py" --data_dir "$data" --output_dir "$emb" --device "$device"
+  step "stage 3: k-means into 512 tokens"
+  "$py" "$here/quantize_lambeq_embeddings.py" --input_dir "$emb" --output_dir "$out/quantized_embeddings_autoregressive"
+fi
+if [ "$tokens" != quantized ]; then
+  step "raw 6-mer tokens of the same windows (the un-quantised control)"
+  "$py" "$here/prepare_classical_benchmarks.py" --data_dir "$data" --output_dir "$out/raw_kmer_tokens"
+fi
 seed_list=$(seq 42 $((41 + seeds)))
 epoch_flag=(); [ -n "$epochs" ] && epoch_flag=(--epochs "$epochs")
 train() {  # train MODEL...: every seed of each, one after the other
@@ -113,12 +125,15 @@ if [ "$jobs" -eq 2 ]; then
   # one core each: two processes with all threads each would fight over the cores
   threads=$(( cores / 2 > 0 ? cores / 2 : 1 ))
   export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
-  log="$out/train_lane1.log"
-  step "stage 4: ${lane1[*]:-nothing} ($seeds seed(s) each) in the background, log in $log"
-  echo "==> $(date -u +%FT%TZ) run_pipeline.sh: lane 1" >> "$log"
+fi
+trap '[ -n "${bgpid:-}" ] && kill "$bgpid" 2>/dev/null' EXIT
+train_track() {  # the references and every model of one track, in one or two lanes
+  if [ "$jobs" -eq 1 ]; then references; train "${lane2[@]}"; return; fi
+  local log="$out/train_lane1.log" first
+  step "stage 4 ($track tokens): ${lane1[*]:-nothing} ($seeds seed(s) each) in the background, log in $log"
+  echo "==> $(date -u +%FT%TZ) run_pipeline.sh: lane 1, $track tokens" >> "$log"
   train "${lane1[@]}" >> "$log" 2>&1 &
   bgpid=$!
-  trap '[ -n "${bgpid:-}" ] && kill "$bgpid" 2>/dev/null' EXIT
   references
   train "${lane2[@]}"
   step "waiting for ${lane1[*]}"
@@ -132,10 +147,15 @@ if [ "$jobs" -eq 2 ]; then
   # this invocation's part of the log (a rerun appends to it)
   first=$(grep -n "run_pipeline.sh: lane 1" "$log" | tail -n 1 | cut -d: -f1)
   tail -n "+${first:-1}" "$log" | grep -E "==> stage|epoch [0-9]+/|test:|already finished" >&2 || true
-else
-  references
-  train "${lane2[@]}"
-fi
+}
+for track in "${tracks[@]}"; do
+  if [ "$track" = quantized ]; then tok="$out/quantized_embeddings_autoregressive"; runs="$out/runs"
+  else tok="$out/raw_kmer_tokens"; runs="$out/runs_raw"; fi
+  mkdir -p "$runs"
+  train_track
+done
 step "report"
-"$py" "$here/report_results.py" "$runs" --output_dir "$out"
+report=("$out/runs"); [ "$tokens" = raw ] && report=("$out/runs_raw")
+[ "$tokens" = both ] && report+=(--raw_runs "$out/runs_raw")
+"$py" "$here/report_results.py" "${report[@]}" --output_dir "$out"
 echo "pipeline finished in $((SECONDS - start)) s; results in $out/results.md" >&2

@@ -79,6 +79,7 @@ class TargetScores:
     groups: np.ndarray | None = None  # int64 [M]
     postselection: np.ndarray | None = None  # float64 [M] (Quixer)
     key: str = ""  # sha256 of the targets (quixer.streams.EvalTargets.key)
+    positions_key: str = ""  # sha256 of the scored positions only (EvalTargets.positions_key)
 
     def __len__(self) -> int:
         return len(self.nll)
@@ -102,7 +103,8 @@ class TargetScores:
         arrays = {k: v for k, v in (("nll", self.nll), ("top1", self.top1), ("top5", self.top5), ("novel", self.novel),
                                    ("groups", self.groups), ("postselection", self.postselection)) if v is not None}
         buf = io.BytesIO()
-        np.savez_compressed(buf, key=np.array(self.key), **arrays)
+        keys = {"key": np.array(self.key), **({"positions_key": np.array(self.positions_key)} if self.positions_key else {})}
+        np.savez_compressed(buf, **keys, **arrays)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -115,7 +117,7 @@ class TargetScores:
         if not {"nll", "top1", "top5", "key"} <= set(get):
             raise UserError(f"{path}: not a per-target scores file (needs nll, top1, top5, key)")
         return cls(get["nll"], get["top1"], get["top5"], get.get("novel"), get.get("groups"),
-                   get.get("postselection"), str(get["key"]))
+                   get.get("postselection"), str(get["key"]), str(get.get("positions_key", "")))
 
 
 def _summary(nll: np.ndarray, top1: np.ndarray, top5: np.ndarray) -> dict[str, float]:

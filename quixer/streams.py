@@ -104,10 +104,16 @@ class EvalTargets:
     def __len__(self) -> int:
         return len(self.starts)
 
+    @property
+    def positions_key(self) -> str:
+        """sha256 of the scored positions alone: equal for two token sets (quantised and raw
+        6-mers) of the same windows, whose ``key`` differs, so their scores can still be paired."""
+        return hashlib.sha256(np.ascontiguousarray(self.starts, dtype=np.int64).tobytes()).hexdigest()
+
     def scores(self, nll: np.ndarray, top1: np.ndarray, top5: np.ndarray,
                postselection: np.ndarray | None = None) -> TargetScores:
-        """Per-target scores of these targets, carrying their novel flags, groups and key."""
-        return TargetScores(nll, top1, top5, self.novel, self.groups, postselection, self.key)
+        """Per-target scores of these targets, carrying their novel flags, groups and keys."""
+        return TargetScores(nll, top1, top5, self.novel, self.groups, postselection, self.key, self.positions_key)
 
     def sample(self, n: int) -> "EvalTargets":
         """A fixed seeded sample of ``n`` of these targets (all of them when ``n`` is 0 or not

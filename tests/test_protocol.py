@@ -174,3 +174,22 @@ def test_report_rows_roundtrip_scores_files(tmp_path):
     with pytest.raises(Exception, match="cannot be read"):
         TargetScores.load(tmp_path / "bad.npz")
     assert json.dumps(s.metrics())
+
+
+def test_positions_key_pairs_token_sets_of_the_same_windows(tmp_path):
+    """Quantised and raw tokens of the same windows score the same positions: equal
+    positions_key (carried through the scores file), different key."""
+    from tests.token_fixtures import make_token_dir
+    from quixer.data import load_token_data
+    from quixer.scoring import TargetScores
+    from quixer.streams import eval_targets
+
+    coarse = load_token_data(make_token_dir(tmp_path / "coarse", prefix=4))
+    raw = load_token_data(make_token_dir(tmp_path / "raw", prefix=6))
+    a, b = (eval_targets(d.streams("test"), d.window_size, 0) for d in (coarse, raw))
+    assert a.positions_key == b.positions_key and a.key != b.key
+    assert a.sample(50).positions_key != a.positions_key
+    n = len(a)
+    path = tmp_path / "scores.npz"
+    a.scores(np.zeros(n), np.zeros(n), np.zeros(n)).save(path)
+    assert TargetScores.load(path).positions_key == a.positions_key
