@@ -14,6 +14,10 @@ length) and it holds exactly the accessions asked for. Headers read
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C from here on, imports included: one line, exit status 130
+    from quixer.interrupts import exit_on_interrupt
+    exit_on_interrupt()
+
 import argparse
 import logging
 import os

@@ -11,6 +11,10 @@ commands above give the same tokens: whichever runs second finds the directory u
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C from here on, imports included: one line, exit status 130
+    from quixer.interrupts import exit_on_interrupt
+    exit_on_interrupt()
+
 import argparse
 import logging
 

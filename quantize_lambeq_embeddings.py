@@ -20,6 +20,10 @@ finished directory are refused unless --force.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C from here on, imports included: one line, exit status 130
+    from quixer.interrupts import exit_on_interrupt
+    exit_on_interrupt()
+
 import argparse
 import logging
 

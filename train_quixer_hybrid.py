@@ -13,6 +13,10 @@ Examples:
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C from here on, imports included: one line, exit status 130
+    from quixer.interrupts import exit_on_interrupt
+    exit_on_interrupt()
+
 import sys
 from typing import Sequence
 

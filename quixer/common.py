@@ -163,25 +163,55 @@ def resolve_device(name: str = "auto") -> "torch.device":
     return torch.device(name)
 
 
-def check_output_dir(out_dir: str | os.PathLike, signature: dict, force: bool = False) -> bool:
+def check_output_dir(out_dir: str | os.PathLike, signature: dict, force: bool = False, stage: str | None = None
+                     ) -> bool:
     """Decide what to do with a stage's output directory before any work is done.
 
     Returns True when ``out_dir`` already holds a finished run with the same ``signature``
-    (parameters + input hashes), so the stage can skip. A directory holding a different run,
-    or files that are not a run of ours, is a :class:`UserError` unless ``force``.
+    (parameters + input hashes), so the stage can skip. A directory holding a different run of
+    this ``stage`` is a :class:`UserError` unless ``force``; one holding anything else (another
+    stage's output, a training run, foreign files) is refused even with ``force``: it says what
+    the directory holds and deletes nothing.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory")
-    if not out_dir.exists() or not any(out_dir.iterdir()) or force:
+    if not out_dir.exists() or not any(out_dir.iterdir()):
         return False
     meta_path = out_dir / "metadata.json"
-    if not meta_path.exists():
-        raise UserError(f"{out_dir}: not empty and holds no metadata.json of ours; choose another output directory or pass --force")
-    old = read_json(meta_path).get("signature")
-    if old == json.loads(json.dumps(signature, default=_json_default)):
+    meta = read_json(meta_path) if meta_path.is_file() else None
+    ours = isinstance(meta, dict) and "signature" in meta and (stage is None or meta.get("stage") in (stage, None))
+    if not ours:
+        raise UserError(f"{out_dir}: holds {describe_directory(out_dir)}; this stage replaces only its own earlier "
+                        "output (even with --force): choose another output directory")
+    if force:
+        return False
+    if meta.get("signature") == json.loads(json.dumps(signature, default=_json_default)):
         return True
     raise UserError(f"{out_dir}: holds a different run (other parameters or input); pass --force to replace it or choose another output directory")
+
+
+def describe_directory(path: str | os.PathLike) -> str:
+    """What a non-empty directory holds, in a few words, for refusals that must not delete it."""
+    path = Path(path)
+    names = sorted(p.name for p in path.iterdir())
+    run_files = [n for n in ("best.pt", "last.pt", "results.json", "metrics.jsonl") if n in names]
+    if "config.json" in names and run_files:
+        return f"a training run ({', '.join(['config.json', *run_files])})"
+    meta = path / "metadata.json"
+    if meta.is_file():
+        try:
+            stage = json.loads(meta.read_text(encoding="utf-8")).get("stage")
+        except (OSError, ValueError, AttributeError):
+            stage = None
+        if isinstance(stage, str):
+            return f"the output of {stage}.py"
+    runs = [p for p in path.iterdir() if p.is_dir() and (any(p.glob("config.json")) or any(p.glob("*/config.json")))]
+    if runs:
+        return f"training runs ({', '.join(sorted(p.name for p in runs)[:3])}{', ...' if len(runs) > 3 else ''})"
+    if "results.md" in names and "results.json" in names:
+        return "a report (results.json, results.md)"
+    return f"{len(names)} file(s) that are not an output of this pipeline ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ unbroken run would; under DDP each process takes a contiguous share.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .common import UserError, load_torch_file
+from .common import UserError, load_torch_file, sha256_file
 from .streams import EvalTargets, TokenStreams
 from .window_sources import WindowSources
 from .windows import SPLITS
@@ -109,11 +110,30 @@ class TokenData:
     def n_input_tokens(self) -> int:
         return self.window_size - 1
 
+    @property
+    def fingerprint(self) -> str:
+        """:func:`data_fingerprint` of this directory (computed once)."""
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = data_fingerprint(self.data_dir, tuple(self.splits))
+        return self._fingerprint
+
     def streams(self, split: str) -> TokenStreams:
         """The split's windows chained into per-transcript token streams (cached)."""
         if split not in self._streams:
             self._streams[split] = TokenStreams.from_windows(self.splits[split], self.sources.get(split))
         return self._streams[split]
+
+
+def data_fingerprint(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> str:
+    """sha256 over the contents of a token directory's split files and centroids: the identity a
+    run records, so that it never resumes on, is scored with or is reported beside other data
+    (two k-means seeds give files of the same shapes but other tokens)."""
+    data_dir = Path(data_dir)
+    digest = hashlib.sha256()
+    for name in (*(f"{s}.pt" for s in splits), CLUSTER_CENTERS_FILE):
+        if (data_dir / name).is_file():
+            digest.update(f"{name}:{sha256_file(data_dir / name)}\n".encode())
+    return digest.hexdigest()
 
 
 def load_token_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> TokenData:

@@ -483,7 +483,7 @@ def encode_windows(data_dir: str | os.PathLike, output_dir: str | os.PathLike, s
         "materialize": options.materialize,
         "data": {"signature": data_meta.get("signature"), "input_sha256": data_meta.get("input_sha256")},
     }
-    if check_output_dir(output_dir, signature, force):
+    if check_output_dir(output_dir, signature, force, stage="lambeq_encoder"):
         log.info("%s is up to date (same input and parameters); nothing to do", output_dir)
         return read_json(output_dir / "metadata.json")
     torch.set_num_threads(options.workers)

@@ -45,7 +45,7 @@ def prepare_classical_benchmarks(output_dir: str | os.PathLike, *, fasta: str | 
     # The same FASTA and windowing flags give the same tokens by either route (and from any path),
     # so the signature holds only those: the other route then finds the directory up to date.
     signature = {"windows": windows}
-    if check_output_dir(output_dir, signature, force):
+    if check_output_dir(output_dir, signature, force, stage="prepare_classical_benchmarks"):
         log.info("%s is up to date; nothing to do", output_dir)
         return read_json(Path(output_dir) / "metadata.json")
 

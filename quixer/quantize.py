@@ -194,7 +194,7 @@ def quantize_embeddings(input_dir: str | os.PathLike, output_dir: str | os.PathL
         raise UserError("--output_dir must differ from --input_dir")
     inputs = load_inputs(input_dir)
     signature = {"parameters": asdict(cfg), "input": inputs.source}
-    if check_output_dir(output_dir, signature, force):
+    if check_output_dir(output_dir, signature, force, stage="quantize_lambeq_embeddings"):
         log.info("%s is up to date (same input and parameters); nothing to do", output_dir)
         return read_json(output_dir / "metadata.json")
 

@@ -64,6 +64,14 @@ def proba_scores(proba: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np
     return nll, expected_in_top(1, above, tied), expected_in_top(k5, above, tied)
 
 
+def format_perplexity(value: float) -> str:
+    """A perplexity for logs and tables: two decimals, or three significant digits once it is
+    large (a diverging run's perplexity would otherwise print hundreds of digits)."""
+    if not math.isfinite(value):
+        return "inf"
+    return f"{value:.2f}" if value < 1e5 else f"{value:.3g}"
+
+
 def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 

@@ -42,6 +42,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,6 +57,7 @@ from torch import nn
 
 from .common import (
     UserError,
+    describe_directory,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
@@ -63,11 +66,11 @@ from .common import (
     read_json,
     seed_everything,
 )
-from .data import TokenData, eval_batches, load_cluster_centers, load_token_data, steps_per_epoch, train_batches
+from .data import TokenData, data_fingerprint, eval_batches, load_cluster_centers, load_token_data, steps_per_epoch, train_batches
 from .devices import fastest_device
 from .distributed import DistContext, init_distributed, rng_state, set_rng_state
 from .provenance import now, provenance
-from .scoring import TargetScores, prefixed, score_logits
+from .scoring import TargetScores, format_perplexity, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
 
 log = logging.getLogger("quixer")
@@ -92,6 +95,7 @@ CONVERGENCE_RULE = ("early stopping fired, or the run reached --epochs and each 
                     "validation (selection) loss by less than 0.1 %")
 # Flags that do not change what a run computes: they may differ when resuming.
 _IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "resume", "config"})
+DIVERGED_FILE = "diverged.json"  # written instead of results.json when the loss became non-finite
 # Flags added after runs were written: a config.json without them ran with these values.
 _LEGACY_VALUES = {"protocol": "project", "selection_targets": 0}
 # Flags that are never part of a run's config.json.
@@ -170,9 +174,11 @@ def add_training_args(
                         "(default: %(default)s)")
     if run_flags:
         g.add_argument("--output_dir", default=output_dir,
-                       help="run directory: config, metrics, checkpoints, results (default: %(default)s)")
+                       help="run directory: config, metrics, checkpoints, results (default: %s)"
+                            % (output_dir or "runs/<model>, runs/<model>_<preset> for a paper preset"))
         g.add_argument("--resume", action="store_true",
-                       help="continue the run in --output_dir from its last checkpoint (same flags required)")
+                       help="continue the unfinished run in --output_dir from its last checkpoint (same flags "
+                            "and data required), or extend a run to a larger --epochs")
         g.add_argument("--config", default=None,
                        help="JSON object of flag values (e.g. the tuner's best_config.json or a run's "
                             "config.json); flags given on the command line override it")
@@ -344,36 +350,85 @@ class FrozenEntries:
 # Run directory
 
 
-def _describe_diff(old: dict, new: dict) -> str:
+def _describe_diff(old: dict, new: dict, ignore: frozenset = frozenset()) -> str:
     old = {**_LEGACY_VALUES, **old}
-    keys = sorted(k for k in set(old) | set(new) if k not in _IGNORED_ON_RESUME and old.get(k) != new.get(k))
+    keys = sorted(k for k in set(old) | set(new)
+                  if k not in _IGNORED_ON_RESUME | ignore and old.get(k) != new.get(k))
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
 
 
-def prepare_run_dir(out: Path, config: dict, resume: bool) -> str:
-    """Decide, without writing, what to do with ``out``: 'fresh', 'resume' or 'done'.
+def prepare_run_dir(out: Path, config: dict, resume: bool, fingerprint: str | None = None) -> str:
+    """Decide, without writing, what to do with ``out``: 'fresh', 'resume', 'extend' or 'done'.
 
-    A directory holding another run (different flags) is refused; so is the same run without
-    ``--resume`` (that would overwrite it). ``--resume`` with nothing to resume starts fresh.
+    A directory holding another run (other flags, or other data by ``fingerprint``) is refused.
+    The same run finished is 'done' (a rerun does nothing); unfinished, it continues only with
+    ``--resume``, so a typo cannot restart over it. A larger ``--epochs`` with ``--resume``
+    extends the run ('extend'); ``--resume`` with nothing to resume starts fresh.
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
     cfg_path = out / "config.json"
     if not cfg_path.exists():
         if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out}: not empty and holds no config.json of a training run; choose another --output_dir")
+            raise UserError(f"{out}: holds {describe_directory(out)}, not a training run; choose another --output_dir")
         if resume:
             log.info("%s: no run to resume, starting a fresh one", out)
         return "fresh"
-    old = read_json(cfg_path)
-    diff = _describe_diff(old, json.loads(json.dumps(config)))
+    old, new = read_json(cfg_path), json.loads(json.dumps(config))
+    diff = _describe_diff(old, new, ignore=frozenset({"epochs"}))
     if diff:
         raise UserError(f"{out} holds a different run ({diff}); choose another --output_dir")
-    if not resume:
-        raise UserError(f"{out} already holds this run; pass --resume to continue it or choose another --output_dir")
-    if (out / "results.json").exists():
+    _check_run_data(out, fingerprint)
+    if (out / DIVERGED_FILE).exists():
+        why = read_json(out / DIVERGED_FILE).get("message", "")
+        raise UserError(f"{out}: this run diverged ({why}); start another --output_dir with a lower --lr")
+    finished = _finished_epochs(out)
+    if new.get("epochs") != old.get("epochs"):
+        return _extension_mode(out, old.get("epochs"), new.get("epochs"), resume)
+    if finished is not None and finished == new.get("epochs"):
         return "done"
+    if not resume:
+        raise UserError(f"{out} holds this run, unfinished; pass --resume to continue it or choose another --output_dir")
     return "resume" if (out / "last.pt").exists() else "fresh"
+
+
+def _extension_mode(out: Path, old_epochs: int, new_epochs: int, resume: bool) -> str:
+    """A run asked for with another --epochs: only more epochs, with --resume, from last.pt."""
+    if new_epochs < old_epochs:
+        raise UserError(f"{out} holds this run with --epochs {old_epochs}; it cannot be shortened to {new_epochs} "
+                        "(choose another --output_dir)")
+    if not resume:
+        raise UserError(f"{out} holds this run with --epochs {old_epochs}; pass --resume to extend it to {new_epochs}")
+    if not (out / "last.pt").exists():
+        raise UserError(f"{out}: no last.pt to extend the run from (choose another --output_dir)")
+    state = load_torch_file(out / "last.pt").get("state") or {}
+    if state.get("stop_reason") == "early_stop":
+        raise UserError(f"{out}: the run stopped early at epoch {state.get('epoch')} (no lower validation loss for "
+                        "--patience epochs); more epochs would not train it further")
+    return "extend"
+
+
+def _finished_epochs(out: Path) -> int | None:
+    """The --epochs a finished run (one with results.json) was finished for, else None."""
+    path = out / "results.json"
+    if not path.exists():
+        return None
+    results = read_json(path)
+    return int(results.get("max_epochs") or results.get("epochs_run") or 0) if isinstance(results, dict) else None
+
+
+def _check_run_data(out: Path, fingerprint: str | None) -> None:
+    """One line, and nothing touched, when ``out`` was trained on other data than ``fingerprint``."""
+    if fingerprint is None:
+        return
+    recorded = None
+    if (out / "results.json").exists():
+        recorded = read_json(out / "results.json").get("data_fingerprint")
+    elif (out / "last.pt").exists():
+        recorded = (load_torch_file(out / "last.pt").get("data") or {}).get("fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        raise UserError(f"{out} was trained on other data (data fingerprint {recorded[:12]}, --data_dir has "
+                        f"{fingerprint[:12]}); choose another --output_dir or the run's own --data_dir")
 
 
 def _rewrite_metrics(path: Path, keep_through_epoch: int, new: dict | None = None) -> None:
@@ -389,7 +444,7 @@ def _rewrite_metrics(path: Path, keep_through_epoch: int, new: dict | None = Non
 
 
 def _data_summary(data: TokenData) -> dict:
-    return {"vocab_size": data.vocab_size, "window_size": data.window_size,
+    return {"fingerprint": data.fingerprint, "vocab_size": data.vocab_size, "window_size": data.window_size,
             "windows": {s: int(t.shape[0]) for s, t in data.splits.items()},
             "tokens": {s: len(data.streams(s)) for s in data.splits}}
 
@@ -430,6 +485,7 @@ class RunState:
     bad_epochs: int = 0
     active_layers: int = 0
     stop_reason: str = ""  # "", then "early_stop" (patience ran out) or "max_epochs"
+    extended_from: list = field(default_factory=list)  # the --epochs of each earlier end (extensions)
     started: str = ""  # UTC time the run's first epoch started (kept across resumptions)
     train_seconds: float = 0.0
     step_seconds: float = 0.0
@@ -469,8 +525,10 @@ def train_model(
     build_model: Callable[[TokenData, argparse.Namespace], nn.Module],
     layerwise: bool = False,
     epoch_callback: EpochCallback | None = None,
+    score_test: bool = True,
 ) -> dict:
     """Train, validate each epoch, checkpoint, test the best checkpoint; return results.json's dict.
+    ``score_test=False`` (the tuner) never touches the test split: results hold validation only.
 
     ``build_model(data, args)`` is called right after seeding, so initial weights depend on
     ``--seed`` only. ``epoch_callback(epoch, record)`` runs after each epoch's checkpoint is
@@ -481,22 +539,60 @@ def train_model(
     try:
         out = Path(args.output_dir)
         config = run_config(args)
-        mode = prepare_run_dir(out, config, args.resume)
+        fingerprint = data_fingerprint(args.data_dir) if Path(args.data_dir).is_dir() else None
+        mode = prepare_run_dir(out, config, args.resume, fingerprint)
         if mode == "done":
             log.info("%s: run already finished; results.json kept", out)
             return read_json(out / "results.json")
-        run = _setup(args, dist, out, config, model_name, build_model, layerwise)
-        run.epoch_callback = epoch_callback
-        if mode == "resume":
-            _resume(run)
-        run.state.started = run.state.started or now()
-        if dist.is_main:
-            _rewrite_metrics(out / "metrics.jsonl", run.state.epoch)
-        while not run.state.stop_reason:
-            _run_epoch(run)
-        return _finish(run)
+        created = not out.exists()
+        try:
+            return _train(args, dist, out, config, mode, model_name, build_model, layerwise, epoch_callback,
+                          score_test)
+        except TrainingDiverged as exc:
+            if dist.is_main:
+                atomic_write_json(out / DIVERGED_FILE, {"message": str(exc), "stop_reason": "diverged"})
+            raise
+        except BaseException:
+            if created and dist.is_main and not (out / "last.pt").exists():
+                shutil.rmtree(out, ignore_errors=True)  # a run that never finished an epoch leaves nothing
+            raise
     finally:
         dist.close()
+
+
+def _train(args, dist: DistContext, out: Path, config: dict, mode: str, model_name: str, build_model, layerwise: bool,
+           epoch_callback: EpochCallback | None, score_test: bool) -> dict:
+    """Set up (resuming or extending per ``mode``), run the epochs, score the best checkpoint."""
+    run = _setup(args, dist, out, config, model_name, build_model, layerwise)
+    run.epoch_callback = epoch_callback
+    if mode in ("resume", "extend"):
+        _resume(run)
+        if run.state.stop_reason == "max_epochs" and run.state.epoch < args.epochs:
+            _extend(run)  # also an extension that was interrupted before its first new epoch
+    run.state.started = run.state.started or now()
+    if dist.is_main:
+        _rewrite_metrics(out / "metrics.jsonl", run.state.epoch)
+    while not run.state.stop_reason:
+        _run_epoch(run)
+    return _finish(run, score_test)
+
+
+def _extend(run: Run) -> None:
+    """Continue a run that reached its old --epochs up to the new one. A cosine schedule is
+    re-laid over the new length: the rate returns to that curve's value at the current step and
+    decays to zero at the new --epochs (a plateau schedule simply continues)."""
+    state, args = run.state, run.args
+    old_epochs = state.epoch
+    state.stop_reason = ""
+    state.extended_from.append(old_epochs)
+    if args.lr_schedule == "cosine":
+        sched = run.lr_scheduler
+        sched.T_max = args.epochs * run.steps
+        t = sched.last_epoch
+        for group, base in zip(run.optimizer.param_groups, sched.base_lrs):
+            group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * t / sched.T_max)) / 2
+        sched._last_lr = [g["lr"] for g in run.optimizer.param_groups]
+    log.info("%s: extending the run from %d to %d epochs", run.out, old_epochs, args.epochs)
 
 
 def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, build_model, layerwise: bool) -> Run:
@@ -505,10 +601,6 @@ def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, bu
              "/".join(str(int(data.splits[s].shape[0])) for s in data.splits),
              "/".join(str(len(data.streams(s))) for s in data.splits), data.window_size, data.vocab_size,
              data.vocab_source)
-    dist.barrier()  # every rank has read config.json before rank 0 writes it
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", config)
     if args.device == "auto" and dist.device.type == "cuda" and not dist.enabled:
         # a GPU is not always faster (a small model at a small batch is launch-bound): measure
         dist.device, seconds = fastest_device(lambda: build_model(data, args), data.n_input_tokens,
@@ -539,16 +631,24 @@ def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, bu
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     log.info("%s: %d trainable parameters on %s (%d process%s); %d windows per epoch, %d val / %d test targets, "
              "%d val targets per epoch for model selection", model_name, count_parameters(model), dist.device,
-             dist.world_size, "es" if dist.enabled else "", epoch_size, len(targets["val"]), len(targets["test"]),
-             len(targets["selection"]))
+             dist.world_size, "es" if dist.enabled else "", min(epoch_size, steps * args.batch_size * dist.world_size),
+             len(targets["val"]), len(targets["test"]), len(targets["selection"]))
+    dist.barrier()  # every rank has read config.json before rank 0 writes it
+    if dist.is_main:  # written once the run is set up: a refused or failed set-up leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config)
     return Run(args, dist, out, config, model_name, data, schedule, targets, model, step_model, optimizer,
                lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0)
 
 
 def _resume(run: Run) -> None:
     ckpt = load_torch_file(run.out / "last.pt")
-    if ckpt.get("data") != _data_summary(run.data):
-        raise UserError(f"{run.out}/last.pt was trained on other data ({ckpt.get('data')}); choose another --output_dir")
+    saved, now_data = dict(ckpt.get("data") or {}), _data_summary(run.data)
+    if "fingerprint" not in saved:  # checkpoints written before data fingerprints: compare the rest
+        now_data.pop("fingerprint")
+    if saved != now_data:
+        raise UserError(f"{run.out}/last.pt was trained on other data; choose another --output_dir or the run's "
+                        "own --data_dir")
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
@@ -587,8 +687,9 @@ def _run_epoch(run: Run) -> None:
     if "val_postselection" in record:
         record["postselection"] = record.pop("val_postselection")
     improved = _update_stopping(run, val["loss"])
-    log.info("epoch %d/%d: train loss %.4f, val loss %.4f (ppl %.2f, top1 %.3f, top5 %.3f)%s, %.1f s%s",
-             epoch + 1, args.epochs, train_loss, val["loss"], val["perplexity"], val["top1"], val["top5"],
+    log.info("epoch %d/%d: train loss %.4f, val loss %.4f (perplexity %s, top-1 %.2f %%, top-5 %.2f %%)%s, %.1f s%s",
+             epoch + 1, args.epochs, train_loss, val["loss"], format_perplexity(val["perplexity"]), 100 * val["top1"],
+             100 * val["top5"],
              f", postselection {val['postselection']:.3f}" if "postselection" in val else "", epoch_s,
              f"; stop: {state.stop_reason}" if state.stop_reason else "")
     _checkpoint(run, record, improved, val, val_scores)
@@ -676,7 +777,7 @@ def _train_steps(run: Run, frozen: "FrozenEntries | None", desc: str) -> tuple[f
         sums[0] += loss.detach().double() * len(y)
         sums[1] += len(y)
         if step % 25 == 0 and not getattr(bar, "disable", True):
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.detach().item():.3f}")
     seconds = time.perf_counter() - t0
     dist.all_reduce_sum(sums)
     n = int(sums[1])
@@ -721,8 +822,9 @@ def _best_val_scores(run: Run, best: dict) -> TargetScores:
     return scores
 
 
-def _finish(run: Run) -> dict:
-    """Score the best checkpoint on val and test; write the score files and results.json."""
+def _finish(run: Run, score_test: bool = True) -> dict:
+    """Score the best checkpoint on all validation targets (and test, unless ``score_test`` is
+    False); write the score files and results.json."""
     dist, out = run.dist, run.out
     dist.barrier()  # best.pt is complete before every rank reads it
     best = load_torch_file(out / "best.pt")
@@ -730,44 +832,58 @@ def _finish(run: Run) -> dict:
     if run.n_layers and best.get("active_layers") is not None:
         run.model.set_active_layers(best["active_layers"])
     scores = {"val": _best_val_scores(run, best)}
-    t0 = time.perf_counter()
-    scores["test"] = evaluate(run.model, run.data, "test", run.targets["test"], run.eval_batch_size, dist,
-                              desc="best: test")
-    eval_seconds = time.perf_counter() - t0
-    test, val = scores["test"].metrics(), scores["val"].metrics()
-    state = run.state
+    eval_seconds = None
+    if score_test:
+        t0 = time.perf_counter()
+        scores["test"] = evaluate(run.model, run.data, "test", run.targets["test"], run.eval_batch_size, dist,
+                                  desc="best: test")
+        eval_seconds = time.perf_counter() - t0
+    results = _results(run, best, scores, eval_seconds)
+    if dist.is_main:
+        if "test" in scores:
+            scores["test"].save(out / "test_scores.npz")
+        atomic_write_json(out / "results.json", results)
+        split = "test" if "test" in scores else "val"
+        log.info("%s: loss %.4f, perplexity %s, top-1 %.2f %%, top-5 %.2f %% (%s after %d epochs) -> %s", split,
+                 results[f"{split}_loss"], format_perplexity(results[f"{split}_perplexity"]),
+                 100 * results[f"{split}_top1"], 100 * results[f"{split}_top5"], run.state.stop_reason,
+                 run.state.epoch, out / "results.json")
+    return results
+
+
+def _results(run: Run, best: dict, scores: dict[str, TargetScores], eval_seconds: float | None) -> dict[str, Any]:
+    """results.json: the scores of the best checkpoint, how the run went and how it was made."""
+    state, dist = run.state, run.dist
     results: dict[str, Any] = {
         "model": run.model_name, "seed": run.args.seed, "data_dir": str(run.args.data_dir),
+        "data_fingerprint": run.data.fingerprint,
         "parameters": count_parameters(run.model), "parameter_breakdown": parameter_breakdown(run.model),
-        **prefixed("test", {k: v for k, v in test.items() if k != "postselection"}),
-        "test_targets": len(scores["test"]), "val_targets": len(scores["val"]),
-        "targets_sha256": run.targets["test"].key,
-        "train_seconds": state.train_seconds,
-        "train_sequences_per_second": state.train_sequences / max(state.step_seconds, 1e-9),
-        "eval_sequences_per_second": len(scores["test"]) / max(eval_seconds, 1e-9),
     }
-    if "postselection" in test:
-        results["postselection"] = test["postselection"]
-    results.update(prefixed("val", {k: v for k, v in val.items() if k != "postselection"}))
+    for split in ("test", "val"):
+        if split in scores:
+            metrics = scores[split].metrics()
+            results.update(prefixed(split, {k: v for k, v in metrics.items() if k != "postselection"}))
+            results[f"{split}_targets"] = len(scores[split])
+    if "test" in scores:
+        results.update(targets_sha256=run.targets["test"].key,
+                       eval_sequences_per_second=len(scores["test"]) / max(eval_seconds, 1e-9))
+        if "postselection" in scores["test"].metrics():
+            results["postselection"] = scores["test"].metrics()["postselection"]
     results.update(
+        train_seconds=state.train_seconds,
+        train_sequences_per_second=state.train_sequences / max(state.step_seconds, 1e-9),
         epochs_run=state.epoch, best_epoch=best["epoch"], stop_reason=state.stop_reason,
-        converged=is_converged(state.stop_reason, _selection_losses(out / "metrics.jsonl")),
-        converged_rule=CONVERGENCE_RULE, protocol=getattr(run.args, "protocol", None) or "project",
-        lr_schedule=run.args.lr_schedule, selection_targets=len(run.targets["selection"]),
-        max_epochs=run.args.epochs, epoch_size=run.schedule.epoch_size,
-        vocabulary_size=run.data.vocab_size, window_size=run.data.window_size,
+        converged=is_converged(state.stop_reason, _selection_losses(run.out / "metrics.jsonl")),
+        converged_rule=CONVERGENCE_RULE, extended_from=state.extended_from,
+        protocol=getattr(run.args, "protocol", None) or "project", lr_schedule=run.args.lr_schedule,
+        selection_targets=len(run.targets["selection"]), max_epochs=run.args.epochs,
+        epoch_size=run.schedule.epoch_size, vocabulary_size=run.data.vocab_size, window_size=run.data.window_size,
         windows={s: int(t.shape[0]) for s, t in run.data.splits.items()},
         world_size=dist.world_size, device=str(dist.device), peak_rss_mb=peak_rss_mb(),
         torch_version=torch.__version__,
-        provenance=provenance(run.state.started, command=getattr(run.args, "command", None), device=str(dist.device),
+        provenance=provenance(state.started, command=getattr(run.args, "command", None), device=str(dist.device),
                               simulator=_simulator_name(run.model)),
     )
-    if dist.is_main:
-        scores["test"].save(out / "test_scores.npz")
-        atomic_write_json(out / "results.json", results)
-        log.info("test: loss %.4f, perplexity %.2f, top1 %.3f, top5 %.3f (%s after %d epochs) -> %s",
-                 results["test_loss"], results["test_perplexity"], results["test_top1"], results["test_top5"],
-                 state.stop_reason, state.epoch, out / "results.json")
     return results
 
 
@@ -804,10 +920,34 @@ def validate_quixer_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
 
 
+def quixer_memory_bytes(qubits: int, n_tokens: int, vocab: int, degree: int, batch: int, eval_batch: int) -> int:
+    """A rough upper bound of the largest allocations of a Quixer run, to refuse sizes that cannot
+    fit before anything is allocated: training keeps a 2^n statevector (real and imaginary float32)
+    per circuit, one circuit per (window, position), for every polynomial power and its adjoint;
+    evaluation may tabulate a 2^n x 2^n unitary per vocabulary entry and per batch row."""
+    dim = 2 ** qubits
+    train = 8 * batch * n_tokens * dim * (degree + 2) * 3
+    evaluation = 8 * (vocab + 2 * eval_batch) * dim * dim
+    return max(train, evaluation)
+
+
+def _check_quixer_fits(data: TokenData, args: argparse.Namespace) -> None:
+    """One line instead of an allocation failure for a model too large for this machine."""
+    need = quixer_memory_bytes(args.qubits, data.n_input_tokens, data.vocab_size, args.degree, args.batch_size,
+                               getattr(args, "eval_batch_size", None) or args.batch_size)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if torch.cuda.is_available() and args.device != "cpu":
+        have = max(have, torch.cuda.get_device_properties(0).total_memory)
+    if need > have:
+        raise UserError(f"a Quixer of {args.qubits} qubits would need about {need / 2**30:.3g} GiB at batch "
+                        f"{args.batch_size} (this machine has {have / 2**30:.0f} GiB); use fewer --qubits")
+
+
 def build_quixer(data: TokenData, args: argparse.Namespace) -> nn.Module:
     """The Quixer model for this data, initialised with ``--init_strategy`` from ``--seed``."""
     from .model import Quixer
 
+    _check_quixer_fits(data, args)
     centroids = load_cluster_centers(data.data_dir) if args.init_strategy == "centroid" else None
     try:
         model = Quixer(
@@ -832,10 +972,10 @@ def quixer_parser(description: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def train_quixer(args: argparse.Namespace, epoch_callback: EpochCallback | None = None) -> dict:
+def train_quixer(args: argparse.Namespace, epoch_callback: EpochCallback | None = None, score_test: bool = True) -> dict:
     validate_quixer_args(args)
-    return train_model(args, model_name="quixer", build_model=build_quixer,
-                       layerwise=args.use_layerwise_training, epoch_callback=epoch_callback)
+    return train_model(args, model_name="quixer", build_model=build_quixer, layerwise=args.use_layerwise_training,
+                       epoch_callback=epoch_callback, score_test=score_test)
 
 
 # ----------------------------------------------------------------------------------------------

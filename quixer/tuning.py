@@ -146,8 +146,7 @@ def _tune_quixer(args: argparse.Namespace) -> dict:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        results = train_quixer(targs, epoch_callback=report)
-        trial.set_user_attr("test_loss", results["test_loss"])
+        results = train_quixer(targs, epoch_callback=report, score_test=False)  # tuning never sees test
         return results["val_loss"]
 
     if remaining:

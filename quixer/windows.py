@@ -317,7 +317,7 @@ def prepare_autoregressive_data(fasta: str | os.PathLike, output_dir: str | os.P
     cfg.validate()
     fasta, output_dir = check_fasta_path(fasta), Path(output_dir)
     signature = {"config": asdict(cfg), "input_sha256": sha256_file(fasta)}
-    if check_output_dir(output_dir, signature, force):
+    if check_output_dir(output_dir, signature, force, stage="prepare_autoregressive_data"):
         log.info("%s is up to date (same input and parameters); nothing to do", output_dir)
         return read_json(output_dir / "metadata.json")
 

@@ -178,9 +178,27 @@ def test_output_dir_with_foreign_files_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    res = run_script("prepare_autoregressive_data.py", "--fasta", SAMPLE_FASTA, "--output_dir", out)
-    assert res.returncode == 2 and "metadata.json" in res.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    for extra in ((), ("--force",)):
+        res = run_script("prepare_autoregressive_data.py", "--fasta", SAMPLE_FASTA, "--output_dir", out, *extra)
+        assert res.returncode == 2 and "not an output of this pipeline (notes.txt)" in res.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_force_never_deletes_a_training_run_or_another_stage(tmp_path):
+    run = tmp_path / "runs" / "lstm"
+    run.mkdir(parents=True)
+    files = {"config.json": "{}", "best.pt": "weights", "last.pt": "state", "metrics.jsonl": ""}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    res = run_script("prepare_autoregressive_data.py", "--fasta", SAMPLE_FASTA, "--output_dir", run, "--force")
+    assert res.returncode == 2 and "holds a training run (config.json, best.pt, last.pt, metrics.jsonl)" in res.stderr
+    assert {p.name: p.read_text() for p in run.iterdir()} == files
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    (tokens / "metadata.json").write_text(json.dumps({"stage": "quantize_lambeq_embeddings", "signature": {}}))
+    res = run_script("prepare_autoregressive_data.py", "--fasta", SAMPLE_FASTA, "--output_dir", tokens, "--force")
+    assert res.returncode == 2 and "holds the output of quantize_lambeq_embeddings.py" in res.stderr
+    assert [p.name for p in tokens.iterdir()] == ["metadata.json"]
 
 
 def test_gzip_and_plain_inputs_agree(tmp_path):

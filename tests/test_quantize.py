@@ -239,7 +239,7 @@ def test_output_dir_checks(small_enc, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="not an output of this pipeline"):
         quantize_embeddings(small_enc, foreign, QuantizeConfig(n_clusters=2))
     quantize_embeddings(small_enc, tmp_path / "out", QuantizeConfig(n_clusters=2))
     with pytest.raises(UserError, match="different run"):

@@ -180,16 +180,16 @@ def test_output_dir_guard(tokens, tmp_path):
         train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, "--lr", 0.02))
     with pytest.raises(UserError, match="different run"):
         train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, "--lr", 0.02, "--resume"))
-    with pytest.raises(UserError, match="already holds this run"):
-        train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2))
     before = (out / "results.json").read_text()
-    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, "--resume"))  # finished: no-op
-    assert (out / "results.json").read_text() == before
+    for extra in ((), ("--resume",)):  # the same finished run again: nothing to do, with or without --resume
+        train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, *extra))
+        assert (out / "results.json").read_text() == before
     other = tmp_path / "not_a_run"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="no config.json"):
+    with pytest.raises(UserError, match="holds 1 file.*notes.txt.*not a training run"):
         train_quixer_hybrid.main(tiny(tokens, other, "--epochs", 1))
+    assert (other / "notes.txt").read_text() == "mine" and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
 
 def test_layer_schedule():
@@ -385,3 +385,87 @@ def test_selection_on_sample_and_full_validation_once(tokens, tmp_path):
         cfg.pop(key)
     (old / "config.json").write_text(json.dumps(cfg))
     train_quixer_hybrid.main(tiny(tokens, old, "--epochs", 1, "--max_train_batches", 2, "--resume"))
+
+
+def _perturbed_copy(tokens: Path, dest: Path) -> Path:
+    """The same token files with one train token changed: same shapes and vocabulary, other data
+    (as another k-means seed would give)."""
+    import shutil
+
+    shutil.copytree(tokens, dest)
+    obj = torch.load(dest / "train.pt", weights_only=True)
+    obj["sequences"][0, 0] = (obj["sequences"][0, 0] + 1) % 256
+    obj["labels"] = obj["sequences"][:, -1].clone()
+    torch.save(obj, dest / "train.pt")
+    return dest
+
+
+def test_runs_refuse_other_data(tokens, tmp_path):
+    other = _perturbed_copy(tokens, tmp_path / "tok2")
+    out = tmp_path / "run"
+    run_interrupted(tiny(tokens, out, "--epochs", 2, "--max_train_batches", 2), after_epoch=1)
+    config = (out / "config.json").read_text()
+    with pytest.raises(UserError, match="trained on other data"):  # resuming on other tokens
+        train_quixer_hybrid.main(tiny(other, out, "--epochs", 2, "--max_train_batches", 2, "--resume"))
+    assert (out / "config.json").read_text() == config and len(read_metrics(out)) == 1
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 2, "--max_train_batches", 2, "--resume"))
+    results = json.loads((out / "results.json").read_text())
+    from quixer.data import data_fingerprint
+    assert results["data_fingerprint"] == data_fingerprint(tokens) != data_fingerprint(other)
+    with pytest.raises(UserError, match="trained on other data"):  # a finished run asked for with other tokens
+        train_quixer_hybrid.main(tiny(other, out, "--epochs", 2, "--max_train_batches", 2, "--resume"))
+
+
+def test_resume_extends_a_finished_run(tokens, tmp_path):
+    out = tmp_path / "run"
+    argv = lambda epochs, *extra: tiny(tokens, out, "--epochs", epochs, "--max_train_batches", 3,  # noqa: E731
+                                       "--lr_schedule", "cosine", "--patience", 0, *extra)
+    train_quixer_hybrid.main(argv(2))
+    assert read_metrics(out)[-1]["lr"] > 0
+    with pytest.raises(UserError, match="pass --resume to extend it to 3"):
+        train_quixer_hybrid.main(argv(3))
+    with pytest.raises(UserError, match="cannot be shortened"):
+        train_quixer_hybrid.main(argv(1, "--resume"))
+    train_quixer_hybrid.main(argv(3, "--resume"))
+    results = json.loads((out / "results.json").read_text())
+    assert (results["epochs_run"], results["max_epochs"], results["extended_from"]) == (3, 3, [2])
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    # the cosine is re-laid over 3 epochs: epoch 3 starts at that curve's value after 2 of 3 epochs' steps
+    assert metrics[2]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 2 / 3)) / 2, rel=1e-6)
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+    train_quixer_hybrid.main(argv(3, "--resume"))  # now finished at 3: nothing to do
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_early_stopped_run_is_not_extended(tokens, tmp_path):
+    out = tmp_path / "run"
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 6, "--patience", 1, "--lr", 0.2, "--max_train_batches", 8))
+    if json.loads((out / "results.json").read_text())["stop_reason"] != "early_stop":
+        pytest.skip("the run did not stop early on this platform")
+    config = (out / "config.json").read_text()
+    with pytest.raises(UserError, match="stopped early"):
+        train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 9, "--patience", 1, "--lr", 0.2,
+                                      "--max_train_batches", 8, "--resume"))
+    assert (out / "config.json").read_text() == config
+
+
+def test_diverging_run_stops_and_is_marked(tokens, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="loss became"):
+        train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 2, "--lr", 1e30, "--max_grad_norm", 0,
+                                      "--max_train_batches", 4))
+    marked = json.loads((out / "diverged.json").read_text())
+    assert marked["stop_reason"] == "diverged" and not (out / "results.json").exists()
+    with pytest.raises(UserError, match="diverged"):
+        train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 2, "--lr", 1e30, "--max_grad_norm", 0,
+                                      "--max_train_batches", 4, "--resume"))
+
+
+def test_model_too_large_is_refused_before_allocation(tokens, tmp_path):
+    out = tmp_path / "run"
+    args = tiny(tokens, out, "--epochs", 1)
+    args[args.index("--qubits") + 1] = "40"
+    with pytest.raises(UserError, match=r"40 qubits would need about .* GiB"):
+        train_quixer_hybrid.main(args)
+    assert not out.exists()  # nothing left that would block the folder

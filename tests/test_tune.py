@@ -42,7 +42,12 @@ def test_study_resumes_and_best_config_round_trips(tmp_path):
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert sorted(t.intermediate_values) == [1, 2]  # validation loss reported per epoch
-        assert json.loads((out / "trials" / f"trial_{t.number:04d}" / "results.json").read_text())["epochs_run"] == 2
+        trial_dir = out / "trials" / f"trial_{t.number:04d}"
+        results = json.loads((trial_dir / "results.json").read_text())
+        assert results["epochs_run"] == 2 and "val_loss" in results
+        # tuning never touches the test split
+        assert not any(k.startswith(("test_", "novel_test")) for k in results) and "test_loss" not in t.user_attrs
+        assert not (trial_dir / "test_scores.npz").exists()
     best = json.loads((out / "best_config.json").read_text())
     assert {k: best[k] for k in study.best_params} == study.best_params
     assert "qubits" not in study.best_params and best["qubits"] == 2
