@@ -38,7 +38,10 @@ from quixer.hardware_resources import GATE_SET_NAMES
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run_dir", default="runs/quixer", help="a Quixer run directory (default: %(default)s)")
+    parser.add_argument("--run_dir", default="runs/quixer",
+                        help="a Quixer run directory, or a model folder of seed_<s>/ runs (default: %(default)s)")
+    parser.add_argument("--run_seed", type=int, default=None,
+                        help="in a model folder, the seed run to use (default: the lowest seed, as logged)")
     parser.add_argument("--output_dir", default=None, help="where the three files go (default: --run_dir)")
     parser.add_argument("--data_dir", default=None,
                         help="token directory with test.pt (default: the run's data_dir from config.json)")
@@ -58,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     estimate_hardware(args.run_dir, args.output_dir, shots=args.shots, seed=args.seed, max_windows=args.max_windows,
-                      gate_sets=args.gate_sets, data_dir=args.data_dir, batch_size=args.batch_size, force=args.force)
+                      gate_sets=args.gate_sets, data_dir=args.data_dir, batch_size=args.batch_size, force=args.force,
+                      run_seed=args.run_seed)
     return 0
 
 

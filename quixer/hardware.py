@@ -60,16 +60,51 @@ def _find_data_dir(run_dir: Path, configured: str | None, override: str | os.Pat
                     "(pass --data_dir with the run's token directory)")
 
 
-def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> QuixerRun:
-    """The best checkpoint of a Quixer run as a complex128 model in eval mode.
-
-    Sizes come from the checkpoint's tensors and are checked against ``config.json``.
-    """
-    from .model import Quixer
-
+def resolve_run_dir(run_dir: str | os.PathLike, run_seed: int | None = None) -> Path:
+    """A run directory, or one seed run of a model folder of ``seed_<s>/`` runs (``run_seed``,
+    else the lowest seed), said in the log, so the pipeline's own layout is accepted."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
+    if (run_dir / "config.json").is_file() and run_seed is None:
+        return run_dir
+    seeds = sorted(int(p.name[5:]) for p in run_dir.glob("seed_*") if p.name[5:].isdigit() and (p / "config.json").is_file())
+    if not seeds:
+        if run_seed is not None:
+            raise UserError(f"{run_dir}: --run_seed given, but it holds no seed_<s>/ runs")
+        raise UserError(f"{run_dir}: config.json not found (not a run directory, and no seed_<s>/ runs in it)")
+    seed = seeds[0] if run_seed is None else run_seed
+    if seed not in seeds:
+        raise UserError(f"{run_dir}: no seed_{seed}/ run (seeds: {', '.join(map(str, seeds))})")
+    log.info("%s: a model folder of %d seed runs (%s); using seed_%d%s", run_dir, len(seeds),
+             ", ".join(map(str, seeds)), seed, "" if run_seed is not None else " (--run_seed picks another)")
+    return run_dir / f"seed_{seed}"
+
+
+def _check_same_data(run_dir: Path, data_dir: Path) -> None:
+    """Refuse to score a run on tokens other than those it was trained on (by content)."""
+    from .data import data_fingerprint
+
+    results = run_dir / "results.json"
+    recorded = read_json(results).get("data_fingerprint") if results.is_file() else None
+    if recorded is None:
+        log.info("%s: no data fingerprint recorded (an older run); %s not checked", run_dir, data_dir)
+        return
+    if data_fingerprint(data_dir) != recorded:
+        raise UserError(f"{data_dir}: not the tokens {run_dir} was trained on (data fingerprint differs); "
+                        "pass the run's own --data_dir")
+
+
+def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                    run_seed: int | None = None) -> QuixerRun:
+    """The best checkpoint of a Quixer run as a complex128 model in eval mode.
+
+    Sizes come from the checkpoint's tensors and are checked against ``config.json``; the data
+    directory must hold the tokens the run was trained on.
+    """
+    from .model import Quixer
+
+    run_dir = resolve_run_dir(run_dir, run_seed)
     config = read_json(run_dir / "config.json")
     results_path = run_dir / "results.json"
     model_name = read_json(results_path).get("model") if results_path.is_file() else None
@@ -103,8 +138,9 @@ def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     if best.get("active_layers"):
         model.set_active_layers(int(best["active_layers"]))
     model.eval()
-    return QuixerRun(run_dir, config, model, _find_data_dir(run_dir, config.get("data_dir"), data_dir),
-                     sha256_file(best_path))
+    found = _find_data_dir(run_dir, config.get("data_dir"), data_dir)
+    _check_same_data(run_dir, found)
+    return QuixerRun(run_dir, config, model, found, sha256_file(best_path))
 
 
 def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
@@ -168,8 +204,10 @@ def _signature(run: QuixerRun, shots, seed, max_windows, gate_sets) -> dict:
 def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
                       shots: Sequence[int] = DEFAULT_SHOTS, seed: int = 0, max_windows: int = DEFAULT_MAX_WINDOWS,
                       gate_sets: Sequence[str] = DEFAULT_GATE_SETS, data_dir: str | os.PathLike | None = None,
-                      batch_size: int = 1024, force: bool = False, progress: bool = True) -> dict:
-    """Circuit, resources and finite-shot accuracy of a Quixer run; see the module docstring."""
+                      batch_size: int = 1024, force: bool = False, progress: bool = True,
+                      run_seed: int | None = None) -> dict:
+    """Circuit, resources and finite-shot accuracy of a Quixer run (or of seed ``run_seed`` of a
+    model folder); see the module docstring."""
     from .hardware_resources import GATE_SET_NAMES, resource_counts
     from .hardware_shots import exact_outcomes, shot_table
 
@@ -184,7 +222,7 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
         raise UserError(f"unknown gate set {unknown[0]!r}; choose from {', '.join(GATE_SET_NAMES)}")
     shots = sorted({int(s) for s in shots})
     logging.getLogger("qiskit").setLevel(logging.WARNING)  # its transpiler logs every pass at INFO
-    run = load_quixer_run(run_dir, data_dir)
+    run = load_quixer_run(run_dir, data_dir, run_seed)
     out = Path(output_dir) if output_dir is not None else run.run_dir
     signature = _signature(run, shots, seed, max_windows, gate_sets)
     if out.exists() and not out.is_dir():

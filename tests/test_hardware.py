@@ -263,3 +263,28 @@ def test_script_errors_are_one_line(trained, tmp_path, capsys):
     with pytest.raises(UserError, match="--shots"):
         estimate_quixer_hardware.main(["--run_dir", str(run), "--shots", "0", "--output_dir", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_model_folder_and_other_data(trained, tmp_path):
+    """The pipeline's layout (runs/quixer/seed_<s>/) is accepted, the seed said; tokens other
+    than the run's own are refused in one line."""
+    import shutil
+
+    tokens, run = trained
+    folder = tmp_path / "quixer"
+    for seed in (43, 42):
+        shutil.copytree(run, folder / f"seed_{seed}")
+    assert load_quixer_run(folder).run_dir == folder / "seed_42"
+    assert load_quixer_run(folder, run_seed=43).run_dir == folder / "seed_43"
+    with pytest.raises(UserError, match=r"no seed_7/ run \(seeds: 42, 43\)"):
+        load_quixer_run(folder, run_seed=7)
+    with pytest.raises(UserError, match="no seed_<s>/ runs"):
+        load_quixer_run(tmp_path)
+    other = tmp_path / "tok2"
+    shutil.copytree(tokens, other)
+    obj = torch.load(other / "test.pt", weights_only=True)
+    obj["sequences"][0, 0] = (obj["sequences"][0, 0] + 1) % obj["sequences"].max()
+    obj["labels"] = obj["sequences"][:, -1].clone()
+    torch.save(obj, other / "test.pt")
+    with pytest.raises(UserError, match="not the tokens .* was trained on"):
+        load_quixer_run(folder, data_dir=other)
