@@ -3,6 +3,8 @@
 Modules (one obvious place for each idea):
 
 - ``common``       one-line user errors, logging, atomic writes, hashes, seeds, devices, torch files
+- ``interrupts``   Ctrl-C in a stage script: one line and exit status 130, installed before heavy imports
+- ``provenance``   how a run was made: git commit, package versions, command line, host, times
 - ``fasta``        streaming FASTA reading, input validation, normalisation, gene tags
 - ``homology``     split groups by shared sequence, the exact train-sequence index behind the leakage statistic
 - ``windows``      k-mer windows, group splits, the stage-1 directory (write and read)
@@ -26,6 +28,7 @@ Modules (one obvious place for each idea):
 - ``baselines``    LSTM / Transformer / FNet and the Quixer ablation (its quantum block replaced by pooling)
 - ``reference``    the uniform / unigram / n-gram (Kneser-Ney) reference predictors
 - ``training``     the one training loop: metrics, checkpoints, resume, early stopping; the trainer entry points
+- ``live_curves``  optional TensorBoard event files of a training run (``--tensorboard``)
 - ``distributed``  the DDP context and the checkpointed RNG state
 - ``tuning``       the Optuna hyperparameter search (tune_quixer_hybrid.py)
 - ``report``       the results table and plots

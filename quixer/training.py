@@ -69,6 +69,7 @@ from .common import (
 from .data import TokenData, data_fingerprint, eval_batches, load_cluster_centers, load_token_data, steps_per_epoch, train_batches
 from .devices import fastest_device
 from .distributed import DistContext, init_distributed, rng_state, set_rng_state
+from .live_curves import STEP_EVERY, LiveCurves
 from .provenance import now, provenance
 from .scoring import TargetScores, format_perplexity, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
@@ -94,10 +95,10 @@ CONVERGENCE_TOLERANCE = 1e-3
 CONVERGENCE_RULE = ("early stopping fired, or the run reached --epochs and each of its last two epochs lowered the "
                     "validation (selection) loss by less than 0.1 %")
 # Flags that do not change what a run computes: they may differ when resuming.
-_IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "resume", "config"})
+_IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "resume", "config", "tensorboard"})
 DIVERGED_FILE = "diverged.json"  # written instead of results.json when the loss became non-finite
 # Flags added after runs were written: a config.json without them ran with these values.
-_LEGACY_VALUES = {"protocol": "project", "selection_targets": 0}
+_LEGACY_VALUES = {"protocol": "project", "selection_targets": 0, "tensorboard": None}
 # Flags that are never part of a run's config.json.
 _NOT_CONFIG = frozenset({"config", "resume", "verbose", "command"})
 
@@ -182,6 +183,11 @@ def add_training_args(
         g.add_argument("--config", default=None,
                        help="JSON object of flag values (e.g. the tuner's best_config.json or a run's "
                             "config.json); flags given on the command line override it")
+    if run_flags:
+        g.add_argument("--tensorboard", default=None, metavar="DIR",
+                       help="also write TensorBoard event files (per-epoch metrics, the training loss every 25 "
+                            "steps) under DIR/<output_dir name>; needs the optional tensorboard package "
+                            "(default: none)")
     g.add_argument("--verbose", action="store_true", help="debug logging")
 
 
@@ -512,6 +518,7 @@ class Run:
     n_layers: int  # layers switched on one by one (0: no layerwise training)
     state: RunState = field(default_factory=RunState)
     epoch_callback: EpochCallback | None = None
+    curves: LiveCurves | None = None  # --tensorboard
 
     @property
     def eval_batch_size(self) -> int:
@@ -565,6 +572,18 @@ def _train(args, dist: DistContext, out: Path, config: dict, mode: str, model_na
     """Set up (resuming or extending per ``mode``), run the epochs, score the best checkpoint."""
     run = _setup(args, dist, out, config, model_name, build_model, layerwise)
     run.epoch_callback = epoch_callback
+    if getattr(args, "tensorboard", None) and dist.is_main:
+        run.curves = LiveCurves(args.tensorboard, out.name)
+    try:
+        return _run_to_end(run, mode, score_test)
+    finally:
+        if run.curves is not None:
+            run.curves.close()
+
+
+def _run_to_end(run: Run, mode: str, score_test: bool) -> dict:
+    """Resume or extend as ``mode`` says, train the remaining epochs, score the best checkpoint."""
+    args, dist, out = run.args, run.dist, run.out
     if mode in ("resume", "extend"):
         _resume(run)
         if run.state.stop_reason == "max_epochs" and run.state.epoch < args.epochs:
@@ -693,6 +712,8 @@ def _run_epoch(run: Run) -> None:
              f", postselection {val['postselection']:.3f}" if "postselection" in val else "", epoch_s,
              f"; stop: {state.stop_reason}" if state.stop_reason else "")
     _checkpoint(run, record, improved, val, val_scores)
+    if run.curves is not None:
+        run.curves.epoch(epoch + 1, record)
     if run.epoch_callback is not None:
         run.epoch_callback(epoch + 1, dict(record))
 
@@ -776,8 +797,11 @@ def _train_steps(run: Run, frozen: "FrozenEntries | None", desc: str) -> tuple[f
             run.lr_scheduler.step()
         sums[0] += loss.detach().double() * len(y)
         sums[1] += len(y)
-        if step % 25 == 0 and not getattr(bar, "disable", True):
-            bar.set_postfix(loss=f"{loss.detach().item():.3f}")
+        if step % STEP_EVERY == 0 and (run.curves is not None or not getattr(bar, "disable", True)):
+            value = loss.detach().item()
+            bar.set_postfix(loss=f"{value:.3f}")
+            if run.curves is not None:
+                run.curves.step(run.state.epoch * run.steps + step, value)
     seconds = time.perf_counter() - t0
     dist.all_reduce_sum(sums)
     n = int(sums[1])

@@ -469,3 +469,25 @@ def test_model_too_large_is_refused_before_allocation(tokens, tmp_path):
     with pytest.raises(UserError, match=r"40 qubits would need about .* GiB"):
         train_quixer_hybrid.main(args)
     assert not out.exists()  # nothing left that would block the folder
+
+
+def test_tensorboard_flag(tokens, tmp_path):
+    """--tensorboard writes event files where the optional package is installed, and is one
+    line (nothing left behind) where it is not."""
+    out, board = tmp_path / "run", tmp_path / "board"
+    argv = tiny(tokens, out, "--epochs", 2, "--max_train_batches", 3, "--tensorboard", board)
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="optional tensorboard package"):
+            train_quixer_hybrid.main(argv)
+        assert not out.exists()
+        return
+    train_quixer_hybrid.main(argv)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(board / "run"))
+    events.Reload()
+    val = [e.value for e in events.Scalars("val/loss")]
+    assert val == pytest.approx([m["val_loss"] for m in read_metrics(out)])
+    assert len(events.Scalars("train/step_loss")) == 2  # steps 0 of each 3-step epoch
