@@ -33,25 +33,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from quixer.baselines import NEURAL_MODELS, add_classical_model_args
 from quixer.common import run_cli, setup_logging
-from quixer.reference import DEFAULT_MAX_ORDER, REFERENCE_MODELS
-from quixer.training import DEFAULT_QUIXER_DATA_DIR, add_training_args, parse_args, train_classical
+from quixer.training import classical_parser, parse_args, train_classical
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of this script."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=NEURAL_MODELS + REFERENCE_MODELS, default="lstm",
-                        help="baseline to run (default: %(default)s)")
-    add_training_args(parser, data_dir=DEFAULT_QUIXER_DATA_DIR, output_dir=None, lr=None)
-    parser.add_argument("--dropout", type=float, default=None,
-                        help="dropout rate (default: the model's own: LSTM 0.3, Transformer / FNet 0.1)")
-    add_classical_model_args(parser)
-    g = parser.add_argument_group("reference models")
-    g.add_argument("--max_order", type=int, default=DEFAULT_MAX_ORDER,
-                   help="ngram: largest order tried on validation (default: %(default)s)")
-    return parser
+    return classical_parser(__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

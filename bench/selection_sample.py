@@ -23,13 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stage scripts' flag sets
-import train_classical_baselines  # noqa: E402
-import train_quixer_hybrid  # noqa: E402
 from quixer.common import load_torch_file, setup_logging
 from quixer.data import load_token_data
 from quixer.distributed import DistContext
-from quixer.training import build_quixer, evaluate, parse_args, quixer_parser, train_classical, train_quixer
+from quixer.training import (build_quixer, classical_parser, evaluate, parse_args, quixer_parser, train_classical,
+                             train_quixer)
 from quixer.baselines import build_classical_model, resolve_classical_args
 from quixer.streams import eval_targets
 
@@ -40,8 +38,8 @@ def _trainer_args(model: str, tokens: Path, out: Path, extra: list[str]) -> argp
     common = ["--data_dir", str(tokens), "--output_dir", str(out), "--protocol", "official", "--device", "cpu",
               "--selection_targets", "1000", *extra]
     if model == "quixer":
-        return parse_args(quixer_parser(train_quixer_hybrid.__doc__), common)
-    return parse_args(train_classical_baselines.build_parser(), ["--model", model, *common])
+        return parse_args(quixer_parser(), common)
+    return parse_args(classical_parser(), ["--model", model, *common])
 
 
 def _build(model: str, args: argparse.Namespace, data) -> torch.nn.Module:

@@ -1006,6 +1006,25 @@ def train_quixer(args: argparse.Namespace, epoch_callback: EpochCallback | None 
 # Classical baselines (train_classical_baselines.py)
 
 
+def classical_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The complete flag set of train_classical_baselines.py."""
+    from .baselines import NEURAL_MODELS, add_classical_model_args
+    from .reference import DEFAULT_MAX_ORDER, REFERENCE_MODELS
+
+    parser = argparse.ArgumentParser(description=description or "Classical baselines and references.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=NEURAL_MODELS + REFERENCE_MODELS, default="lstm",
+                        help="baseline to run (default: %(default)s)")
+    add_training_args(parser, data_dir=DEFAULT_QUIXER_DATA_DIR, output_dir=None, lr=None)
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="dropout rate (default: the model's own: LSTM 0.3, Transformer / FNet 0.1)")
+    add_classical_model_args(parser)
+    g = parser.add_argument_group("reference models")
+    g.add_argument("--max_order", type=int, default=DEFAULT_MAX_ORDER,
+                   help="ngram: largest order tried on validation (default: %(default)s)")
+    return parser
+
+
 def default_classical_output_dir(args: argparse.Namespace) -> str:
     from .baselines import NEURAL_MODELS
 
