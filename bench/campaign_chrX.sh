@@ -6,7 +6,7 @@
 #
 #   bash bench/campaign_chrX.sh start     start (or resume) the phases in the background
 #   bash bench/campaign_chrX.sh status    finished / running / pending runs and the wall time so far
-#   bash bench/campaign_chrX.sh publish   copy finished runs' results into docs/benchmark_chrX/official/
+#   bash bench/campaign_chrX.sh publish   copy finished runs' results into docs/benchmark_chrX/
 #   bash bench/campaign_chrX.sh stop      stop the background campaign (resumable)
 #
 # Phases: bench/campaign_chrX.phases (name, commit, run_pipeline.sh flags), run in order. Work
@@ -20,7 +20,7 @@ root="${CAMPAIGN_DIR:-$(dirname "$repo")/campaign_chrX}"
 py="${PYTHON:-$repo/.venv/bin/python}"
 fasta="${CAMPAIGN_FASTA:-$(dirname "$repo")/shared/data/grch38_chrX_refseq_rna.fasta.gz}"
 phases="$repo/bench/campaign_chrX.phases"
-published="$repo/docs/benchmark_chrX/official"
+published="$repo/docs/benchmark_chrX"
 out="$root/out"
 
 phase_lines() { grep -v '^\s*#' "$phases" | grep -v '^\s*$'; }
