@@ -22,7 +22,7 @@
 # Writes to OUT_DIR at most: gpu.txt (environment, then one line per step: exit code, seconds),
 # tests.txt, bench_cuda.jsonl, chrx_projection.json, chrx_run.tar.gz (config, metrics, results, log),
 # device_auto.jsonl, bench_classical.jsonl and log.txt (each step's stderr, last lines). Exits 1 if
-# a step failed or timed out.
+# a step failed, timed out or was left out for want of time.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 py="${PYTHON:-python3}"
@@ -45,7 +45,8 @@ step() {  # step NAME LIMIT DEST CMD...: CMD under timeout (at most what is left
   local name=$1 limit=$2 dest=$3 left=$((budget - SECONDS)) start=$SECONDS rc
   shift 3
   if ((left < 20)); then
-    note "$name" "skipped: out of time (CHECK_SECONDS=$budget)"
+    note "$name" "SKIPPED: out of time (CHECK_SECONDS=$budget)"
+    failed=1
     return 1
   fi
   ((limit > left)) && limit=$left

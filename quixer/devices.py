@@ -93,5 +93,6 @@ def fastest_device(build_model: Callable[[], nn.Module], n_tokens: int, vocab_si
             raise
         log.warning("--device auto: the random generators could not be restored after a failure: %s", exc)
     if len(errors) == len(candidates):
-        raise RuntimeError("a training step failed on every device: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        raise RuntimeError("a training step failed on every device: "
+                           + "; ".join(f"{name}: {error}" for name, error in errors.items()))
     return torch.device(min(times, key=times.get)), times

@@ -338,7 +338,9 @@ _TRITON: dict = {}
 def _triton_setting() -> str:
     """``QUIXER_TRITON``: "off" (0/false/no/off), "required" (1/true/yes/on) or "auto" (unset, anything else)."""
     value = os.environ.get("QUIXER_TRITON", "auto").strip().lower()
-    return "off" if value in ("0", "false", "no", "off") else "required" if value in ("1", "true", "yes", "on") else "auto"
+    if value in ("0", "false", "no", "off"):
+        return "off"
+    return "required" if value in ("1", "true", "yes", "on") else "auto"
 
 
 def triton_kernels():

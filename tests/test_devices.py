@@ -5,7 +5,6 @@ tests/conftest.py). With a GPU, tests/test_cuda.py times both devices, checks ca
 steps against eager steps and a failing kernel's fallback on the real compiler."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -158,16 +157,28 @@ def test_missing_optional_packages_skip_only_when_asked(tmp_path):
 
 # ---- bench/gpu_check.sh without a GPU ------------------------------------------------------------
 
-@pytest.mark.skipif(os.environ.get("QUIXER_IN_GPU_CHECK") == "1", reason="the check runs this file itself")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the check would run the GPU steps: minutes")
-def test_the_gpu_check_runs_without_a_gpu_or_an_install(tmp_path):
-    """The check with this interpreter and the repository from PYTHONPATH only: the environment, the
-    GPU tests (skipped), import checks of the GPU steps' scripts, and at most 8 files."""
+def gpu_check(tmp_path, **env) -> tuple[subprocess.CompletedProcess, str]:
+    """bench/gpu_check.sh with this interpreter, run from elsewhere; its exit and its gpu.txt."""
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "CHECK_CPU_TESTS": "0"}
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), str(tmp_path / "tokens")],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    status = (out / "gpu.txt").read_text()
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable, **env})
+    return proc, (out / "gpu.txt").read_text()
+
+
+def outside_the_check_and_without_a_gpu(test):
+    """The check runs this file itself (no recursion there), and with a GPU it would spend minutes on the GPU steps."""
+    in_the_check = os.environ.get("QUIXER_IN_GPU_CHECK") == "1"
+    test = pytest.mark.skipif(in_the_check, reason="the check runs this file itself")(test)
+    return pytest.mark.skipif(torch.cuda.is_available(), reason="the check would run the GPU steps: minutes")(test)
+
+
+@outside_the_check_and_without_a_gpu
+def test_the_gpu_check_runs_without_a_gpu_or_an_install(tmp_path):
+    """The check with the repository from PYTHONPATH only: the environment, the GPU tests (skipped),
+    import checks of the GPU steps' scripts, and at most 8 files."""
+    proc, status = gpu_check(tmp_path, CHECK_CPU_TESTS="0")
+    out = tmp_path / "out"
     assert proc.returncode == 0, status + proc.stderr[-3000:] + (out / "log.txt").read_text()[-3000:]
     for script in ("bench/bench_quixer.py", "train_quixer_hybrid.py", "bench/project_epochs.py",
                    "bench/bench_classical.py"):
@@ -175,3 +186,11 @@ def test_the_gpu_check_runs_without_a_gpu_or_an_install(tmp_path):
     assert re.search(r"tests \(GPU\) +exit 0 in", status) and "gpu none" in status
     assert re.search(r"\d+ skipped", (out / "tests.txt").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["gpu.txt", "log.txt", "tests.txt"]
+
+
+@outside_the_check_and_without_a_gpu
+def test_the_gpu_check_keeps_to_its_time_budget(tmp_path):
+    start = time.perf_counter()
+    proc, status = gpu_check(tmp_path, CHECK_SECONDS="21", CHECK_CPU_TESTS="1")
+    assert time.perf_counter() - start < 21 + 10 + 15  # the budget, timeout's kill delay, the last notes
+    assert proc.returncode == 1 and re.search(r"tests \(CPU\) +SKIPPED: out of time \(CHECK_SECONDS=21\)", status)
