@@ -18,7 +18,8 @@
 #      qiskit are reported as skipped (QUIXER_SKIP_MISSING_OPTIONAL=1).
 # Without a GPU, steps 3-6 only import their scripts (--help), so the check runs anywhere.
 #
-# Usage: bash bench/gpu_check.sh [OUT_DIR [TOKENS_DIR]]   (PYTHON picks the interpreter, default python3)
+# Usage: bash bench/gpu_check.sh [OUT_DIR [TOKENS_DIR]]   (relative paths: from the repository root;
+# PYTHON picks the interpreter, default python3)
 # Writes to OUT_DIR at most: gpu.txt (environment, then one line per step: exit code, seconds),
 # tests.txt, bench_cuda.jsonl, chrx_projection.json, chrx_run.tar.gz (config, metrics, results and
 # log; no checkpoints or scores), device_auto.jsonl, bench_classical.jsonl and log.txt (each step's
