@@ -2,7 +2,8 @@
 the LSTM and the Transformer at each batch size, the figures to set beside Quixer's.
 
 Prints one JSON line per model and batch size: seconds_per_step (median), sequences_per_second,
-parameters, device and configuration. Sizes come from the baselines' ``--preset`` (default: LSTM
+parameters, device and configuration, or an ``error`` where the step fails (the exit status is then
+1; the other sizes are still measured). Sizes come from the baselines' ``--preset`` (default: LSTM
 about 220k, Transformer about 530k parameters at vocabulary 512), with the window and vocabulary of
 the Quixer benchmark (31 input tokens, 512 tokens).
 
@@ -54,19 +55,28 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    failed = False
     for name in args.models:
         for batch_size in args.batch_sizes:
-            torch.manual_seed(args.seed)
-            model = build(name, args).to(device)
-            seconds = time_training_step(model, args.window, args.vocab, batch_size, device, steps=args.steps,
-                                         warmup=3)
-            print(json.dumps({"model": name, "seconds_per_step": round(seconds, 6),
-                              "sequences_per_second": round(batch_size / seconds, 2),
-                              "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
-                              "torch_threads": torch.get_num_threads(),
-                              "config": {"batch_size": batch_size, "preset": args.preset, "window": args.window,
-                                         "vocab": args.vocab, "steps": args.steps}}), flush=True)
-    return 0
+            line = {"model": name}
+            try:
+                line.update(measure(name, batch_size, args, device))
+            except Exception as exc:  # one failing size (memory, a driver error) does not end the others
+                line["error"], failed = f"{type(exc).__name__}: {exc}", True
+            line["config"] = {"batch_size": batch_size, "preset": args.preset, "window": args.window,
+                              "vocab": args.vocab, "steps": args.steps}
+            print(json.dumps(line), flush=True)
+    return 1 if failed else 0
+
+
+def measure(name: str, batch_size: int, args: argparse.Namespace, device: torch.device) -> dict:
+    """Median seconds of a training step of a fresh ``name`` model at ``batch_size``, and its size."""
+    torch.manual_seed(args.seed)
+    model = build(name, args).to(device)
+    seconds = time_training_step(model, args.window, args.vocab, batch_size, device, steps=args.steps, warmup=3)
+    return {"seconds_per_step": round(seconds, 6), "sequences_per_second": round(batch_size / seconds, 2),
+            "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
+            "torch_threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ batches, so that both see the same machine load, and adds their speed ratios; ``
 does the same for the fused kernel of the device (C++ on a CPU, Triton on CUDA) and the torch
 simulation. On a CPU shared with other jobs, pass ``--threads 1``. ``--device auto`` times a few
 training steps on each device first and uses the faster (:func:`quixer.devices.fastest_device`).
+An implementation whose step fails (a Triton kernel that does not compile, memory) is reported
+with its ``error`` while the other is still measured, and the exit status is 1;
+``triton_fallbacks`` lists the kernel configurations that an automatically chosen Triton simulator
+computed with torch ops instead.
 
     python bench/bench_quixer.py --steps 10                 # fast simulation
     python bench/bench_quixer.py --steps 3 --impl naive     # gate by gate, official cost structure
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +42,9 @@ from quixer.cuda_graphs import capture_step
 from quixer.devices import fastest_device, synchronize, training_step
 from quixer.model import Quixer
 from quixer.naive import NaiveQuixer
-from quixer.simulators import TritonSimulator
+from quixer.simulators import KERNEL_GUARD, TritonSimulator
+
+log = logging.getLogger("bench_quixer")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -169,25 +177,44 @@ def simulations(args: argparse.Namespace, device: torch.device) -> dict[str, tup
 
 
 def time_alternately(impls: list[str], calls: dict, use, batches, warmup: int, peak: PeakMemory,
-                     device: torch.device) -> dict:
+                     device: torch.device, errors: dict[str, str]) -> dict:
     """Per implementation: seconds of each call on each batch after ``warmup`` batches, alternating
-    who goes first, and the peak memory of one extra, untimed call on the last batch."""
+    who goes first, and the peak memory of one extra, untimed call on the last batch.
+
+    An implementation whose call raises (a Triton kernel that does not compile, memory) is dropped
+    with its error in ``errors``, so that the others are still measured and reported.
+    """
     results = {name: {"times": [], "peak": 0.0} for name in impls}
     for i, batch in enumerate(batches):
         for name in impls if i % 2 == 0 else impls[::-1]:
-            use(name)
-            if i == len(batches) - 1:  # resetting the peak hands freed memory back: not timed
-                peak.reset()
-                calls[name](*batch)
-                results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
+            if name in errors:
                 continue
-            synchronize(device)
-            start = time.perf_counter()
-            calls[name](*batch)
-            synchronize(device)
-            if i >= warmup:
-                results[name]["times"].append(time.perf_counter() - start)
+            try:
+                seconds = _timed_call(calls[name], batch, use, name, peak, device, last=i == len(batches) - 1)
+            except Exception as exc:  # reported in the JSON line instead of ending the benchmark
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                log.error("%s failed: %s", name, errors[name])
+                continue
+            if seconds is None:
+                results[name]["peak"] = max(results[name]["peak"], peak.read_mb())
+            elif i >= warmup:
+                results[name]["times"].append(seconds)
     return results
+
+
+def _timed_call(call, batch, use, name: str, peak: PeakMemory, device: torch.device, last: bool) -> float | None:
+    """Seconds of ``call(*batch)`` with ``name`` in use; on the ``last`` batch the call is not timed
+    but measured for peak memory (resetting the peak hands freed memory back), and None returned."""
+    use(name)
+    if last:
+        peak.reset()
+        call(*batch)
+        return None
+    synchronize(device)
+    start = time.perf_counter()
+    call(*batch)
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
@@ -214,22 +241,29 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         return x[:, :-1], x[:, -1]
 
     steps = {name: training_step(runners[name], optimizer) for name in impls}
+    errors: dict[str, str] = {}
     if args.cuda_graph:
         use("fast")
-        steps["fast"] = capture_step(steps["fast"], *batch())
+        try:
+            steps["fast"] = capture_step(steps["fast"], *batch())
+        except Exception as exc:  # the other implementation is still measured
+            errors["fast"] = f"capture: {type(exc).__name__}: {exc}"
     peak = PeakMemory(device)
     model.train()
     train = time_alternately(impls, steps, use, [batch() for _ in range(args.warmup + args.steps + 1)],
-                             args.warmup, peak, device)
+                             args.warmup, peak, device, errors)
     model.eval()
     with torch.no_grad():
         evaluate = {name: (lambda x, y, r=runners[name]: r(x)) for name in impls}
-        evaluation = time_alternately(impls, evaluate, use, [batch() for _ in range(args.steps + 2)], 0, peak, device)
-    return report(args, model, device, device_choice, impls, use, train, evaluation)
+        evaluation = time_alternately(impls, evaluate, use, [batch() for _ in range(args.steps + 2)], 0, peak, device,
+                                      errors)
+    return report(args, model, device, device_choice, impls, use, train, evaluation, errors)
 
 
-def report(args, model, device, device_choice, impls, use, train, evaluation) -> dict:
+def report(args, model, device, device_choice, impls, use, train, evaluation, errors) -> dict:
     def summary(name: str) -> dict:
+        if name in errors:
+            return {"impl": name, "error": errors[name]}
         step, evaluate = statistics.median(train[name]["times"]), statistics.median(evaluation[name]["times"][1:])
         use(name)
         return {"impl": name,
@@ -246,13 +280,16 @@ def report(args, model, device, device_choice, impls, use, train, evaluation) ->
         other = summary(impls[1])
         key = {"naive": ("naive", "speedup"), "torch": ("torch_ops", "kernel_speedup")}[impls[1]]
         out[key[0]] = other
-        out[f"{key[1]}_train"] = round(other["seconds_per_step"] / out["seconds_per_step"], 2)
-        out[f"{key[1]}_eval"] = round(other["eval_seconds_per_batch"] / out["eval_seconds_per_batch"], 2)
+        if not errors:
+            out[f"{key[1]}_train"] = round(other["seconds_per_step"] / out["seconds_per_step"], 2)
+            out[f"{key[1]}_eval"] = round(other["eval_seconds_per_batch"] / out["eval_seconds_per_batch"], 2)
     native.set_enabled(None if args.kernel == "auto" else args.kernel == "native")
     out.update({
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
-        "device_choice_seconds_per_step": device_choice,
+        # a device whose step failed was timed as infinitely slow: null here (JSON has no infinity)
+        "device_choice_seconds_per_step": {k: (v if math.isfinite(v) else None) for k, v in device_choice.items()},
+        "triton_fallbacks": KERNEL_GUARD.failures(),
         "cuda_graph": args.cuda_graph,
         "torch_threads": torch.get_num_threads(),
         "config": {"batch_size": args.batch_size, "qubits": args.qubits, "degree": args.degree,
@@ -266,8 +303,10 @@ def report(args, model, device, device_choice, impls, use, train, evaluation) ->
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    print(json.dumps(run_benchmark(args)), flush=True)
-    return 0
+    result = run_benchmark(args)
+    print(json.dumps(result), flush=True)
+    failed = [v for v in (result, *result.values()) if isinstance(v, dict) and "error" in v]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ candidate settle it for the run at hand, in seconds.
 """
 from __future__ import annotations
 
+import logging
+import math
 import statistics
 import time
 from typing import Callable
@@ -15,6 +17,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def synchronize(device: torch.device) -> None:
@@ -62,18 +66,33 @@ def fastest_device(build_model: Callable[[], nn.Module], n_tokens: int, vocab_si
     """The candidate (default: "cpu", plus "cuda" when torch sees a GPU) on which a training step of
     a fresh ``build_model()`` at ``batch_size`` is fastest, and the measured seconds per step.
 
-    With one candidate nothing is built or timed. The random number generators (torch's CPU and
-    CUDA ones, which model construction and dropout draw from) are restored afterwards, so the run
-    that follows is the same as without the measurement.
+    With one candidate nothing is built or timed. A candidate whose step raises (a kernel that
+    does not compile, memory, a driver fault) counts as infinitely slow, with a warning: the run
+    goes on with another device instead of dying in the measurement; only if every candidate fails
+    is there an error. The random number generators (torch's CPU and CUDA ones, which model
+    construction and dropout draw from) are restored afterwards, so the run that follows is the
+    same as without the measurement.
     """
     if candidates is None:
         candidates = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if len(candidates) == 1:
         return torch.device(candidates[0]), {}
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        times = {}
-        for name in candidates:
-            device = torch.device(name)
-            times[name] = time_training_step(build_model().to(device), n_tokens, vocab_size, batch_size, device)
+    times, errors = {}, {}
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            for name in candidates:
+                try:
+                    device = torch.device(name)
+                    times[name] = time_training_step(build_model().to(device), n_tokens, vocab_size, batch_size, device)
+                except Exception as exc:  # any failure of this device: measured as never finishing
+                    times[name], errors[name] = math.inf, f"{type(exc).__name__}: {exc}"
+                    log.warning("--device auto: a training step on %s failed (%s); not using it", name, errors[name])
+    except Exception as exc:  # restoring the CUDA generators after a fault there: the timings stand
+        if not errors:
+            raise
+        log.warning("--device auto: the random generators could not be restored after a failure: %s", exc)
+    if len(errors) == len(candidates):
+        raise RuntimeError("a training step failed on every device: "
+                           + "; ".join(f"{name}: {error}" for name, error in errors.items()))
     return torch.device(min(times, key=times.get)), times

@@ -13,6 +13,11 @@ polynomial, normalisation, measurement) is shared. Subclasses:
 :func:`select` picks the fastest one that runs on a device: Triton on CUDA, the native kernel on
 a CPU, torch otherwise. ``QUIXER_NATIVE=0`` / :func:`quixer.native.set_enabled` and
 ``QUIXER_TRITON=0`` switch the kernels off; :meth:`quixer.model.Quixer.use_simulator` pins one.
+
+The Triton kernels compile on their first launch, on a GPU and a Triton release that CI never
+sees, so their calls are guarded (:class:`KernelGuard`): where Triton was chosen automatically, a
+configuration whose kernel fails to compile or launch is simulated with torch ops after one
+warning; where it was pinned (``use_simulator("triton")`` or ``QUIXER_TRITON=1``) the error is raised.
 """
 from __future__ import annotations
 
@@ -330,29 +335,145 @@ class NativeSimulator(_FusedKernels):
 _TRITON: dict = {}
 
 
+def _triton_setting() -> str:
+    """``QUIXER_TRITON``: "off" (0/false/no/off), "required" (1/true/yes/on) or "auto" (unset, anything else)."""
+    value = os.environ.get("QUIXER_TRITON", "auto").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return "off"
+    return "required" if value in ("1", "true", "yes", "on") else "auto"
+
+
 def triton_kernels():
-    """:mod:`quixer.triton_kernels`, or None where ``QUIXER_TRITON=0`` or triton cannot be imported (logged once)."""
-    if os.environ.get("QUIXER_TRITON", "1").strip().lower() in ("0", "false", "no", "off"):
+    """:mod:`quixer.triton_kernels`, or None where ``QUIXER_TRITON=0`` or it cannot be imported
+    (logged once; with ``QUIXER_TRITON=1`` the import error is raised instead)."""
+    setting = _triton_setting()
+    if setting == "off":
         return None
     if "module" not in _TRITON:
         try:
             from quixer import triton_kernels as module
-        except (ImportError, RuntimeError, OSError) as exc:
+        except Exception as exc:  # any failure of an optional GPU dependency: no kernels, unless required
+            if setting == "required":
+                raise
             module = None
             log.warning("Triton kernels unavailable, CUDA runs use the torch simulation: %s", exc)
         _TRITON["module"] = module
     return _TRITON["module"]
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+        torch.cuda.synchronize(device)
+
+
+def _describe(exc: BaseException) -> str:
+    """The error in one line: Triton's compile errors carry source excerpts, and one raised in a
+    called kernel function wraps the real error without a message of its own."""
+    while getattr(exc, "error_message", "") is None and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = getattr(exc, "error_message", None) or str(exc)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+class KernelGuard:
+    """Which Triton kernel configurations have run once, and which failed.
+
+    Why: a Triton kernel is compiled at its first launch per configuration (qubits, tile, dtype,
+    GPU, Triton release), so a compile or launch error surfaces in the middle of a training step or
+    a device measurement. The first call of each configuration (the key: primitive, device, dtype,
+    shapes) is the test launch: it is followed by a device synchronisation, so an asynchronous
+    launch error is reported there. A failed configuration is remembered for the process (it fails
+    for every model), and callers that may fall back compute it, then and later, with the torch
+    simulation after one warning per device. If the device itself is unusable afterwards (a sticky
+    CUDA fault), no fallback can help, and the error says so.
+    """
+
+    def __init__(self):
+        self.checked: set[tuple] = set()
+        self.failed: dict[tuple, str] = {}
+        self._warned: set[str] = set()
+
+    def clear(self) -> None:
+        self.checked.clear()
+        self.failed.clear()
+        self._warned.clear()
+
+    def run(self, key: tuple, device: torch.device, kernel: Callable[[], object], fallback: Callable[[], object],
+            may_fall_back: bool):
+        """``kernel()``, checked on the first call per ``key``; on failure ``fallback()`` where allowed."""
+        if may_fall_back and key in self.failed:
+            return fallback()
+        try:
+            result = kernel()
+            if key not in self.checked:
+                _synchronize(device)
+                self.checked.add(key)
+            return result
+        except Exception as exc:
+            if not may_fall_back:
+                raise
+            self._record(key, device, exc)
+        return fallback()
+
+    def _record(self, key: tuple, device: torch.device, exc: Exception) -> None:
+        message = _describe(exc)
+        self.failed[key] = message
+        try:
+            _synchronize(device)
+        except Exception as fault:
+            raise RuntimeError(f"{device} is unusable after a Triton kernel failed ({message}); nothing in this "
+                               "process can use it any more: rerun with QUIXER_TRITON=0") from fault
+        where = str(device)
+        report = log.info if where in self._warned else log.warning
+        self._warned.add(where)
+        report("Triton kernel %s failed on %s (%s, %s qubits, shape %s): %s; the torch simulation computes "
+               "this configuration (pin the simulator 'triton' or set QUIXER_TRITON=1 to get the error, "
+               "QUIXER_TRITON=0 to skip the kernels)", key[0], where, key[2], key[5], list(key[3]), message)
+
+    def failures(self) -> list[str]:
+        """One line per failed configuration: primitive, device, dtype, shape and the error."""
+        return [f"{k[0]} on {k[1]} {k[2]} {list(k[3])}: {error}" for k, error in self.failed.items()]
+
+
+KERNEL_GUARD = KernelGuard()
+
+
 class TritonSimulator(_FusedKernels):
     """The fused Triton GPU kernels: a tile of instances on chip for all gates, the LCU summed in the
-    same pass, adjoint backward. In eval, the powers use cached per-vocabulary gate coefficients."""
+    same pass, adjoint backward. In eval, the powers use cached per-vocabulary gate coefficients.
+
+    This class is the pinned simulator: a kernel that fails raises. :func:`select` chooses
+    :class:`GuardedTritonSimulator` by itself, which falls back to torch ops (:class:`KernelGuard`).
+    """
 
     name = "triton"
+    fallback: ClassVar[bool] = False
 
     @staticmethod
     def kernels():
         return triton_kernels()
+
+    def _guarded(self, primitive: str, args: tuple, like: torch.Tensor, *flags):
+        """The kernel primitive ``primitive(*args)`` through :data:`KERNEL_GUARD`; ``like`` (the main
+        state tensor) and ``flags`` name its configuration, the torch simulation is the fallback."""
+        plan, coefficients = args[0], args[1]
+        key = (primitive, str(like.device), like.dtype, tuple(like.shape), tuple(coefficients.cos.shape),
+               plan.n_qubits, *flags)
+        return KERNEL_GUARD.run(key, like.device, lambda: getattr(_FusedKernels, primitive)(self, *args),
+                                lambda: getattr(_TORCH_FALLBACK, primitive)(*args), self.fallback)
+
+    def circuits(self, plan, coefficients, states):
+        return self._guarded("circuits", (plan, coefficients, states), states)
+
+    def circuits_adjoint(self, plan, coefficients, outputs, grad, input_grad):
+        return self._guarded("circuits_adjoint", (plan, coefficients, outputs, grad, input_grad), outputs, input_grad)
+
+    def lcu_power(self, plan, coefficients, psi, lcu):
+        return self._guarded("lcu_power", (plan, coefficients, psi, lcu), psi)
+
+    def lcu_power_adjoint(self, plan, coefficients, outputs, grad, lcu):
+        return self._guarded("lcu_power_adjoint", (plan, coefficients, outputs, grad, lcu), grad)
 
     @classmethod
     def runs_on(cls, device: torch.device) -> bool:
@@ -370,6 +491,18 @@ class TritonSimulator(_FusedKernels):
         return to_complex(state)
 
 
+class GuardedTritonSimulator(TritonSimulator):
+    """The Triton simulator as :func:`select` chooses it by itself: a configuration whose kernel fails
+    to compile or launch is simulated with torch ops instead (one warning; :class:`KernelGuard`).
+    Its own name keeps it apart from the pinned one where simulators are kept by name (a model that
+    pins "triton" after an automatic forward gets the strict simulator, not this one)."""
+
+    name = "triton-auto"
+    fallback = True
+
+
+_TORCH_FALLBACK = TorchSimulator()  # its primitives only (no eval cache is used)
+
 SIMULATORS: dict[str, type[Simulator]] = {cls.name: cls for cls in (TorchSimulator, NativeSimulator, TritonSimulator)}
 
 
@@ -382,14 +515,15 @@ def simulator_class(name: str) -> type[Simulator]:
 
 def select(device: torch.device, name: str | None = None) -> type[Simulator]:
     """The simulator for tensors on ``device``: ``name`` ("torch", "native", "triton") if given,
-    else the fastest that runs there (Triton on CUDA, the native kernel on a CPU, else torch)."""
+    else the fastest that runs there (Triton on CUDA, the native kernel on a CPU, else torch).
+    Triton chosen here falls back to torch ops where a kernel fails, unless ``QUIXER_TRITON=1``."""
     if name is not None:
         cls = simulator_class(name)
         if not cls.runs_on(device):
             raise RuntimeError(f"the {name} simulator cannot run on {device} here")
         return cls
     if device.type == "cuda" and TritonSimulator.runs_on(device):
-        return TritonSimulator
+        return TritonSimulator if _triton_setting() == "required" else GuardedTritonSimulator
     if device.type == "cpu" and NativeSimulator.runs_on(device):
         return NativeSimulator
     return TorchSimulator

@@ -6,6 +6,12 @@ CPU the fused C++ kernel where it builds. Both GPU simulators must give the same
 postselection, gradients, eval-cache results and training trajectory as the CPU (complex128),
 the paper-sized circuits must agree in complex64, the simulator must follow ``.to(device)``, and a
 training step captured as a CUDA graph must equal eager steps.
+
+The later tests check the safety nets on the real compiler and driver: a kernel configuration that
+Triton cannot compile falls back to the torch simulation when Triton was chosen automatically (and
+raises when pinned); a captured step refuses a batch of another shape, draws fresh dropout masks on
+every replay (the same as eager steps), and is refused if it draws from the CPU generator. They come
+last: the check runs this file with ``-x``, and a sticky CUDA fault would fail everything after it.
 """
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ import torch
 
 from tests.helpers import adam_steps
 
+from quixer import triton_kernels
 from quixer.cuda_graphs import capture_step
 from quixer.devices import fastest_device, training_step
 from quixer.model import Quixer
-from quixer.simulators import select
+from quixer.simulators import KERNEL_GUARD, GuardedTritonSimulator, select
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -49,7 +56,7 @@ def assert_gradients_close(gpu, cpu, **tolerances):
 def test_cuda_selects_the_triton_kernels_and_follows_the_device():
     model, _ = pair()
     model.cuda()
-    assert select(torch.device("cuda")).name == "triton" and model.simulator().name == "triton"
+    assert select(torch.device("cuda")) is GuardedTritonSimulator and model.simulator().name == "triton-auto"
     model.cpu()
     assert model.simulator().name == select(torch.device("cpu")).name != "triton"
 
@@ -146,3 +153,79 @@ def test_fastest_device_measures_both_candidates():
     assert set(times) == {"cpu", "cuda"} and all(t > 0 for t in times.values())
     assert device.type == min(times, key=times.get)
     assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
+# ---- safety nets (last: see the module docstring) --------------------------------------------------
+
+@pytest.fixture
+def uncompilable_tile(monkeypatch):
+    """Tiles of 3 lanes: ``tl.arange(0, 3)`` is not a power of two, which Triton's compiler rejects."""
+    KERNEL_GUARD.clear()
+    monkeypatch.setattr(triton_kernels, "MAX_BLOCK", 3)
+    yield
+    KERNEL_GUARD.clear()  # the failed configurations must not make later tests fall back
+
+
+def test_a_kernel_that_does_not_compile_falls_back_to_torch_ops(uncompilable_tile, caplog):
+    _, pinned_torch = pair("torch")
+    automatic, pinned_triton = copy.deepcopy(pinned_torch), copy.deepcopy(pinned_torch)
+    automatic.use_simulator(None)
+    x = tokens(6, 7, 13).cuda()
+    results = []
+    for model in (automatic, pinned_torch):
+        logits, p = model(x)
+        (logits.square().sum() + p.sum()).backward()
+        results.append([logits.detach(), p.detach(), *(q.grad for q in model.parameters())])
+    assert automatic.simulator().name == "triton-auto" and KERNEL_GUARD.failed
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert sum(r.levelname == "WARNING" and r.name == "quixer.simulators" for r in caplog.records) == 1
+    for model in (pinned_triton, automatic):  # pinned, even after automatic forwards: the compiler's error
+        model.use_simulator("triton")
+        with pytest.raises(Exception) as error:
+            model(x)
+        chain = [error.value, error.value.__cause__]
+        assert any("power of 2" in str(e) for e in chain if e is not None), error.value
+
+
+def test_a_captured_step_refuses_a_batch_of_another_shape():
+    _, graphed = pair()
+    run = capture_step(training_step(graphed, torch.optim.Adam(graphed.parameters(), lr=0.01, capturable=True)),
+                       tokens(16, 7, 13).cuda(), tokens(16, 1, 13)[:, 0].cuda(), warmup=1)
+    for batch in (8, 1):
+        with pytest.raises(ValueError, match="captured shapes"):
+            run(tokens(batch, 7, 13).cuda(), tokens(batch, 1, 13)[:, 0].cuda())
+
+
+def dropout_pair(p: float):
+    """A model with embedding dropout ``p`` on the GPU, graphed and eager copies, their steps (Adam with
+    ``lr=0``: the parameters stay put, so the losses differ only by the dropout masks)."""
+    _, graphed = pair()
+    graphed.dropout.p = p
+    eager = copy.deepcopy(graphed)
+    steps = [training_step(m, torch.optim.Adam(m.parameters(), lr=0.0, capturable=True)) for m in (graphed, eager)]
+    return steps
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_a_captured_step_draws_fresh_dropout_masks_as_eager_steps_do(p):
+    graphed_step, eager_step = dropout_pair(p)
+    x, y = tokens(16, 7, 13).cuda(), tokens(16, 1, 13, seed=9)[:, 0].cuda()
+    torch.manual_seed(5)
+    run = capture_step(graphed_step, x, y, warmup=2)
+    replayed = [run(x, y).clone() for _ in range(4)]
+    torch.manual_seed(5)
+    eager = [eager_step(x, y) for _ in range(2 + 4)][2:]  # the capture's warm-up steps drew first
+    torch.testing.assert_close(torch.stack(replayed), torch.stack(eager), rtol=0, atol=1e-10)
+    distinct = len({float(v) for v in replayed})
+    assert distinct == (1 if p == 0 else 4)  # fresh masks on every replay, none without dropout
+
+
+def test_a_step_drawing_from_the_cpu_generator_is_not_captured():
+    graphed_step, _ = dropout_pair(0.0)
+
+    def noisy_step(x, y):  # a CPU random number: a capture would freeze it into the graph
+        return graphed_step(x, y) * float(torch.rand(()))
+
+    with pytest.raises(RuntimeError, match="CPU generator"):
+        capture_step(noisy_step, tokens(16, 7, 13).cuda(), tokens(16, 1, 13)[:, 0].cuda(), warmup=1)
