@@ -13,21 +13,24 @@
 # goes to $CAMPAIGN_DIR (default: campaign_chrX beside this checkout): code-<commit>/ worktrees,
 # out/ (the pipeline's --out), logs/, wall.log (start and end of every invocation),
 # heartbeat.log (a time stamp a minute while it runs: the wall time so far). Published
-# runs are copied back into out/ by `start`, so a fresh machine skips them.
+# runs are copied back into out/ by `start`, so a fresh machine skips them. CAMPAIGN_FASTA,
+# CAMPAIGN_PHASES and CAMPAIGN_PUBLISH override the input, the phase list and where runs are
+# published (the tests run a tiny campaign that way).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 root="${CAMPAIGN_DIR:-$(dirname "$repo")/campaign_chrX}"
 py="${PYTHON:-$repo/.venv/bin/python}"
 fasta="${CAMPAIGN_FASTA:-$(dirname "$repo")/shared/data/grch38_chrX_refseq_rna.fasta.gz}"
-phases="$repo/bench/campaign_chrX.phases"
-published="$repo/docs/benchmark_chrX"
+phases="${CAMPAIGN_PHASES:-$repo/bench/campaign_chrX.phases}"
+published="${CAMPAIGN_PUBLISH:-$repo/docs/benchmark_chrX}"
 out="$root/out"
 
 phase_lines() { grep -v '^\s*#' "$phases" | grep -v '^\s*$'; }
 
 worktree() {  # worktree COMMIT: a checkout of the pinned commit (made once)
   local dir="$root/code-$1"
-  if [ ! -d "$dir" ]; then
+  if [ ! -e "$dir/run_pipeline.sh" ]; then
+    rm -rf "$dir"; git -C "$repo" worktree prune
     git -C "$repo" worktree add --detach "$dir" "$1" >/dev/null 2>&1 || { echo "error: cannot check out $1" >&2; exit 1; }
   fi
   echo "$dir"
@@ -86,5 +89,6 @@ case "${1:-}" in
   stop)
     if [ -f "$root/driver.pid" ]; then kill -- -"$(cat "$root/driver.pid")" 2>/dev/null || true; rm -f "$root/driver.pid"; fi
     echo "campaign stopped; resume with: bash $0 start" >&2 ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] || exit 2 ;;
+  *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+     [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] || exit 2 ;;
 esac

@@ -1,0 +1,65 @@
+"""The campaign driver (bench/campaign_chrX.sh) on a tiny campaign: a phase pinned at a commit
+runs in the background from its own worktree, status says what finished, publish copies the
+finished runs, and a fresh campaign directory (another machine) finds them finished."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+from tests.helpers import REPO, SAMPLE_FASTA
+from quixer.fasta import iter_fasta
+
+SCRIPT = REPO / "bench" / "campaign_chrX.sh"
+
+
+def _campaign(command: str, env: dict, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _wait_for(path, text: str, seconds: int = 900) -> None:
+    end = time.time() + seconds
+    while time.time() < end:
+        if path.is_file() and text in path.read_text():
+            return
+        time.sleep(2)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
+    fasta = tmp_path / "slice.fa"
+    with open(fasta, "w") as fh:
+        for i, rec in enumerate(iter_fasta(SAMPLE_FASTA)):
+            if i == 40:
+                break
+            fh.write(f">{rec.header}\n{rec.sequence}\n")
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    phases = tmp_path / "phases"
+    phases.write_text(f"# test\ntiny {commit} --protocol official --epochs 1 --seeds 1 --models lstm --eval_targets 2000\n")
+    env = dict(os.environ, CAMPAIGN_DIR=str(tmp_path / "c1"), CAMPAIGN_FASTA=str(fasta), CAMPAIGN_PHASES=str(phases),
+               CAMPAIGN_PUBLISH=str(tmp_path / "published"), OMP_NUM_THREADS="1")
+    try:
+        assert _campaign("start", env).returncode == 0
+        _wait_for(tmp_path / "c1" / "wall.log", "end tiny")
+        status = _campaign("status", env)
+        assert "tiny       lstm                     seed 42  finished     1/1 epochs" in status.stdout, status.stdout
+        assert "1 finished, 0 running, 0 interrupted, 0 pending of 1 runs" in status.stdout
+        assert _campaign("publish", env).returncode == 0
+        run = tmp_path / "published" / "runs" / "lstm" / "seed_42"
+        assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "results.json",
+                                                         "test_scores.npz"]
+        results = json.loads((run / "results.json").read_text())
+        assert results["protocol"] == "official" and results["provenance"]["git_commit"] == commit
+        assert (tmp_path / "published" / "status.txt").read_text() == status.stdout
+        # another machine: a fresh campaign directory restores the published run and skips it
+        env2 = dict(env, CAMPAIGN_DIR=str(tmp_path / "c2"))
+        assert _campaign("start", env2).returncode == 0
+        _wait_for(tmp_path / "c2" / "wall.log", "end tiny")
+        log = (tmp_path / "c2" / "logs" / "tiny.log").read_text()
+        assert "already finished" in log and "epoch 1/1" not in log
+    finally:
+        for c in ("c1", "c2"):
+            _campaign("stop", dict(env, CAMPAIGN_DIR=str(tmp_path / c)))
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp_path / c / f"code-{commit}")],
+                           capture_output=True)
