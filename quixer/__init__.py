@@ -16,7 +16,7 @@ Modules (one obvious place for each idea):
 - ``data``         token datasets the trainers read (stage 3 and classical-benchmark tokens), batches
 - ``streams``      per-transcript token streams: training windows at every offset, the scored targets
 - ``scoring``      per-target scores (tie-aware top-k), one format for trained models and references
-- ``intervals``    bootstrap over test gene groups and seeds, paired differences
+- ``intervals``    95 % intervals: test gene groups (bootstrap) plus seed variance (t), paired differences
 - ``model``        the Quixer LCU + QSVT model in torch (and the official-checkpoint loader)
 - ``circuits``     gates, circuit plans, autograd functions, polynomial and Pauli measurement
 - ``simulators``   one simulator per device (torch ops, fused CPU kernel, Triton), chosen per forward

@@ -4,8 +4,8 @@
 the trainers or by :mod:`quixer.reference`) or a directory of runs of one model with different
 seeds (``RUNS_DIR/<name>/<seed run>/results.json``, as ``run_pipeline.sh --seeds N`` writes).
 A row reports the mean over its seeds of the test metrics, on every scored target and on the
-novel-context ones, 95 % intervals from the bootstrap of :mod:`quixer.intervals` (test gene
-groups and seeds resampled), the parameter count by component, why each run stopped, and,
+novel-context ones, 95 % intervals from :mod:`quixer.intervals` (a bootstrap over test gene
+groups plus the variance between seeds), the parameter count by component, why each run stopped, and,
 against Quixer, the paired difference on the very same targets. Every number sits beside the
 uniform / unigram / n-gram references: on a task this close to next-base prediction nothing
 means anything without them.
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from .common import UserError, atomic_path, atomic_write_json, atomic_write_text, read_json
-from .intervals import GroupBootstrap, interval
+from .intervals import Estimate, GroupBootstrap, perplexity_interval
 from .reference import REFERENCE_MODELS
-from .scoring import TargetScores
+from .scoring import TargetScores, perplexity
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,12 @@ _REF_STYLE = {  # reference level lines: colour, label
 METHOD_NOTE = (
     "Every model is scored on the same test targets: every position of the test transcripts with a full "
     "window of context, or a fixed sample of them. Novel: the targets whose context (its last 32 bases) "
-    "occurs in no train transcript. Values are means over seeds; [95 % intervals] come from a bootstrap that "
-    "resamples test gene groups (transcripts sharing sequence) and seeds; the differences against Quixer are "
-    "paired (the same groups in every replicate). Top-k counts ties as expected accuracy under random "
-    "tie-breaking; perplexity = exp(mean cross-entropy in nats); parameters are trainable real numbers "
-    "(a complex one counts twice), references count stored table entries."
+    "occurs in no train transcript. Values are means over seeds; [95 % intervals] add the variance over test "
+    "gene groups (a bootstrap of transcripts sharing sequence) to the variance between seeds (t quantile; with "
+    "one seed, groups only); the differences against Quixer are paired (the same groups in every replicate). "
+    "Top-k counts ties as expected accuracy under random tie-breaking; perplexity = exp(mean cross-entropy in "
+    "nats, over seeds too); parameters are trainable real numbers (a complex one counts twice), references count "
+    "stored table entries."
 )
 
 
@@ -157,6 +158,9 @@ def _base_row(entry: Entry) -> dict[str, Any]:
         value = _mean(entry, key)
         if value is not None:
             row[key] = value
+    for split in ("test", "novel_test"):  # exp of the seed-mean loss, as its interval is, not a mean of exps
+        if f"{split}_loss" in row:
+            row[f"{split}_perplexity"] = perplexity(row[f"{split}_loss"])
     for key in ("test_targets", "targets_sha256"):
         if key in first:
             row[key] = first[key]
@@ -168,11 +172,11 @@ def _base_row(entry: Entry) -> dict[str, Any]:
 
 
 def _add_intervals(rows: list[dict], entries: list[Entry]) -> None:
-    """Bootstrap intervals per row, and Quixer's paired differences against every other row."""
+    """95 % intervals per row (groups and seeds), and Quixer's paired differences against every other row."""
     scored = {e.name: e.scores() for e in entries}
     quixer = next((e for e in entries if e.model == "quixer" and scored[e.name]), None)
     boots: dict[str, GroupBootstrap] = {}
-    samples: dict[str, dict[str, np.ndarray]] = {}
+    estimates: dict[str, dict[str, Estimate]] = {}
     for row, entry in zip(rows, entries):
         runs = scored[entry.name]
         if not runs:
@@ -181,23 +185,23 @@ def _add_intervals(rows: list[dict], entries: list[Entry]) -> None:
         if key not in boots:
             boots[key] = GroupBootstrap(runs[0].groups, len(runs[0]))
         boot = boots[key]
-        sums = boot.sums(runs)
-        samples[entry.name] = {m: boot.samples(sums, m) for m in ("top1", "perplexity")}
-        row["test_top1_ci95"] = interval(samples[entry.name]["top1"])
-        row["test_perplexity_ci95"] = interval(samples[entry.name]["perplexity"])
+        top1, loss = boot.estimate(runs, "top1"), boot.estimate(runs, "nll")
+        estimates[entry.name] = {"top1": top1, "perplexity": loss.exp()}
+        row["test_top1_ci95"] = top1.interval(0.0, 1.0)
+        row["test_perplexity_ci95"] = perplexity_interval(loss)
         if runs[0].novel is not None and runs[0].novel.any():
-            row["novel_test_top1_ci95"] = interval(boot.samples(boot.sums(runs, runs[0].novel), "top1"))
+            row["novel_test_top1_ci95"] = boot.estimate(runs, "top1", runs[0].novel).interval(0.0, 1.0)
     if quixer is None:
         return
     q_key = scored[quixer.name][0].key
     for row, entry in zip(rows, entries):
-        if entry is quixer or entry.name not in samples or scored[entry.name][0].key != q_key:
+        if entry is quixer or entry.name not in estimates or scored[entry.name][0].key != q_key:
             continue
         for metric in ("top1", "perplexity"):
-            diff = samples[quixer.name][metric] - samples[entry.name][metric]
+            diff = estimates[quixer.name][metric] - estimates[entry.name][metric]
             q, m = row_metric(rows, quixer.name, metric), row.get(f"test_{metric}")
             row[f"quixer_{metric}_difference"] = {"mean": q - m if q is not None and m is not None else None,
-                                                  "ci95": interval(diff)}
+                                                  "ci95": diff.interval()}
 
 
 def row_metric(rows: list[dict], run: str, metric: str) -> float | None:

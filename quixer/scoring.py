@@ -5,8 +5,8 @@ function: cross-entropy, and top-1 / top-5 counted as the *expected* accuracy un
 tie-breaking (a target tied with ``t`` tokens, ``a`` tokens strictly above it, is in the top
 ``k`` with probability ``clip((k - a) / t, 0, 1)``): a uniform predictor scores exactly 1/V
 and 5/V, not the frequency of token 0. The per-target arrays are kept
-(``{split}_scores.npz`` in a run directory) so the report can resample gene groups and seeds
-for confidence intervals and pair models target by target.
+(``{split}_scores.npz`` in a run directory) so the report can resample gene groups and measure
+the spread between seeds for confidence intervals, and pair models target by target.
 """
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def format_perplexity(value: float) -> str:
     return f"{value:.2f}" if value < 1e5 else f"{value:.3g}"
 
 
-def _perplexity(loss: float) -> float:
+def perplexity(loss: float) -> float:
+    """exp(loss), inf past float range: the one conversion, so rows and their intervals agree to the bit."""
     return math.exp(loss) if loss < 700 else float("inf")
 
 
@@ -130,7 +131,7 @@ class TargetScores:
 
 def _summary(nll: np.ndarray, top1: np.ndarray, top5: np.ndarray) -> dict[str, float]:
     loss = float(nll.mean())
-    return {"loss": loss, "perplexity": _perplexity(loss), "top1": float(top1.mean()), "top5": float(top5.mean())}
+    return {"loss": loss, "perplexity": perplexity(loss), "top1": float(top1.mean()), "top5": float(top5.mean())}
 
 
 def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:

@@ -11,7 +11,7 @@ import torch
 
 from tests.helpers import SAMPLE_FASTA
 from quixer.fasta import iter_fasta, normalise
-from quixer.intervals import GroupBootstrap, interval
+from quixer.intervals import GroupBootstrap
 from quixer.reference import KneserNeyModel
 from quixer.scoring import TargetScores, fixed_distribution_scores, score_logits
 from quixer.streams import TokenStreams, TrainSchedule, eval_targets
@@ -135,16 +135,17 @@ def test_bootstrap_weights_groups_like_an_explicit_resample():
     rng = np.random.default_rng(1)
     groups = np.repeat(np.arange(12), rng.integers(1, 9, 12))
     n = len(groups)
-    scores = TargetScores(rng.random(n) * 3, (rng.random(n) < 0.4).astype(float), np.ones(n), groups=groups)
+    seeds = [TargetScores(rng.random(n) * 3, (rng.random(n) < 0.4).astype(float), np.ones(n), groups=groups)
+             for _ in range(2)]
     boot = GroupBootstrap(groups, n, replicates=50, seed=3)
-    samples = boot.samples(boot.sums([scores]), "top1")
-    ppl = boot.samples(boot.sums([scores]), "perplexity")
-    for b, w in enumerate(boot.weights):  # brute force: repeat each group's targets w_g times
+    top1, loss = boot.estimate(seeds, "top1"), boot.estimate(seeds, "nll")
+    for b, w in enumerate(boot.weights):  # brute force: repeat each group's targets w_g times, for each seed
         picked = np.concatenate([np.flatnonzero(groups == g).repeat(int(w[g])) for g in range(12)])
-        assert samples[b] == pytest.approx(scores.top1[picked].mean())
-        assert ppl[b] == pytest.approx(np.exp(scores.nll[picked].mean()))
-    lo, hi = interval(samples)
-    assert lo <= scores.top1.mean() <= hi
+        assert top1.center + top1.deviations[b] == pytest.approx(np.mean([s.top1[picked].mean() for s in seeds]))
+        assert loss.exp().center + loss.exp().deviations[b] == pytest.approx(
+            np.exp(np.mean([s.nll[picked].mean() for s in seeds])))
+    lo, hi = top1.interval()
+    assert lo <= np.mean([s.top1.mean() for s in seeds]) == top1.point <= hi
 
 
 def test_correlated_groups_widen_the_interval_and_seeds_add_their_spread():
@@ -154,12 +155,12 @@ def test_correlated_groups_widen_the_interval_and_seeds_add_their_spread():
     runs = [TargetScores(np.ones(2000), per_group[groups].astype(float), np.ones(2000), groups=groups)]
     by_group = GroupBootstrap(groups, 2000, replicates=400)
     by_target = GroupBootstrap(None, 2000, replicates=400)
-    wide = np.diff(interval(by_group.samples(by_group.sums(runs), "top1")))[0]
-    narrow = np.diff(interval(by_target.samples(by_target.sums(runs), "top1")))[0]
+    wide = np.diff(by_group.estimate(runs, "top1").interval())[0]
+    narrow = np.diff(by_target.estimate(runs, "top1").interval())[0]
     assert wide > 4 * narrow  # sqrt(50) in theory
     shifted = [TargetScores(np.ones(2000), np.clip(r.top1 + d, 0, 1), np.ones(2000), groups=groups)
                for r, d in ((runs[0], 0.0), (runs[0], 0.3))]
-    two_seeds = np.diff(interval(by_group.samples(by_group.sums(shifted), "top1")))[0]
+    two_seeds = np.diff(by_group.estimate(shifted, "top1").interval())[0]
     assert two_seeds > wide
 
 
