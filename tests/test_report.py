@@ -197,17 +197,3 @@ def test_no_results_is_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: runs directory not found"
     assert "Traceback" not in proc.stderr
 
-
-def test_gain_shares_need_both_ends_on_the_same_targets():
-    from quixer.report import add_gain_shares
-
-    rows = [{"model": "unigram", "run": "unigram", "test_top1": 0.1, "test_loss": 5.0, "targets_sha256": "a"},
-            {"model": "token_ceiling", "run": "token_ceiling", "test_top1": 0.5, "test_loss": 1.0, "targets_sha256": "b"},
-            {"model": "lstm", "run": "lstm", "test_top1": 0.3, "test_loss": 2.0, "targets_sha256": "a"}]
-    add_gain_shares(rows)
-    assert rows[2]["gain_share_top1"] is None and rows[2]["gain_share_loss"] is None  # the ceiling scored other targets
-    rows[1]["targets_sha256"] = "a"
-    add_gain_shares(rows)
-    assert rows[2]["gain_share_top1"] == pytest.approx(0.5) and rows[2]["gain_share_loss"] == pytest.approx(0.75)
-    add_gain_shares(rows[1:])  # no unigram
-    assert rows[2]["gain_share_top1"] is None
