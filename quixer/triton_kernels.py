@@ -323,20 +323,27 @@ def _multiprocessors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+# the register file of a multiprocessor (sm_70 to sm_90) and the programs the tiles leave room for
+SM_REGISTERS, PROGRAMS_PER_SM = 65536, 4
+
+
 class Tile(NamedTuple):
-    """One program's shape: lanes (circuit instances) per program, warps, and a register cap for
-    ptxas (None: its own choice)."""
+    """One program's shape: lanes (circuit instances) per program and warps."""
     block: int
     warps: int
-    max_registers: int | None = None
+
+    @property
+    def max_registers(self) -> int:
+        """The cap given to ptxas: registers per thread that leave room for :data:`PROGRAMS_PER_SM`
+        programs (without it ptxas may take more for some strides and fit fewer)."""
+        return min(255, SM_REGISTERS // (PROGRAMS_PER_SM * 32 * self.warps))
 
 
-# Per kernel and dtype: the largest tile that compiles for sm_90 without spills and with registers
-# for at least 4 programs per multiprocessor (registers * 32 * warps * 4 <= 65,536), as measured by
-# bench/kernel_metadata.py and asserted by tests/test_triton.py. The adjoint holds twice the state
-# of the forward, and float64 twice the registers of float32.
+# Per kernel and dtype at 6 qubits: the largest tile that compiles for sm_90 without spills within
+# Tile.max_registers, as measured by bench/kernel_metadata.py and asserted by tests/test_triton.py.
+# The adjoint holds twice the state of the forward, and float64 twice the registers of float32.
 TILES = {
-    ("forward", torch.float32): Tile(32, 4, 128),
+    ("forward", torch.float32): Tile(32, 4),
     ("forward", torch.float64): Tile(16, 4),
     ("adjoint", torch.float32): Tile(16, 4),
     ("adjoint", torch.float64): Tile(8, 4),
@@ -345,19 +352,20 @@ TILES = {
 MAX_PROGRAMS = 2**31 - 1
 
 
-def _tiles(kind: str, dtype: torch.dtype, n_seq: int, n_lanes: int, device: torch.device) -> tuple[Tile, int]:
-    """The tile of :data:`TILES` (at most :data:`MAX_BLOCK` lanes) and lane blocks per sequence:
-    smaller tiles where whole tiles would leave streaming multiprocessors idle, and no more warps
-    than lanes (each warp holds whole lanes)."""
+def _tiles(kind: str, dtype: torch.dtype, n_qubits: int, n_seq: int, n_lanes: int, device: torch.device
+           ) -> tuple[Tile, int]:
+    """The tile of :data:`TILES` (halved per qubit above 6: a lane's state doubles; at most
+    :data:`MAX_BLOCK` lanes) and lane blocks per sequence: smaller tiles where whole tiles would
+    leave streaming multiprocessors idle, and no more warps than lanes (a warp holds whole lanes)."""
     tile = TILES[kind, dtype]
-    block = min(MAX_BLOCK, tile.block, triton.next_power_of_2(max(n_lanes, 1)))
+    block = min(MAX_BLOCK, max(1, tile.block >> max(0, n_qubits - 6)), triton.next_power_of_2(max(n_lanes, 1)))
     processors = _multiprocessors(device.index or 0) if device.type == "cuda" else 1
     while block > 4 and n_seq * triton.cdiv(n_lanes, block) < 2 * processors:
         block //= 2
     blocks = triton.cdiv(n_lanes, block)
     if n_seq * blocks > MAX_PROGRAMS:
         raise ValueError(f"{n_seq} x {n_lanes} circuit instances need more than {MAX_PROGRAMS} Triton programs")
-    return tile._replace(block=block, warps=min(tile.warps, block)), blocks
+    return Tile(block, min(tile.warps, block)), blocks
 
 
 def _checked(plan_rows: int, n_qubits: int, cos: torch.Tensor, sin: torch.Tensor, wiring: tuple, *states) -> None:
@@ -405,7 +413,7 @@ def forward(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: 
     _checked(rows, n_qubits, cos, sin, wiring, states)
     G = cos.shape[1]
     out = torch.empty_like(states)
-    tile, blocks = _tiles("forward", states.dtype, L, N, states.device)
+    tile, blocks = _tiles("forward", states.dtype, n_qubits, L, N, states.device)
     _run(_forward_kernel, tile, L * blocks, (states, out, out, cos, sin), wiring, (cos, sin), (L, N, G),
          (_stacked(rows, N), _stacked(rows, N), (0, G)), NQ=n_qubits, LCU=False)
     return out
@@ -420,7 +428,7 @@ def adjoint(output: torch.Tensor, grad: torch.Tensor, cos: torch.Tensor, sin: to
     G = cos.shape[1]
     grad_in = torch.empty_like(output) if input_grad else output  # not written without input_grad
     d_gates = output.new_empty(L, N, G)
-    tile, blocks = _tiles("adjoint", output.dtype, L, N, output.device)
+    tile, blocks = _tiles("adjoint", output.dtype, n_qubits, L, N, output.device)
     _run(_adjoint_kernel, tile, L * blocks, (output, grad, grad_in, d_gates, d_gates, cos, sin), wiring, (cos, sin),
          (L, N, G), (_stacked(rows, N), _stacked(rows, N), (0, G)), NQ=n_qubits, LCU=False, INPUT_GRAD=input_grad)
     return (grad_in if input_grad else None), d_gates.sum(0)
@@ -444,7 +452,7 @@ def lcu_power(psi: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wiring: t
         raise ValueError("inconsistent shapes for the Triton LCU power kernel")
     G = cos.shape[1]
     outputs = psi.new_empty(rows, B * W)
-    tile, blocks = _tiles("forward", psi.dtype, B, W, psi.device)
+    tile, blocks = _tiles("forward", psi.dtype, n_qubits, B, W, psi.device)
     sums = psi.new_empty(blocks, rows, B)
     _run(_forward_kernel, tile, B * blocks, (psi, outputs, sums, cos, sin), wiring, _lcu_parts(lcu, psi), (B, W, G),
          (_per_sequence(B), _per_position(B, W), (W * G, G)), NQ=n_qubits, LCU=True)
@@ -463,7 +471,7 @@ def lcu_power_adjoint(outputs: torch.Tensor, grad: torch.Tensor, cos: torch.Tens
     if outputs.shape != (rows, B * W) or cos.shape[0] != B * W:
         raise ValueError("inconsistent shapes for the Triton LCU power kernel")
     G = cos.shape[1]
-    tile, blocks = _tiles("adjoint", grad.dtype, B, W, grad.device)
+    tile, blocks = _tiles("adjoint", grad.dtype, n_qubits, B, W, grad.device)
     dpsi = grad.new_empty(blocks, rows, B)
     d_lcu = grad.new_empty(B, W, 2)
     d_gates = grad.new_empty(B * W, G)

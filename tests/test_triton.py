@@ -88,9 +88,9 @@ def test_kernels_address_states_with_int64_offsets_on_a_flat_grid(sm90):
     launch, _ = sm90["lcu_power", "float32"]
     assert launch.grid == (32,)  # 32 sequences of 31 tokens, one block of 32 lanes each
     cpu = torch.device("cpu")
-    assert triton_kernels._tiles("forward", torch.float32, 1, 3 * 2**26, cpu)[1] == 3 * 2**21
+    assert triton_kernels._tiles("forward", torch.float32, 6, 1, 3 * 2**26, cpu)[1] == 3 * 2**21
     with pytest.raises(ValueError, match="programs"):
-        triton_kernels._tiles("forward", torch.float32, 2**16, 2**21, cpu)
+        triton_kernels._tiles("forward", torch.float32, 6, 2**16, 2**21, cpu)
 
 
 def test_gate_loop_paths_are_read_off_a_listing():
