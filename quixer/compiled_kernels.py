@@ -83,7 +83,9 @@ def paper_launches(dtype: torch.dtype, n_qubits: int = 6, n_layers: int = 4, bat
 
 def compile_sm90(launch: Launch, kernel=None) -> tuple[triton.compiler.CompiledKernel, float]:
     """``launch`` compiled for sm_90 as ``kernel[grid](*args, **meta)`` would compile it on that GPU
-    (``kernel``: another kernel with the same parameters, e.g. an earlier version); and the seconds taken."""
+    (``kernel``: another kernel with the same parameters, e.g. an earlier version); and the seconds taken.
+    The specialisation is the JIT's own (``JITFunction.run``'s binder and ``_pack_args``: private to
+    triton, the same in 3.6, the GPU machines', and 3.9, the pinned one)."""
     kernel = kernel or launch.kernel
     backend = make_backend(SM90)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
