@@ -19,16 +19,14 @@ import argparse
 import importlib.util
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
+from quixer import compiled_kernels
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from quixer import compiled_kernels  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 COLUMNS = ("registers", "stack_bytes", "programs_per_sm", "resident_instances_per_sm", "compile_s",
