@@ -22,6 +22,7 @@ Modules (one obvious place for each idea):
 - ``simulators``   one simulator per device (torch ops, fused CPU kernel, Triton), chosen per forward
 - ``native``       the fused C++ CPU kernel (``statevector_kernel.cpp``, built on first use)
 - ``triton_kernels`` the fused GPU kernels (Triton; interpreted on a CPU in the tests)
+- ``compiled_kernels`` those kernels compiled for sm_90 without a GPU: registers, spills, instructions per gate
 - ``cuda_graphs``  capture of a whole training step as one CUDA graph
 - ``devices``      which device trains a model fastest, measured (``--device auto``)
 - ``naive``        a gate-by-gate Quixer simulation: test oracle and benchmark baseline, not the pipeline

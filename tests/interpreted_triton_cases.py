@@ -81,6 +81,20 @@ def test_adjoint_matches_torch(input_grad, max_block):
     assert_all_close([t for t in ours if t is not None], [t for t in want if t is not None], 1e-12)
 
 
+def test_adjoint_matches_torch_with_a_partial_gradient_chunk(max_block):
+    """7 gates on 3 qubits: the adjoint stores angle gradients in chunks of 4 (2^(n-1)) gates, the
+    last one partial; the first gates target the top bit (no exchange), the rest lower bits."""
+    plan = CircuitPlan(ansatz14_gates(3, 1)[:7], 3)
+    gen = torch.Generator().manual_seed(5)
+    angles = (torch.rand(6, 7, generator=gen, dtype=torch.float64) - 0.5) * 8
+    states = torch.randn(1, 16, 6, generator=gen, dtype=torch.float64)
+    coefficients = gate_coefficients(plan, angles)
+    out = TorchSimulator().circuits(plan, coefficients, states)
+    grad = torch.randn(out.shape, dtype=out.dtype, generator=gen)
+    assert_all_close(TritonSimulator().circuits_adjoint(plan, coefficients, out, grad, True),
+                     TorchSimulator().circuits_adjoint(plan, coefficients, out, grad, True), 1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_lcu_power_and_its_adjoint_match_torch(dtype, max_block):
     plan, angles, psi, lcu = lcu_case(3, 2, 5, dtype)
