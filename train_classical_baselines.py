@@ -8,6 +8,10 @@ Neural models (trained by the same loop as Quixer, same flags, metrics and run f
 Reference predictors (no gradient training; fitted on train, chosen on val, scored on the same
 test targets as the trained models):
   uniform, unigram, ngram   (interpolated Kneser-Ney, order chosen on validation).
+  token_ceiling, raw_bases  the task's ceiling, from the bases behind the tokens: the best any
+                            model of the tokens can do (exact inference under a base-level prior),
+                            and a next-base model reading the raw bases. They need the k-mer ids
+                            of stage 3 (kmer_ids.pt) or raw k-mer tokens.
 
 Output: runs/<model>/ (runs/<model>_<preset>/ for the paper presets) with config.json,
 results.json and the per-target scores {val,test}_scores.npz (+ metrics.jsonl, best.pt,
@@ -17,6 +21,8 @@ Examples:
   python train_classical_baselines.py --model lstm
   python train_classical_baselines.py --model transformer --preset paper128 --epochs 30
   python train_classical_baselines.py --model ngram
+  python train_classical_baselines.py --model token_ceiling
+  python train_classical_baselines.py --model raw_bases
   python train_classical_baselines.py --model quixer_ablation
   python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers   # raw k-mer tokens
 """
@@ -42,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_classical_model_args(parser)
     g = parser.add_argument_group("reference models")
     g.add_argument("--max_order", type=int, default=DEFAULT_MAX_ORDER,
-                   help="ngram: largest order tried on validation (default: %(default)s)")
+                   help="ngram, raw_bases, token_ceiling: largest order tried on validation (token_ceiling "
+                        "stops at k; default: %(default)s)")
     args = parse_args(parser, argv)
     setup_logging(args.verbose)
     train_classical(args)
