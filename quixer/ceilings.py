@@ -81,8 +81,8 @@ class KmerMap:
 
 
 def _identity_map(data: TokenData) -> KmerMap:
-    k = len(data.vocab[0])
-    if data.vocab != all_kmers(k):
+    k = len(data.vocab[0]) if data.vocab else 0
+    if k == 0 or data.vocab != all_kmers(k):
         raise UserError(f"{data.data_dir}: the 'vocab' of the token files is not every {k}-mer in lexicographic "
                         "order, so the bases behind the tokens are unknown")
     ids = {s: data.splits[s].numpy() for s in data.splits}
@@ -92,8 +92,9 @@ def _identity_map(data: TokenData) -> KmerMap:
 def _stage3_map(data: TokenData) -> KmerMap:
     ids_path, centers_path = data.data_dir / KMER_IDS_FILE, data.data_dir / CLUSTER_CENTERS_FILE
     if not ids_path.is_file() or not centers_path.is_file():
-        raise UserError(f"{data.data_dir}: no {KMER_IDS_FILE} beside the token files (written before stage 3 kept "
-                        "the k-mer ids): rerun quantize_lambeq_embeddings.py with the same flags to add it")
+        raise UserError(f"{data.data_dir}: no {KMER_IDS_FILE} beside the token files, so the bases behind the tokens "
+                        "are unknown (stage-3 output from before it was kept?): rerun quantize_lambeq_embeddings.py "
+                        "with the same flags to add it")
     centers, obj = load_torch_file(centers_path), load_torch_file(ids_path)
     k = obj.get("k") if isinstance(obj, dict) else None
     ids = obj.get("kmer_ids") if isinstance(obj, dict) else None
@@ -183,7 +184,8 @@ def dense_proba(rows: np.ndarray, tokens: np.ndarray, mass: np.ndarray, n_rows: 
     """[n_rows, V] next-token distributions from per-row candidate tokens and masses ([T, C] each,
     ``rows`` [T]), the masses of equal tokens summed."""
     keys = np.asarray(rows)[:, None] * vocab_size + tokens
-    proba = np.bincount(keys.ravel(), weights=np.ravel(mass), minlength=n_rows * vocab_size).reshape(n_rows, vocab_size)
+    proba = np.bincount(keys.ravel(), weights=np.ravel(mass), minlength=n_rows * vocab_size)
+    proba = proba.reshape(n_rows, vocab_size)
     return proba / proba.sum(axis=1, keepdims=True) if normalise else proba
 
 
@@ -366,7 +368,7 @@ def fit_ceiling(name: str, data: TokenData, kmap: KmerMap, val: _Split, test: _S
                     "anatomy": anatomy})
 
 
-def ceiling_config(name: str, data: TokenData, kmap: KmerMap, max_order: int, tolerance: float) -> dict:
+def ceiling_config(name: str, kmap: KmerMap, max_order: int, tolerance: float) -> dict:
     """The settings of a ceiling reference run (a rerun with equal settings is a no-op)."""
     prior = ("the k-mer posterior under a base-level Markov chain (Kneser-Ney on train bases), exact forward "
              "inference over the base paths consistent with the input tokens") if name == "token_ceiling" else \

@@ -470,7 +470,7 @@ def _reference_config(name: str, data_dir: str | Path, data: TokenData, test: _S
 
         kmap = load_kmer_map(data)  # before anything is written: no k-mer ids, one error line
         max_order = ceiling_max_order(name, max_order, data.window_size, kmap.k)
-        config.update(ceiling_config(name, data, kmap, max_order, order_tolerance))
+        config.update(ceiling_config(name, kmap, max_order, order_tolerance))
         return config, lambda val: fit_ceiling(name, data, kmap, val, test, max_order, order_tolerance)
     if name == "ngram":
         max_order = _check_order(max_order, data.window_size)

@@ -365,8 +365,8 @@ def _ceiling_table(rows: list[dict[str, Any]]) -> list[str]:
         return lines if len(lines) > 1 else []
     table = [[r["model"], r["run"], _num(None if r.get("gain_share_top1") is None else 100 * r["gain_share_top1"], 1),
               _num(None if r.get("gain_share_loss") is None else 100 * r["gain_share_loss"], 1)] for r in shared]
-    return lines + ["", "Share of the achievable gain, (model − unigram) / (token ceiling − unigram), in %:", ""] + \
-        _table(["Model", "Run", "top-1", "loss"], ["---", "---", "---:", "---:"], table)
+    intro = "Share of the achievable gain, (model − unigram) / (token ceiling − unigram), in %:"
+    return lines + ["", intro, ""] + _table(["Model", "Run", "top-1", "loss"], ["---", "---", "---:", "---:"], table)
 
 
 def _cost_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -151,8 +151,8 @@ def stage3_tokens(stage1_dir, tmp_path_factory):
     meta = load_metadata(stage1_dir)
     for split in SPLITS:
         ids = torch.from_numpy(split_kmer_ids(stage1_dir, split))
-        atomic_torch_save(enc / f"{split}.pt", {"kmer_ids": ids, "labels": ids[:, -1].long(),
-                                                "sources": WindowSources.from_stage1(stage1_dir, split, meta).to_torch()})
+        sources = WindowSources.from_stage1(stage1_dir, split, meta).to_torch()
+        atomic_torch_save(enc / f"{split}.pt", {"kmer_ids": ids, "labels": ids[:, -1].long(), "sources": sources})
     atomic_write_json(enc / "metadata.json", {"stage": "lambeq_encoder", "table_sha256": table_sha256(kmers, table)})
     out = root / "tokens"
     assert quantize_lambeq_embeddings.main(["--input_dir", str(enc), "--output_dir", str(out), "--n_clusters", "128",
@@ -202,7 +202,8 @@ def test_stage3_tokens_carry_kmer_ids_and_both_ceilings_run(stage3_tokens, tmp_p
     centres = torch.load(stage3_tokens / "cluster_centers.pt")["kmer_tokens"]
     assert obj["k"] == 6 and obj["kmer_ids"]["train"].dtype == torch.int16
     for split in SPLITS:
-        assert torch.equal(centres[obj["kmer_ids"][split].long()], torch.load(stage3_tokens / f"{split}.pt")["sequences"])
+        tokens = torch.load(stage3_tokens / f"{split}.pt")["sequences"]
+        assert torch.equal(centres[obj["kmer_ids"][split].long()], tokens)
     res = {name: run_reference(name, stage3_tokens, tmp_path / name, eval_targets_count=EVAL)
            for name in ("unigram", "token_ceiling", "raw_bases")}
     for name in ("token_ceiling", "raw_bases"):
@@ -228,7 +229,8 @@ def test_without_kmer_ids_one_clear_error_and_stage3_adds_them(stage3_tokens, tm
     assert not (tmp_path / "runs" / "ceiling").exists()
     proc = run_script("train_classical_baselines.py", "--model", "raw_bases", "--data_dir", old,
                       "--output_dir", tmp_path / "runs" / "raw")
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "kmer_ids.pt" in lines[0]
 
     # a stage-3 directory from before: rerunning stage 3 adds kmer_ids.pt and leaves the tokens alone
     copy = tmp_path / "tokens"

@@ -54,8 +54,8 @@ def windows_of(seq: str) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory) -> Path:
-    """runs/<reference> fitted on real tokens (with the k-mer ids behind them), runs/quixer/seed_{1,2} made from the n-gram's
-    scores, runs/unfinished."""
+    """runs/<reference> fitted on real tokens (with the k-mer ids behind them), runs/quixer/seed_{1,2}
+    made from the n-gram's scores, runs/unfinished."""
     root = tmp_path_factory.mktemp("report")
     splits: dict[str, list[list[int]]] = {"train": [], "val": [], "test": []}
     for i, seq in enumerate(read_records(15)):  # split by record, never by window
@@ -214,7 +214,8 @@ def test_gain_shares_need_both_ends_on_the_same_targets():
     from quixer.report import add_gain_shares
 
     rows = [{"model": "unigram", "run": "unigram", "test_top1": 0.1, "test_loss": 5.0, "targets_sha256": "a"},
-            {"model": "token_ceiling", "run": "token_ceiling", "test_top1": 0.5, "test_loss": 1.0, "targets_sha256": "b"},
+            {"model": "token_ceiling", "run": "token_ceiling", "test_top1": 0.5, "test_loss": 1.0,
+             "targets_sha256": "b"},
             {"model": "lstm", "run": "lstm", "test_top1": 0.3, "test_loss": 2.0, "targets_sha256": "a"}]
     add_gain_shares(rows)
     assert rows[2]["gain_share_top1"] is None and rows[2]["gain_share_loss"] is None  # the ceiling scored other targets
