@@ -219,6 +219,7 @@ def sort_key(row: dict[str, Any]) -> tuple:
 
 
 def _same_targets(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Scored on the same targets: equal target hashes, or for older runs without them the same data."""
     if a.get("targets_sha256") and b.get("targets_sha256"):
         return a["targets_sha256"] == b["targets_sha256"]
     return a.get("data") == b.get("data")
@@ -339,6 +340,7 @@ def _paired_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _anatomy_line(row: dict[str, Any]) -> str:
+    """The task's anatomy a ceiling reference measured, in one sentence ("" where it has none)."""
     a, k = row.get("anatomy") or {}, row.get("k")
     if not a:
         return ""
@@ -383,7 +385,8 @@ def _cost_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown_table(rows: list[dict[str, Any]], title: str | None = None, links: list[str] | None = None) -> str:
-    """The rows as Markdown: the results with intervals, the paired differences, the costs."""
+    """The rows as Markdown: the results with intervals, the ceiling and each row's share of the
+    achievable gain, the paired differences, the costs."""
     lines = [f"## {title}", ""] if title else []
     lines += _main_table(rows) + _ceiling_table(rows) + _paired_table(rows) + _cost_table(rows) + ["", METHOD_NOTE]
     if links:

@@ -38,6 +38,10 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
         assert r["test_targets"] == rows[0]["test_targets"] and r["targets_sha256"] == rows[0]["targets_sha256"]
         if r["model"] not in ("quixer", "uniform"):
             assert "ci95" in r["quixer_top1_difference"] and "ci95" in r["quixer_perplexity_difference"]
+        if r["model"] in TRAINED:  # against the task's ceiling
+            assert r["gain_share_top1"] is not None and r["gain_share_loss"] is not None
+    ceiling = next(r for r in rows if r["model"] == "token_ceiling")
+    assert 0 < ceiling["anatomy"]["candidate_tokens_fewer_than_4"] < 1 and 0 < ceiling["anatomy"]["last_bases_pinned"] < 1
     uniform = next(r for r in rows if r["model"] == "uniform")
     assert abs(uniform["test_perplexity"] - 512) < 1e-6 and abs(uniform["test_top1"] - 1 / 512) < 1e-12
     assert "| quixer |" in first.stdout and (out / "results.md").read_text() in first.stdout
