@@ -108,7 +108,7 @@ cost() {  # relative CPU time per epoch of a model (measured on chrX, one core):
 }
 references() {
   local ref
-  for ref in uniform unigram ngram; do
+  for ref in uniform unigram ngram token_ceiling raw_bases; do
     step "reference: $ref"
     "$py" "$here/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --eval_targets "$eval_targets" \
       --output_dir "$runs/$ref"

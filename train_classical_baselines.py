@@ -10,6 +10,10 @@ Neural models (trained by the same loop as Quixer, same flags, metrics and run f
 Reference predictors (no gradient training; fitted on train, chosen on val, scored on the same
 test targets as the trained models):
   uniform, unigram, ngram   (interpolated Kneser-Ney, order chosen on validation).
+  token_ceiling, raw_bases  the task's ceiling, from the bases behind the tokens: the best any
+                            model of the tokens can do (exact inference under a base-level prior),
+                            and a next-base model reading the raw bases. They need the k-mer ids
+                            of stage 3 (kmer_ids.pt) or raw k-mer tokens.
 
 Output: runs/<model>/ (runs/<model>_<preset>/ for the paper presets) with config.json,
 results.json and the per-target scores {val,test}_scores.npz (+ metrics.jsonl, best.pt,
@@ -19,6 +23,8 @@ Examples:
   python train_classical_baselines.py --model lstm
   python train_classical_baselines.py --model transformer --preset paper128 --epochs 30
   python train_classical_baselines.py --model ngram
+  python train_classical_baselines.py --model token_ceiling
+  python train_classical_baselines.py --model raw_bases
   python train_classical_baselines.py --model quixer_ablation
   python train_classical_baselines.py --model quixer_ablation_matched --protocol official
   python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers   # raw k-mer tokens

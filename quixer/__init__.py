@@ -28,6 +28,7 @@ Modules (one obvious place for each idea):
 - ``naive``        a gate-by-gate Quixer simulation: test oracle and benchmark baseline, not the pipeline
 - ``baselines``    LSTM / Transformer / FNet and the Quixer ablation (its quantum block replaced by pooling)
 - ``reference``    the uniform / unigram / n-gram (Kneser-Ney) reference predictors
+- ``ceilings``     the task's ceiling from the bases behind the tokens: token_ceiling (exact inference), raw_bases
 - ``training``     the one training loop: metrics, checkpoints, resume, early stopping; the trainer entry points
 - ``live_curves``  optional TensorBoard event files of a training run (``--tensorboard``)
 - ``distributed``  the DDP context and the checkpointed RNG state

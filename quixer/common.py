@@ -250,6 +250,7 @@ def add_stage_flags(parser) -> None:
 _WRITERS_BY_NAME = {
     "kmer_embeddings.pt": "lambeq_encoder.py",
     "cluster_centers.pt": "quantize_lambeq_embeddings.py",
+    "kmer_ids.pt": "quantize_lambeq_embeddings.py",
     "best.pt": "train_quixer_hybrid.py or train_classical_baselines.py",
     "last.pt": "train_quixer_hybrid.py or train_classical_baselines.py",
 }

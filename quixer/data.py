@@ -36,6 +36,7 @@ from .windows import SPLITS
 log = logging.getLogger("quixer")
 
 CLUSTER_CENTERS_FILE = "cluster_centers.pt"
+KMER_IDS_FILE = "kmer_ids.pt"  # stage 3: per split the windows' k-mer ids (quixer.ceilings)
 
 
 def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, list[str] | None, WindowSources | None]:

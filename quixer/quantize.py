@@ -10,6 +10,12 @@ with the train-fitted centres only (no information from val/test reaches the fit
 Two inputs are accepted: the stage-2 table format (``kmer_embeddings.pt`` + ``{split}.pt``
 with ``kmer_ids``) and the original full-tensor format (``{split}.pt`` with ``embeddings``
 ``[N, W, D]``), whose distinct rows play the part of the k-mers.
+
+From the table format the k-mer ids of every window travel on in ``kmer_ids.pt`` (beside the
+token files, which stay as they were): the ceiling references (:mod:`quixer.ceilings`) need the
+raw bases behind each token. A directory written before that file existed gets it added on the
+next run with the same input and parameters, its token files untouched, so runs fitted on them
+stay valid.
 """
 from __future__ import annotations
 
@@ -33,9 +39,10 @@ from .common import (
     sha256_file,
     staged_output_dir,
 )
+from .data import KMER_IDS_FILE
 from .encoding import TABLE_FILE, _torch_load, load_encoder_metadata, load_split_ids, load_table, table_sha256
 from .window_sources import WindowSources
-from .windows import SPLITS
+from .windows import SPLITS, all_kmers
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +152,32 @@ def load_inputs(input_dir: str | os.PathLike) -> _Inputs:
     return _load_full_format(input_dir)
 
 
+def kmer_ids_payload(inputs: _Inputs) -> dict | None:
+    """The content of ``kmer_ids.pt``: per split the windows' k-mer ids ``[N, W]`` (each k-mer's
+    index in lexicographic order over ACGT, int16 while 4^k fits), or None where the input has no
+    complete k-mer table (the full-tensor format), so no ids can be given."""
+    kmers = inputs.kmers
+    if not kmers:
+        return None
+    k = len(kmers[0])
+    if kmers != all_kmers(k):
+        log.warning("the k-mer table is not every %d-mer in lexicographic order: %s not written", k, KMER_IDS_FILE)
+        return None
+    dtype = torch.int16 if 4**k <= 2**15 else torch.int32
+    return {"k": k, "kmer_ids": {s: torch.from_numpy(inputs.ids[s]).to(dtype) for s in SPLITS}}
+
+
+def _add_missing_kmer_ids(output_dir: Path, inputs: _Inputs) -> None:
+    """Give an up-to-date directory from before ``kmer_ids.pt`` existed that file (only)."""
+    if (output_dir / KMER_IDS_FILE).exists():
+        return
+    payload = kmer_ids_payload(inputs)
+    if payload is not None:
+        atomic_torch_save(output_dir / KMER_IDS_FILE, payload)
+        log.info("%s: added %s (the k-mer ids of every window; the token files are unchanged)",
+                 output_dir, KMER_IDS_FILE)
+
+
 def mean_hamming(kmers: list[str], labels: np.ndarray | None = None) -> float | None:
     """Mean Hamming distance over pairs of distinct k-mers (within the same label if given).
 
@@ -195,6 +228,7 @@ def quantize_embeddings(input_dir: str | os.PathLike, output_dir: str | os.PathL
     inputs = load_inputs(input_dir)
     signature = {"parameters": asdict(cfg), "input": inputs.source}
     if check_output_dir(output_dir, signature, force, stage="quantize_lambeq_embeddings"):
+        _add_missing_kmer_ids(output_dir, inputs)
         log.info("%s is up to date (same input and parameters); nothing to do", output_dir)
         return read_json(output_dir / "metadata.json")
 
@@ -243,6 +277,9 @@ def quantize_embeddings(input_dir: str | os.PathLike, output_dir: str | os.PathL
             "kmer_to_token": dict(zip(kmers, tokens.tolist())) if kmers else {},
         }
         atomic_torch_save(tmp / "cluster_centers.pt", centers)
+        kmer_ids = kmer_ids_payload(inputs)
+        if kmer_ids is not None:
+            atomic_torch_save(tmp / KMER_IDS_FILE, kmer_ids)
         metadata = {
             "stage": "quantize_lambeq_embeddings",
             "signature": signature,

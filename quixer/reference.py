@@ -1,4 +1,4 @@
-"""Reference predictors that need no gradient training: uniform, unigram and n-gram.
+"""Reference predictors that need no gradient training: uniform, unigram, n-gram and the ceilings.
 
 The next 6-mer shares five bases with the last input k-mer, so the task is close to next-base
 prediction. These references put every trained model's number in context: a model is only
@@ -43,6 +43,11 @@ Models
              (1..n), the number of (context, token) pairs with a nonzero count, plus one back-off
              weight per context seen, plus 3 discounts, plus 0 for the uniform floor.
 
+``token_ceiling``, ``raw_bases``  the task's ceiling, read from the bases behind the tokens
+             (:mod:`quixer.ceilings`): the Bayes-optimal prediction from the tokens alone under a
+             base-level prior, and a next-base model that reads the raw bases. They need the
+             k-mer ids of every window (stage 3's ``kmer_ids.pt``, or raw k-mer tokens).
+
 Contexts get exact integer ids (no hashing): each position's context is packed into int64 keys
 and sorted once per block of orders (see :class:`KneserNeyModel`); counting is a handful of
 ``np.unique`` calls.
@@ -70,7 +75,9 @@ from .windows import SPLITS
 
 log = logging.getLogger(__name__)
 
-REFERENCE_MODELS = ("uniform", "unigram", "ngram")
+TOKEN_REFERENCES = ("uniform", "unigram", "ngram")
+CEILING_REFERENCES = ("token_ceiling", "raw_bases")  # quixer.ceilings: they need the bases behind the tokens
+REFERENCE_MODELS = TOKEN_REFERENCES + CEILING_REFERENCES
 UNIGRAM_ALPHAS = (0.01, 0.1, 0.5, 1.0, 2.0)
 DEFAULT_MAX_ORDER = 12
 DEFAULT_ORDER_TOLERANCE = 1e-3
@@ -101,13 +108,14 @@ class _Split:
     contexts: np.ndarray  # int64 [M, W-1]
     targets: np.ndarray  # int64 [M]
     scored: EvalTargets
+    name: str  # the split
 
     @classmethod
     def of(cls, data: TokenData, split: str, max_targets: int | None) -> "_Split":
         streams = data.streams(split)
         scored = eval_targets(streams, data.window_size, max_targets)
         windows = streams.windows(scored.starts, data.window_size).numpy()
-        return cls(np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, -1]), scored)
+        return cls(np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, -1]), scored, split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,6 +428,11 @@ def _fit_fixed(name: str, data: TokenData, val: _Split, alphas: tuple[float, ...
                    {"alpha": alpha})
 
 
+def choose_order(losses: Sequence[float], tolerance: float) -> int:
+    """The smallest order (1-based) whose validation loss is within ``tolerance`` nats of the best."""
+    return next(n for n in range(1, len(losses) + 1) if losses[n - 1] <= min(losses) + tolerance)
+
+
 def _fit_ngram(data: TokenData, val: _Split, max_order: int, tolerance: float) -> _Fitted:
     """Kneser-Ney tables of every order from the train streams; the order chosen on validation
     (the smallest within ``tolerance`` nats of the best, so longer contexts do not win by noise)."""
@@ -430,7 +443,7 @@ def _fit_ngram(data: TokenData, val: _Split, max_order: int, tolerance: float) -
     losses = [s.metrics()["loss"] for s in by_order]
     for n, s in enumerate(by_order, start=1):
         log.info("ngram order=%d: val loss %.4f top1 %.4f", n, losses[n - 1], s.metrics()["top1"])
-    order = next(n for n in range(1, max_order + 1) if losses[n - 1] <= min(losses) + tolerance)
+    order = choose_order(losses, tolerance)
     if order == max_order and max_order < data.window_size:
         log.warning("ngram: the chosen order %d is the largest tried; a larger --max_order may do better", order)
 
@@ -439,6 +452,34 @@ def _fit_ngram(data: TokenData, val: _Split, max_order: int, tolerance: float) -
 
     return _Fitted(by_order[order - 1], predict, {"table": model.parameters(order)},
                    {"order": order, "discounts": model.discounts(order), "val_loss_by_order": losses})
+
+
+def _reference_config(name: str, data_dir: str | Path, data: TokenData, test: _Split, eval_targets_count: int | None,
+                      max_order: int, order_tolerance: float,
+                      unigram_alphas: tuple[float, ...]) -> tuple[dict, Callable]:
+    """The run's settings (equal settings make a rerun a no-op) and the fitter ``fit(val)`` they imply."""
+    config = {
+        "model": name, "data_dir": str(data_dir), "vocab_size": data.vocab_size, "window_size": data.window_size,
+        "n_windows": {s: int(t.shape[0]) for s, t in data.splits.items()}, "eval_targets": eval_targets_count,
+        "targets_sha256": test.scored.key,
+        "objective": "the next token after W-1 tokens, at the scored positions of the token streams",
+        "data_sha256": {s: sha256_file(data.data_dir / f"{s}.pt") for s in SPLITS},
+    }
+    if name in CEILING_REFERENCES:
+        from .ceilings import ceiling_config, ceiling_max_order, fit_ceiling, load_kmer_map
+
+        kmap = load_kmer_map(data)  # before anything is written: no k-mer ids, one error line
+        max_order = ceiling_max_order(name, max_order, data.window_size, kmap.k)
+        config.update(ceiling_config(name, kmap, max_order, order_tolerance))
+        return config, lambda val: fit_ceiling(name, data, kmap, val, test, max_order, order_tolerance)
+    if name == "ngram":
+        max_order = _check_order(max_order, data.window_size)
+        config.update(max_order=max_order, order_tolerance=order_tolerance,
+                      smoothing="interpolated modified Kneser-Ney", counts="every position of the train streams")
+        return config, lambda val: _fit_ngram(data, val, max_order, order_tolerance)
+    if name == "unigram":
+        config.update(unigram_alphas=list(unigram_alphas), counts="every token of the train streams")
+    return config, lambda val: _fit_fixed(name, data, val, unigram_alphas)
 
 
 def run_reference(
@@ -457,21 +498,9 @@ def run_reference(
     if name not in REFERENCE_MODELS:
         raise UserError(f"unknown reference model {name!r}: choose from {', '.join(REFERENCE_MODELS)}")
     data = load_token_data(data_dir)
-    width = data.window_size
     val, test = (_Split.of(data, s, eval_targets_count) for s in ("val", "test"))
-    config = {
-        "model": name, "data_dir": str(data_dir), "vocab_size": data.vocab_size, "window_size": width,
-        "n_windows": {s: int(t.shape[0]) for s, t in data.splits.items()}, "eval_targets": eval_targets_count,
-        "targets_sha256": test.scored.key,
-        "objective": "the next token after W-1 tokens, at the scored positions of the token streams",
-        "data_sha256": {s: sha256_file(Path(data_dir) / f"{s}.pt") for s in SPLITS},
-    }
-    if name == "ngram":
-        max_order = _check_order(max_order, width)
-        config.update(max_order=max_order, order_tolerance=order_tolerance,
-                      smoothing="interpolated modified Kneser-Ney", counts="every position of the train streams")
-    elif name == "unigram":
-        config.update(unigram_alphas=list(unigram_alphas), counts="every token of the train streams")
+    config, fit = _reference_config(name, data_dir, data, test, eval_targets_count, max_order, order_tolerance,
+                                    unigram_alphas)
     output_dir = Path(output_dir)
     if _finished_with(output_dir, config):
         log.info("%s: %s already fitted on the same data with the same settings; results.json kept", output_dir, name)
@@ -481,8 +510,7 @@ def run_reference(
     atomic_write_json(output_dir / "config.json", config)
 
     t0 = time.perf_counter()
-    fitted = (_fit_ngram(data, val, max_order, order_tolerance) if name == "ngram"
-              else _fit_fixed(name, data, val, unigram_alphas))
+    fitted = fit(val)
     train_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     test_scores = test.scored.scores(*fitted.predict(test))

@@ -8,7 +8,9 @@ novel-context ones, 95 % intervals from :mod:`quixer.intervals` (a bootstrap ove
 groups plus the variance between seeds), the parameter count by component, why each run stopped, and,
 against Quixer, the paired difference on the very same targets. Every number sits beside the
 uniform / unigram / n-gram references: on a task this close to next-base prediction nothing
-means anything without them.
+means anything without them. And against the task's ceiling (:mod:`quixer.ceilings`): each row's
+share of the achievable gain, (model - unigram) / (token_ceiling - unigram) in top-1 and in loss,
+where 1 is the best any model of the tokens can do.
 """
 from __future__ import annotations
 
@@ -38,7 +40,10 @@ _REF_STYLE = {  # reference level lines: colour, label
     "uniform": ("#7f7f7f", "uniform"),
     "unigram": ("#8c564b", "unigram"),
     "ngram": ("#2ca02c", "n-gram"),
+    "token_ceiling": ("#d62728", "token ceiling"),
+    "raw_bases": ("#e377c2", "raw bases"),
 }
+GAIN_SHARE_FROM, GAIN_SHARE_TO = "unigram", "token_ceiling"  # the ends of the achievable gain
 METHOD_NOTE = (
     "Every model is scored on the same test targets: every position of the test transcripts with a full "
     "window of context, or a fixed sample of them. Novel: the targets whose context (its last 32 bases) "
@@ -47,7 +52,9 @@ METHOD_NOTE = (
     "one seed, groups only); the differences against Quixer are paired (the same groups in every replicate). "
     "Top-k counts ties as expected accuracy under random tie-breaking; perplexity = exp(mean cross-entropy in "
     "nats, over seeds too); parameters are trainable real numbers (a complex one counts twice), references count "
-    "stored table entries."
+    "stored table entries. Share of the achievable gain: "
+    "(model - unigram) / (token ceiling - unigram), in top-1 and in loss: 0 is the unigram, 1 the best any "
+    "model of the input tokens can do (the token ceiling)."
 )
 
 
@@ -161,7 +168,7 @@ def _base_row(entry: Entry) -> dict[str, Any]:
     for split in ("test", "novel_test"):  # exp of the seed-mean loss, as its interval is, not a mean of exps
         if f"{split}_loss" in row:
             row[f"{split}_perplexity"] = perplexity(row[f"{split}_loss"])
-    for key in ("test_targets", "targets_sha256"):
+    for key in ("test_targets", "targets_sha256", "order", "k", "anatomy"):
         if key in first:
             row[key] = first[key]
     if not entry.is_reference:
@@ -209,16 +216,38 @@ def row_metric(rows: list[dict], run: str, metric: str) -> float | None:
 
 
 def sort_key(row: dict[str, Any]) -> tuple:
-    """Per data set: the references (uniform, unigram, n-gram) first, then models by test top-1."""
+    """Per data set: the references (uniform, unigram, n-gram, the ceilings) first, then models by test top-1."""
     top1 = _finite(row.get("test_top1"))
     ref = REFERENCE_MODELS.index(row["model"]) if row["model"] in REFERENCE_MODELS else len(REFERENCE_MODELS)
     return (str(row.get("data", "")), ref, -(top1 if top1 is not None else -1.0), row["run"])
+
+
+def _same_targets(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Scored on the same targets: equal target hashes, or for older runs without them the same data."""
+    if a.get("targets_sha256") and b.get("targets_sha256"):
+        return a["targets_sha256"] == b["targets_sha256"]
+    return a.get("data") == b.get("data")
+
+
+def add_gain_shares(rows: list[dict[str, Any]]) -> None:
+    """``gain_share_top1`` / ``gain_share_loss`` of every row but the two ends: (row - unigram) /
+    (token_ceiling - unigram), both references scored on the row's targets; None without them."""
+    for row in rows:
+        if row["model"] in (GAIN_SHARE_FROM, GAIN_SHARE_TO):
+            continue
+        ends = [next((r for r in rows if r["model"] == m and _same_targets(r, row)), None)
+                for m in (GAIN_SHARE_FROM, GAIN_SHARE_TO)]
+        for metric in ("top1", "loss"):
+            values = [_finite(r.get(f"test_{metric}")) if r else None for r in (row, *ends)]
+            ok = None not in values and values[2] != values[1]
+            row[f"gain_share_{metric}"] = (values[0] - values[1]) / (values[2] - values[1]) if ok else None
 
 
 def collect_rows(runs_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Entry]]:
     pairs = sorted(((_base_row(e), e) for e in find_entries(runs_dir)), key=lambda pair: sort_key(pair[0]))
     rows, entries = [row for row, _ in pairs], [entry for _, entry in pairs]
     _add_intervals(rows, entries)
+    add_gain_shares(rows)
     return rows, entries
 
 
@@ -314,6 +343,38 @@ def _paired_table(rows: list[dict[str, Any]]) -> list[str]:
         ["Model", "Run", "Δ top-1 [95 % CI]", "Δ perplexity [95 % CI]"], ["---", "---", "---:", "---:"], lines)
 
 
+def _anatomy_line(row: dict[str, Any]) -> str:
+    """The task's anatomy a ceiling reference measured, in one sentence ("" where it has none)."""
+    a, k = row.get("anatomy") or {}, row.get("k")
+    if not a:
+        return ""
+    return (f" For {_pct(a.get('candidate_tokens_fewer_than_4'))} of its targets the 4 possible next k-mers fall into "
+            f"fewer than 4 tokens; the input tokens pin down the last {'k-1' if k is None else k - 1} bases for "
+            f"{_pct(a.get('last_bases_pinned'))}.")
+
+
+def _ceiling_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The ceiling references in words, then every row's share of the achievable gain."""
+    lines = [""]
+    for r in rows:
+        if r["model"] == GAIN_SHARE_TO:
+            lines.append(f"The task's ceiling ({r['run']}): the best any model of the input tokens can do (exact "
+                         f"inference under a base-level prior of order {r.get('order', '?')}) is "
+                         f"{_pct(r.get('test_top1'))} top-1, perplexity {_num(r.get('test_perplexity'))}." +
+                         _anatomy_line(r))
+        elif r["model"] == "raw_bases":
+            lines.append(f"A next-base model that reads the raw bases ({r['run']}, order {r.get('order', '?')}) "
+                         f"reaches {_pct(r.get('test_top1'))} top-1, perplexity {_num(r.get('test_perplexity'))}: "
+                         "it sees more than the tokens say.")
+    shared = [r for r in rows if r.get("gain_share_top1") is not None or r.get("gain_share_loss") is not None]
+    if not shared:
+        return lines if len(lines) > 1 else []
+    table = [[r["model"], r["run"], _num(None if r.get("gain_share_top1") is None else 100 * r["gain_share_top1"], 1),
+              _num(None if r.get("gain_share_loss") is None else 100 * r["gain_share_loss"], 1)] for r in shared]
+    intro = "Share of the achievable gain, (model − unigram) / (token ceiling − unigram), in %:"
+    return lines + ["", intro, ""] + _table(["Model", "Run", "top-1", "loss"], ["---", "---", "---:", "---:"], table)
+
+
 def _cost_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
@@ -328,9 +389,10 @@ def _cost_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown_table(rows: list[dict[str, Any]], title: str | None = None, links: list[str] | None = None) -> str:
-    """The rows as Markdown: the results with intervals, the paired differences, the costs."""
+    """The rows as Markdown: the results with intervals, the ceiling and each row's share of the
+    achievable gain, the paired differences, the costs."""
     lines = [f"## {title}", ""] if title else []
-    lines += _main_table(rows) + _paired_table(rows) + _cost_table(rows) + ["", METHOD_NOTE]
+    lines += _main_table(rows) + _ceiling_table(rows) + _paired_table(rows) + _cost_table(rows) + ["", METHOD_NOTE]
     if links:
         lines += [""] + links
     return "\n".join(lines) + "\n"

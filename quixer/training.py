@@ -1021,7 +1021,8 @@ def classical_parser(description: str | None = None) -> argparse.ArgumentParser:
     add_classical_model_args(parser)
     g = parser.add_argument_group("reference models")
     g.add_argument("--max_order", type=int, default=DEFAULT_MAX_ORDER,
-                   help="ngram: largest order tried on validation (default: %(default)s)")
+                   help="ngram, raw_bases, token_ceiling: largest order tried on validation (token_ceiling "
+                        "stops at k; default: %(default)s)")
     return parser
 
 

@@ -144,6 +144,8 @@ EXTRA = {
     "python train_classical_baselines.py --model lstm": CAP,
     "python train_classical_baselines.py --model transformer --preset paper128 --epochs 30": CAP,
     "python train_classical_baselines.py --model ngram": "",
+    "python train_classical_baselines.py --model token_ceiling": "",
+    "python train_classical_baselines.py --model raw_bases": "",
     "python train_classical_baselines.py --model quixer_ablation": CAP,
     "python train_classical_baselines.py --model quixer_ablation_matched --protocol official": CAP,
     "python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers": CAP,
@@ -249,7 +251,8 @@ def test_help_examples_in_pipeline_order(tmp_path):
 
     # classical baselines, then the report over every run so far (it links the hardware estimate)
     procs = _run_group("classical", ws)
-    runs = ("lstm", "transformer_paper128", "ngram", "lstm_kmers", "quixer", "quixer_tuned", "quixer_ddp")
+    runs = ("lstm", "transformer_paper128", "ngram", "token_ceiling", "raw_bases", "lstm_kmers", "quixer",
+            "quixer_tuned", "quixer_ddp")
     for run in runs:
         assert _results(ws, run)["test_loss"] > 0
     assert json.loads(ws.path("runs", "lstm_kmers", "config.json").read_text())["data_dir"] == "classical_benchmarks"

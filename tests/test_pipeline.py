@@ -7,8 +7,9 @@ import subprocess
 from tests.helpers import REPO, SAMPLE_FASTA
 from quixer.fasta import iter_fasta
 
-MODELS = {"uniform", "unigram", "ngram", "quixer_ablation", "quixer_ablation_matched", "lstm", "transformer", "quixer"}
-TRAINED = MODELS - {"uniform", "unigram", "ngram"}
+REFERENCES = {"uniform", "unigram", "ngram", "token_ceiling", "raw_bases"}
+MODELS = REFERENCES | {"quixer_ablation", "quixer_ablation_matched", "lstm", "transformer", "quixer"}
+TRAINED = MODELS - REFERENCES
 
 
 def _run(*args, timeout=900):
@@ -37,6 +38,10 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
         assert r["test_targets"] == rows[0]["test_targets"] and r["targets_sha256"] == rows[0]["targets_sha256"]
         if r["model"] not in ("quixer", "uniform"):
             assert "ci95" in r["quixer_top1_difference"] and "ci95" in r["quixer_perplexity_difference"]
+        if r["model"] in TRAINED:  # against the task's ceiling
+            assert r["gain_share_top1"] is not None and r["gain_share_loss"] is not None
+    ceiling = next(r for r in rows if r["model"] == "token_ceiling")
+    assert 0 < ceiling["anatomy"]["candidate_tokens_fewer_than_4"] < 1 and 0 < ceiling["anatomy"]["last_bases_pinned"] < 1
     uniform = next(r for r in rows if r["model"] == "uniform")
     assert abs(uniform["test_perplexity"] - 512) < 1e-6 and abs(uniform["test_top1"] - 1 / 512) < 1e-12
     assert "| quixer |" in first.stdout and (out / "results.md").read_text() in first.stdout
@@ -46,7 +51,7 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
 
     again = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2, "--eval_targets", 3000)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("up to date") >= 3 and again.stderr.count("already fitted") == 3
+    assert again.stderr.count("up to date") >= 3 and again.stderr.count("already fitted") == len(REFERENCES)
     assert again.stderr.count("already finished") == 2 * len(TRAINED)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
 

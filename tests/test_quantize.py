@@ -79,12 +79,15 @@ def test_outputs_on_real_embeddings(real_stage2, quantized):
     # every k-mer gets its nearest centre (numpy reference)
     d2 = ((table[:, None, :] - centres.double().numpy()[None]) ** 2).sum(-1)
     assert np.mean(d2.argmin(1) == tokens.numpy()) > 0.999  # float32 centres may flip exact ties
+    carried = torch.load(quantized / "kmer_ids.pt")  # the k-mers behind the tokens, for the ceiling references
+    assert carried["k"] == 6
     for split in SPLITS:
         obj = torch.load(quantized / f"{split}.pt")
         seq, labels = obj["sequences"], obj["labels"]
         ids = torch.load(real_stage2 / f"{split}.pt")["kmer_ids"].long()
         assert seq.dtype == torch.int64 and labels.dtype == torch.int64
         assert torch.equal(seq, tokens[ids]) and torch.equal(labels, seq[:, -1])
+        assert carried["kmer_ids"][split].dtype == torch.int16 and torch.equal(carried["kmer_ids"][split].long(), ids)
         assert meta["splits"][split]["windows"] == len(seq)
     # the fit is weighted by train occurrences: the reported inertia is the sum over every train position
     train_ids = torch.load(real_stage2 / "train.pt")["kmer_ids"].long().reshape(-1).numpy()
@@ -171,6 +174,8 @@ def test_full_tensor_format_gives_the_same_partition(tmp_path):
     quantize_embeddings(full, tmp_path / "q_full", cfg)
     meta = json.loads((tmp_path / "q_full" / "metadata.json").read_text())
     assert meta["input_format"] == "full" and meta["hamming_within_cluster"] is None
+    assert not (tmp_path / "q_full" / "kmer_ids.pt").exists()  # no k-mer table, no k-mer ids to carry
+    assert torch.load(tmp_path / "q_table" / "kmer_ids.pt")["k"] == 3
     for split in SPLITS:
         a = torch.load(tmp_path / "q_table" / f"{split}.pt")["sequences"].numpy().ravel()
         b = torch.load(tmp_path / "q_full" / f"{split}.pt")["sequences"].numpy().ravel()

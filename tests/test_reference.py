@@ -11,7 +11,8 @@ import torch
 
 from quixer.common import UserError
 from quixer.reference import (
-    REFERENCE_MODELS,
+    CEILING_REFERENCES,
+    TOKEN_REFERENCES,
     UNIGRAM_ALPHAS,
     KneserNeyModel,
     kn_discounts,
@@ -222,7 +223,7 @@ def test_files_written_and_errors(tmp_path):
     rng = np.random.default_rng(2)
     splits = {s: rng.integers(0, 6, (40, 8)) for s in ("train", "val", "test")}
     save_splits(tmp_path / "tok", splits)
-    for name in REFERENCE_MODELS:
+    for name in TOKEN_REFERENCES:
         out = tmp_path / "runs" / name
         res = run_reference(name, tmp_path / "tok", out, max_order=3)
         on_disk = json.loads((out / "results.json").read_text())
@@ -233,6 +234,10 @@ def test_files_written_and_errors(tmp_path):
         assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(UserError, match="unknown reference model"):
         run_reference("bigram", tmp_path / "tok", tmp_path / "x")
+    for name in CEILING_REFERENCES:  # bare token ids: the bases behind them are unknown
+        with pytest.raises(UserError, match="no kmer_ids.pt"):
+            run_reference(name, tmp_path / "tok", tmp_path / "runs" / name)
+        assert not (tmp_path / "runs" / name).exists()
     capped = run_reference("ngram", tmp_path / "tok", tmp_path / "x", max_order=20)  # W = 8
     assert json.loads((tmp_path / "x" / "config.json").read_text())["max_order"] == 8
     assert len(capped["val_loss_by_order"]) == 8

@@ -16,6 +16,7 @@ from PIL import Image
 from quixer.common import UserError
 from quixer.reference import REFERENCE_MODELS, run_reference
 from quixer.scoring import TargetScores
+from quixer.windows import all_kmers
 
 ROOT = Path(__file__).resolve().parents[1]
 FASTAS = [ROOT / "data" / "sample_rna.fasta.gz", ROOT.parent / "shared" / "data" / "grch38_chrX_refseq_rna.fasta.gz"]
@@ -41,31 +42,35 @@ def read_records(n: int) -> list[str]:
 
 
 def windows_of(seq: str) -> list[list[int]]:
-    """Overlapping 6-mer windows of W k-mers; each k-mer's token is its first 4 bases (256 ids)."""
+    """Overlapping 6-mer windows of W k-mers, as k-mer ids (lexicographic over ACGT)."""
     out = []
     for start in range(0, len(seq) - (W + K - 1) + 1, STRIDE):
         span = seq[start:start + W + K - 1]
         if any(b not in BASE for b in span):
             continue
-        out.append([sum(BASE[b] << (2 * (3 - j)) for j, b in enumerate(span[i:i + 4])) for i in range(W)])
+        out.append([sum(BASE[b] << (2 * (K - 1 - j)) for j, b in enumerate(span[i:i + K])) for i in range(W)])
     return out
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory) -> Path:
-    """runs/{uniform,unigram,ngram} fitted on real tokens, runs/quixer/seed_{1,2} made from the n-gram's
-    scores, runs/unfinished."""
+    """runs/<reference> fitted on real tokens (with the k-mer ids behind them), runs/quixer/seed_{1,2}
+    made from the n-gram's scores, runs/unfinished."""
     root = tmp_path_factory.mktemp("report")
     splits: dict[str, list[list[int]]] = {"train": [], "val": [], "test": []}
     for i, seq in enumerate(read_records(15)):  # split by record, never by window
         splits["train" if i % 5 < 3 else "val" if i % 5 == 3 else "test"].extend(windows_of(seq))
     tokens = root / "tokens"
     tokens.mkdir()
-    for name, rows in splits.items():
+    kmer_ids = {}
+    for name, rows in splits.items():  # each k-mer's token: its first 4 bases (256 ids)
         assert len(rows) > 20, name
-        t = torch.tensor(rows, dtype=torch.int64)
+        kmer_ids[name] = torch.tensor(rows, dtype=torch.int16)
+        t = torch.tensor(rows, dtype=torch.int64) // 4 ** (K - 4)
         torch.save({"sequences": t, "labels": t[:, -1].clone()}, tokens / f"{name}.pt")
-    torch.save({"cluster_centers": torch.zeros(256, 4)}, tokens / "cluster_centers.pt")
+    torch.save({"cluster_centers": torch.zeros(256, 4), "kmers": all_kmers(K),
+                "kmer_tokens": torch.arange(4**K) // 4 ** (K - 4)}, tokens / "cluster_centers.pt")
+    torch.save({"k": K, "kmer_ids": kmer_ids}, tokens / "kmer_ids.pt")
     runs = root / "runs"
     for name in REFERENCE_MODELS:
         run_reference(name, tokens, runs / name, max_order=4)
@@ -120,7 +125,7 @@ def test_report_files_and_numbers(runs_dir, tmp_path, capsys):
         check_png(out / png)
 
     rows = json.loads((out / "results.json").read_text())
-    assert [r["run"] for r in rows] == ["uniform", "unigram", "ngram", "quixer"]
+    assert [r["run"] for r in rows] == ["uniform", "unigram", "ngram", "token_ceiling", "raw_bases", "quixer"]
     for row in rows[:3]:
         src = json.loads((runs_dir / row["run"] / "results.json").read_text())
         for key in ("model", "parameters", "test_top1", "test_top5", "test_perplexity", "test_loss", "train_seconds",
@@ -158,7 +163,22 @@ def test_report_files_and_numbers(runs_dir, tmp_path, capsys):
     assert dp["ci95"][0] < 0 < dp["mean"] < dp["ci95"][1]
     assert "quixer_top1_difference" not in q
 
+    # against the ceiling: the token files say the first 4 bases of each k-mer, so the next token's
+    # last base is unknown to any model of the tokens, while the raw bases give it away
+    ceiling, raw, uni = by_run["token_ceiling"], by_run["raw_bases"], by_run["unigram"]
+    assert raw["test_top1"] == pytest.approx(1.0) and raw["test_perplexity"] == pytest.approx(1.0)
+    assert uni["test_top1"] < ceiling["test_top1"] < raw["test_top1"]
+    assert ceiling["anatomy"]["candidate_tokens_fewer_than_4"] == 1.0 and ceiling["order"] <= 6
+    for row in (q, by_run["ngram"], raw):
+        assert row["gain_share_top1"] == pytest.approx(
+            (row["test_top1"] - uni["test_top1"]) / (ceiling["test_top1"] - uni["test_top1"]))
+        assert row["gain_share_loss"] == pytest.approx(
+            (row["test_loss"] - uni["test_loss"]) / (ceiling["test_loss"] - uni["test_loss"]))
+    assert raw["gain_share_top1"] > 1 and "gain_share_top1" not in ceiling and "gain_share_loss" not in uni
+
     md = (out / "results.md").read_text()
+    assert f"| quixer | quixer | {100 * q['gain_share_top1']:.1f} | {100 * q['gain_share_loss']:.1f} |" in md
+    assert f"is {100 * ceiling['test_top1']:.2f} % top-1" in md and "fewer than 4 tokens" in md
     assert md.startswith("## real chrX tokens")
     assert captured.out == md
     ng = by_run["ngram"]
@@ -182,7 +202,7 @@ def test_report_references_only_default_output(runs_dir, tmp_path):
         check_png(only / png)
     assert "| Data" not in report["markdown"] and "Postselection" not in report["markdown"]
     # a second report over the same directory ignores its own output files
-    assert len(write_report(only)["rows"]) == 3
+    assert len(write_report(only)["rows"]) == len(REFERENCE_MODELS)
 
 
 def test_no_results_is_one_line_error(tmp_path):
@@ -197,3 +217,18 @@ def test_no_results_is_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: runs directory not found"
     assert "Traceback" not in proc.stderr
 
+
+def test_gain_shares_need_both_ends_on_the_same_targets():
+    from quixer.report import add_gain_shares
+
+    rows = [{"model": "unigram", "run": "unigram", "test_top1": 0.1, "test_loss": 5.0, "targets_sha256": "a"},
+            {"model": "token_ceiling", "run": "token_ceiling", "test_top1": 0.5, "test_loss": 1.0,
+             "targets_sha256": "b"},
+            {"model": "lstm", "run": "lstm", "test_top1": 0.3, "test_loss": 2.0, "targets_sha256": "a"}]
+    add_gain_shares(rows)
+    assert rows[2]["gain_share_top1"] is None and rows[2]["gain_share_loss"] is None  # the ceiling scored other targets
+    rows[1]["targets_sha256"] = "a"
+    add_gain_shares(rows)
+    assert rows[2]["gain_share_top1"] == pytest.approx(0.5) and rows[2]["gain_share_loss"] == pytest.approx(0.75)
+    add_gain_shares(rows[1:])  # no unigram
+    assert rows[2]["gain_share_top1"] is None
