@@ -1,6 +1,6 @@
 """The fused CPU circuit kernels (``statevector_kernel.cpp``): built on first use, loaded with ctypes.
 
-Why a native kernel: on a CPU the torch butterfly simulation in :mod:`quixer.model` makes a
+Why a native kernel: on a CPU the torch butterfly simulation in :mod:`quixer.circuits` makes a
 pass over the whole batch of states for every gate, so a training step is bound by memory
 traffic and op overhead. The kernel runs all gates of a circuit on a tile of instances held in
 L1 cache (see the C++ file's header). It is optional: where no C++ compiler is found, the build

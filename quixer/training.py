@@ -1,40 +1,13 @@
 """The one training loop, shared by the Quixer trainer, the classical baselines and the tuner.
 
-What a run does (``runs/<name>/``):
-
-- ``config.json``  every flag value of the run (also accepted back by ``--config``);
-- ``metrics.jsonl`` one JSON object per epoch (epoch, train_loss, val_loss, val_perplexity,
-  val_top1, val_top5, epoch_seconds, lr, sequences_per_second, and postselection /
-  active_layers where the model has them);
-- ``best.pt`` (lowest validation loss) and ``last.pt`` (everything needed to continue:
-  model, optimizer, schedule, run state, the RNG states of every rank), both written
-  atomically after every epoch;
-- ``results.json`` at the end: validation and test metrics of the best checkpoint, on the
-  whole split and on its novel-context targets, why the run stopped, and the parameter count
-  by component; ``val_scores.npz`` / ``test_scores.npz`` hold the per-target scores
-  (:mod:`quixer.scoring`), the same format the references write.
-
-Protocol (:mod:`quixer.streams`): every epoch draws ``--epoch_size`` training windows starting
-at any position of the train transcripts (the target is each window's last token), so over
-the epochs every position is a target, as for the count-based n-gram; validation and test
-score every position with a full context, or a fixed sample of ``--eval_targets``.
-
-Optimisation follows the official Quixer code where it is not a protocol choice: Adam (eps
-1e-10, weight decay 1e-4 by default), gradient clipping at norm 5, cross-entropy on each
-window's target. The learning rate halves after every epoch that does not lower the best
-validation loss by at least 0.01 % (``--lr_schedule plateau``, the default: it does not run
-to zero at an arbitrary epoch), and the run stops after ``--patience`` epochs in a row without
-a lower validation loss, or at ``--epochs``; ``cosine`` is the official schedule over all steps
-of ``--epochs``. The best checkpoint is the epoch with the lowest validation loss.
-
-Determinism: the windows of epoch ``e`` are a pure function of ``(seed, e)`` and the RNG
-states are checkpointed, so ``--resume`` after a kill reproduces the unbroken run bit for bit
-on the same device and world size. Distributed (``torchrun``): see :mod:`quixer.distributed`;
-each process takes its share of every batch list, and only rank 0 writes files.
-
-Layerwise training is a generic hook: any model with ``set_active_layers(k)``,
-``frozen_masks()`` and ``n_ansatz_layers`` (or ``n_layerwise_layers``) can use it; switching a
-layer on resets the patience count.
+One loop so that every model sees the same supervision, schedule, model selection and scoring
+(the run directory's files and the protocols are described in the README). Why it is built as it
+is: a run must survive being killed (``last.pt`` holds everything to continue, the windows of an
+epoch are a pure function of the seed and the epoch, RNG states are checkpointed, so a resumed
+run equals the unbroken one); it must never be mixed with other flags or data (the run
+directory is checked before anything is written); and it must say how it ended (stop reason,
+the convergence rule, provenance). Layerwise training is a generic hook: any model with
+``set_active_layers(k)``, ``frozen_masks()`` and ``n_ansatz_layers`` can use it.
 """
 from __future__ import annotations
 
@@ -352,7 +325,6 @@ class FrozenEntries:
 
 
 # ----------------------------------------------------------------------------------------------
-# ----------------------------------------------------------------------------------------------
 # Run directory
 
 
@@ -455,7 +427,6 @@ def _data_summary(data: TokenData) -> dict:
             "tokens": {s: len(data.streams(s)) for s in data.splits}}
 
 
-# ----------------------------------------------------------------------------------------------
 # ----------------------------------------------------------------------------------------------
 # Parameter accounting
 
