@@ -62,6 +62,7 @@ drive() {  # every phase in order, each a run_pipeline.sh invocation from its wo
 case "${1:-}" in
   start)
     [ -f "$fasta" ] || { echo "error: $fasta: file not found (set CAMPAIGN_FASTA)" >&2; exit 2; }
+    [ -x "$py" ] || { echo "error: $py: no Python interpreter (run setup.sh, or set PYTHON)" >&2; exit 2; }
     if [ -f "$root/driver.pid" ] && kill -0 "$(cat "$root/driver.pid")" 2>/dev/null; then
       echo "campaign already running (pid $(cat "$root/driver.pid")); see: bash $0 status" >&2; exit 0
     fi

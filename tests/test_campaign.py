@@ -19,10 +19,15 @@ def _campaign(command: str, env: dict, timeout: int = 120) -> subprocess.Complet
 
 
 def _wait_for(path, text: str, seconds: int = 900) -> None:
+    """Until the driver's wall.log says ``text`` (or that the phase failed: then its log's tail)."""
     end = time.time() + seconds
     while time.time() < end:
-        if path.is_file() and text in path.read_text():
+        log = path.read_text() if path.is_file() else ""
+        if text in log:
             return
+        if "failed" in log:
+            logs = sorted((path.parent / "logs").glob("*.log"))
+            raise AssertionError("the campaign phase failed:\n" + "\n".join(p.read_text()[-2000:] for p in logs))
         time.sleep(2)
     raise AssertionError(f"{text!r} never appeared in {path}")
 
