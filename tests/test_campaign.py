@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 from tests.helpers import REPO, SAMPLE_FASTA
@@ -43,7 +44,7 @@ def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
     phases = tmp_path / "phases"
     phases.write_text(f"# test\ntiny {commit} --protocol official --epochs 1 --seeds 1 --models lstm --eval_targets 2000\n")
     env = dict(os.environ, CAMPAIGN_DIR=str(tmp_path / "c1"), CAMPAIGN_FASTA=str(fasta), CAMPAIGN_PHASES=str(phases),
-               CAMPAIGN_PUBLISH=str(tmp_path / "published"), OMP_NUM_THREADS="1")
+               CAMPAIGN_PUBLISH=str(tmp_path / "published"), OMP_NUM_THREADS="1", PYTHON=sys.executable)
     try:
         assert _campaign("start", env).returncode == 0
         _wait_for(tmp_path / "c1" / "wall.log", "end tiny")
