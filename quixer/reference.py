@@ -66,6 +66,9 @@ Models
              base model is the same Kneser-Ney, its discounts chosen in the same way on the next
              base of the validation windows.
 
+Every ``results.json`` also holds the ``data_fingerprint`` of the token directory and the run's
+``provenance`` (:mod:`quixer.provenance`), as the trainers' do.
+
 Contexts get exact integer ids (no hashing): each position's context is packed into int64 keys
 and sorted once per block of orders (see :class:`KneserNeyModel`); counting is a handful of
 ``np.unique`` calls.
@@ -88,6 +91,7 @@ from scipy import optimize
 
 from .common import UserError, atomic_write_json, read_json, sha256_file
 from .data import TokenData, load_token_data
+from .provenance import now, provenance
 from .scoring import TargetScores, fixed_distribution_scores, format_perplexity, prefixed, proba_scores
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TokenStreams, eval_targets
 from .windows import SPLITS
@@ -561,10 +565,12 @@ def _check_order(max_order: int, width: int) -> int:
 
 
 def _finished_with(output_dir: Path, config: dict) -> bool:
-    """True when ``output_dir`` holds finished results of exactly this config (a rerun is a no-op)."""
+    """True when ``output_dir`` holds finished results of exactly this config, provenance
+    recorded (a rerun is a no-op; results from before provenance was recorded are redone)."""
     if not (output_dir / "results.json").exists() or not (output_dir / "config.json").exists():
         return False
-    return read_json(output_dir / "config.json") == json.loads(json.dumps(config))
+    return (read_json(output_dir / "config.json") == json.loads(json.dumps(config))
+            and "provenance" in read_json(output_dir / "results.json"))
 
 
 @dataclass
@@ -589,7 +595,9 @@ def _fit_fixed(name: str, data: TokenData, val: _Split, alphas: tuple[float, ...
     for alpha in alphas:
         p = unigram_proba(train, V, alpha)
         scores = val.scored.scores(*fixed_distribution_scores(p, val.targets))
-        log.info("unigram alpha=%g: val loss %.4f", alpha, scores.metrics()["loss"])
+        m = scores.metrics()
+        log.info("unigram alpha=%g: val loss %.4f, perplexity %s, top-1 %.2f %%", alpha, m["loss"],
+                 format_perplexity(m["perplexity"]), 100 * m["top1"])
         if best is None or scores.metrics()["loss"] < best[1].metrics()["loss"] - 1e-12:
             best = (alpha, scores, p)
     alpha, scores, p = best
@@ -693,10 +701,13 @@ def run_reference(
     eval_targets_count: int | None = DEFAULT_EVAL_TARGETS,
     order_tolerance: float = DEFAULT_ORDER_TOLERANCE,
     unigram_alphas: tuple[float, ...] = UNIGRAM_ALPHAS,
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
     """Fit reference ``name`` on the train streams, choose its hyperparameters on val, score
     the test targets; write ``config.json``, ``results.json`` and the per-target score files
-    (the format the trainers write). Returns the results dict."""
+    (the format the trainers write, with the same ``data_fingerprint`` and ``provenance``:
+    ``command`` as the script parsed it). Returns the results dict."""
+    started = now()
     if name not in REFERENCE_MODELS:
         raise UserError(f"unknown reference model {name!r}: choose from {', '.join(REFERENCE_MODELS)}")
     data = load_token_data(data_dir)
@@ -718,15 +729,16 @@ def run_reference(
     test_scores = test.scored.scores(*fitted.predict(test))
     eval_seconds = time.perf_counter() - t1
     results = {
-        "model": name, "seed": None, "data_dir": str(data_dir),
+        "model": name, "seed": None, "data_dir": str(data_dir), "data_fingerprint": data.fingerprint,
         "parameters": int(sum(fitted.parameters.values())), "parameter_breakdown": fitted.parameters,
         **prefixed("test", test_scores.metrics()), "test_targets": len(test_scores), "targets_sha256": test.scored.key,
         "train_seconds": train_seconds, "eval_sequences_per_second": len(test_scores) / max(eval_seconds, 1e-9),
         **prefixed("val", fitted.val.metrics()), "vocab_size": data.vocab_size, **fitted.extra,
+        "provenance": provenance(started, command=command),
     }
     fitted.val.save(output_dir / "val_scores.npz")
     test_scores.save(output_dir / "test_scores.npz")
     atomic_write_json(output_dir / "results.json", results)
-    log.info("%s: test loss %.4f, perplexity %.2f, top-1 %.2f %%, top-5 %.2f %%", name, results["test_loss"],
-             results["test_perplexity"], 100 * results["test_top1"], 100 * results["test_top5"])
+    log.info("%s: test loss %.4f, perplexity %s, top-1 %.2f %%, top-5 %.2f %%", name, results["test_loss"],
+             format_perplexity(results["test_perplexity"]), 100 * results["test_top1"], 100 * results["test_top5"])
     return results

@@ -24,7 +24,7 @@ from quixer.ceilings import (
     window_bases,
 )
 from quixer.common import UserError, atomic_torch_save, atomic_write_json
-from quixer.data import KMER_IDS_FILE, load_token_data
+from quixer.data import KMER_IDS_FILE, data_fingerprint, load_token_data
 from quixer.encoding import TABLE_FILE, table_sha256
 from quixer.kmer_tokens import prepare_classical_benchmarks
 from quixer.reference import KneserNeyModel, _Split, run_reference
@@ -224,6 +224,7 @@ def test_stage3_tokens_carry_kmer_ids_and_both_ceilings_run(stage3_tokens, tmp_p
         assert len(r["discounts"]) == len(r["discounts_count_of_counts"]) == r["order"]
         assert all(t <= c + 1e-12 for t, c in zip(r["base_val_loss_by_order"],
                                                    r["base_val_loss_by_order_count_of_counts"]))
+        assert r["data_fingerprint"] == data_fingerprint(stage3_tokens) and "git_commit" in r["provenance"]
         assert (tmp_path / name / "val_scores.npz").is_file() and (tmp_path / name / "test_scores.npz").is_file()
     # the raw bases say more than the tokens: 128 tokens of 4,096 k-mers lose a good part of it
     assert res["raw_bases"]["test_loss"] < res["token_ceiling"]["test_loss"] - 0.05

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from quixer.common import UserError
-from quixer.data import load_token_data
+from quixer.data import data_fingerprint, load_token_data
 from quixer.reference import (
     CEILING_REFERENCES,
     DEFAULT_ORDER_TOLERANCE,
@@ -399,5 +399,21 @@ def test_ngram_run_records_its_choices_and_never_reads_test(real_tokens, tmp_pat
     moved = run_reference("ngram", other, tmp_path / "c", max_order=8, eval_targets_count=None)
     chosen = ("order", "discounts", "discounts_count_of_counts", "val_loss_by_order", "val_loss", "val_top1")
     assert {k: moved[k] for k in chosen} == {k: first[k] for k in chosen}
-    assert moved["test_loss"] != first["test_loss"]
+    assert moved["test_loss"] != first["test_loss"] and moved["data_fingerprint"] != first["data_fingerprint"]
 
+
+def test_references_record_provenance_and_data(real_tokens, tmp_path):
+    """Every reference's results.json says how it was made and on which tokens, as the trainers' do."""
+    command = ["train_classical_baselines.py", "--model", "uniform"]
+    for name in TOKEN_REFERENCES:
+        res = run_reference(name, real_tokens, tmp_path / name, max_order=3, command=command)
+        assert res["data_fingerprint"] == data_fingerprint(real_tokens)
+        made = res["provenance"]
+        assert made["command"] == command and made["started"] <= made["finished"]
+        assert {"git_commit", "python", "packages", "host"} <= set(made)
+    # results from before provenance was recorded are not kept by a rerun
+    path = tmp_path / "uniform" / "results.json"
+    old = json.loads(path.read_text())
+    del old["provenance"]
+    path.write_text(json.dumps(old))
+    assert "provenance" in run_reference("uniform", real_tokens, tmp_path / "uniform", command=command)
