@@ -9,17 +9,20 @@ train, chosen on val and scored on the same targets with the same scores (:mod:`
 ``raw_bases``      a next-base model that reads the raw bases behind the window's W-1 input
                    k-mers (W-1+k-1 of them): interpolated modified Kneser-Ney
                    (:class:`quixer.reference.KneserNeyModel` over the 4 bases), trained on every
-                   base of the train streams, its order chosen on validation. Its next-base
-                   distribution is pushed through the k-mer -> token map. It reads more than the
-                   tokens say, so it is a reference level, not a bound on token models; on raw
-                   k-mer tokens (the identity map) it is the base model itself.
+                   base of the train streams, its discounts chosen on the next base of the
+                   validation windows (:meth:`~quixer.reference.KneserNeyModel.tune_discounts`),
+                   its order on the validation tokens. Its next-base distribution is pushed
+                   through the k-mer -> token map. It reads more than the tokens say, so it is a
+                   reference level, not a bound on token models; on raw k-mer tokens (the
+                   identity map) it is the base model itself.
 
 ``token_ceiling``  the Bayes-optimal next token given only the W-1 tokens, under a base-level
-                   prior fitted on train: the same Kneser-Ney base model of order n <= k (chosen
-                   on validation) as a Markov chain over bases, its first bases from the lower
-                   orders (P_1(b1) P_2(b2 | b1) ...). Exact inference over every base path
-                   consistent with the tokens is the forward algorithm over k-mers, with S(t)
-                   the k-mers of token t, step(y) = P_n(last base of y | the bases before it):
+                   prior fitted on train: the same Kneser-Ney base model (the same discounts) of
+                   order n <= k (chosen on validation) as a Markov chain over bases, its first
+                   bases from the lower orders (P_1(b1) P_2(b2 | b1) ...). Exact inference over
+                   every base path consistent with the tokens is the forward algorithm over
+                   k-mers, with S(t) the k-mers of token t, step(y) = P_n(last base of y | the
+                   bases before it):
 
                        alpha_1(y) = P(the k bases of y)                               y in S(t_1)
                        alpha_i(y) = step(y) * sum over x in S(t_{i-1}) whose last k-1
@@ -51,7 +54,8 @@ import torch
 
 from .common import UserError, load_torch_file, sha256_file
 from .data import CLUSTER_CENTERS_FILE, KMER_IDS_FILE, TokenData
-from .reference import CEILING_REFERENCES, KneserNeyModel, _Fitted, _Split, choose_order
+from .reference import (CEILING_REFERENCES, DISCOUNT_SELECTION, KneserNeyModel, _Fitted, _Split, choose_order,
+                        discount_record, format_discounts, log_orders)
 from .scoring import proba_scores
 from .streams import TokenStreams
 from .windows import all_kmers
@@ -344,8 +348,11 @@ def fit_ceiling(name: str, data: TokenData, kmap: KmerMap, val: _Split, test: _S
     width, V = data.window_size, data.vocab_size
     t0 = time.perf_counter()
     model = KneserNeyModel(4, max_order).fit_streams(base_streams(kmer_streams(data, kmap, "train"), kmap.k))
-    log.info("%s: base model orders 1-%d fitted in %.2f s", name, max_order, time.perf_counter() - t0)
     windows = {s.name: kmer_streams(data, kmap, s.name).windows(s.scored.starts, width).numpy() for s in (val, test)}
+    t1 = time.perf_counter()
+    tuning = model.tune_discounts(window_bases(windows[val.name], kmap.k), windows[val.name][:, -1] % 4)
+    log.info("%s: base model orders 1-%d fitted in %.2f s, discounts chosen on the validation next bases in %.2f s",
+             name, max_order, t1 - t0, time.perf_counter() - t1)
     lattice = TokenLattice(kmap.token_of, V)
     orders = list(range(1, max_order + 1))
 
@@ -357,15 +364,19 @@ def fit_ceiling(name: str, data: TokenData, kmap: KmerMap, val: _Split, test: _S
 
     by_order = [val.scored.scores(*arrays) for arrays in scores(val, orders).values()]
     losses = [s.metrics()["loss"] for s in by_order]
-    for n, s in enumerate(by_order, start=1):
-        log.info("%s order=%d: val loss %.4f top1 %.4f", name, n, losses[n - 1], s.metrics()["top1"])
+    log_orders(name, by_order)
     order = choose_order(losses, tolerance)
     anatomy = task_anatomy(lattice, windows[test.name], test.contexts)
-    log.info("%s: order %d; test anatomy: candidates share a token %.1f %%, last %d bases pinned %.1f %%", name, order,
+    log.info("%s: order %d chosen on validation; base discounts (D1, D2, D3+) by level, lowest first: %s "
+             "(count-of-counts: %s)", name, order, format_discounts(model.discounts(order)),
+             format_discounts(model.counted_discounts(order)))
+    log.info("%s: test anatomy: candidates share a token %.1f %%, last %d bases pinned %.1f %%", name,
              100 * anatomy["candidate_tokens_fewer_than_4"], kmap.k - 1, 100 * anatomy["last_bases_pinned"])
     return _Fitted(by_order[order - 1], lambda split: scores(split, [order])[order], {"table": model.parameters(order)},
-                   {"order": order, "val_loss_by_order": losses, "k": kmap.k, "kmer_map": kmap.source,
-                    "anatomy": anatomy})
+                   {"order": order, "val_loss_by_order": losses, **discount_record(model, order),
+                    "base_val_loss_by_order": tuning.loss,
+                    "base_val_loss_by_order_count_of_counts": tuning.counted_loss,
+                    "k": kmap.k, "kmer_map": kmap.source, "anatomy": anatomy})
 
 
 def ceiling_config(name: str, kmap: KmerMap, max_order: int, tolerance: float) -> dict:
@@ -374,5 +385,6 @@ def ceiling_config(name: str, kmap: KmerMap, max_order: int, tolerance: float) -
              "inference over the base paths consistent with the input tokens") if name == "token_ceiling" else \
         "interpolated modified Kneser-Ney over the raw bases of the input k-mers, pushed through the k-mer -> token map"
     return {"max_order": max_order, "order_tolerance": tolerance, "k": kmap.k, "kmer_map": kmap.source,
-            "kmer_files_sha256": kmap.files_sha256, "method": prior, "counts": "every base of the train streams"}
+            "kmer_files_sha256": kmap.files_sha256, "method": prior, "counts": "every base of the train streams",
+            "discounts": DISCOUNT_SELECTION + ", on the next base of the validation windows"}
 

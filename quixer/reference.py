@@ -30,23 +30,44 @@ Models
 
              where c are raw counts at the highest order and continuation counts
              N1+(. h w) (number of distinct tokens seen before h w) at the lower orders;
-             D(c) = D1, D2 or D3+ for c = 1, 2, >= 3, estimated per order from the count-of-counts
-             n1..n4 (Y = n1 / (n1 + 2 n2); D1 = 1 - 2Y n2/n1; D2 = 2 - 3Y n3/n2;
-             D3+ = 3 - 4Y n4/n3), each clipped to [0.05, k - 0.05] so every token keeps mass.
-             A context with c(h) = 0 (unseen) uses P_{n-1} unchanged. The recursion ends in the
-             uniform distribution 1/V, so P_n is a proper distribution over all V tokens.
+             D(c) = D1, D2 or D3+ for c = 1, 2, >= 3, per table. A context with c(h) = 0 (unseen)
+             uses P_{n-1} unchanged. The recursion ends in the uniform distribution 1/V, so P_n
+             is a proper distribution over all V tokens for any discounts in [0.05, k - 0.05]
+             (every token keeps mass).
+
+             Discounts, chosen on validation with the order: each table starts from the
+             count-of-counts estimate (Chen & Goodman) of its counts n1..n4 (Y = n1 / (n1 + 2 n2);
+             D1 = 1 - 2Y n2/n1; D2 = 2 - 3Y n3/n2; D3+ = 3 - 4Y n4/n3, clipped to [0.05, k - 0.05]).
+             That estimate approximates leave-one-out on the train counts, as if held-out
+             contexts recurred like train ones; with transcripts repeating each other's exons in
+             train and held-out genes from other homology groups they do not (on chrX one table's
+             came out (0.06, 0.05, 2.95), at the bounds), so the discounts are then moved to
+             minimise the validation cross-entropy, order by order: order n adds to order n-1's model its own raw-count
+             table and the continuation table below it, and the 6 discounts of those two are
+             searched (bounded L-BFGS on the exact loss and its gradient, from the count-of-counts
+             values, kept unless the loss falls) with every lower table fixed. So an order's model
+             never changes when higher orders are added, each order adds a handful of numbers
+             fitted on validation (about 100,000 targets), and the order is then chosen on the
+             validation losses of the tuned models. The test split takes no part.
+             ``results.json`` records per level of the chosen order the discounts in use and the
+             count-of-counts ones, and the validation loss by order with both.
 
              Training counts: every (context, next) pair of the train token streams, each
              position once, its context cut at the start of its transcript segment.
 
              ``parameters`` = stored table entries of the chosen order: for each order used
              (1..n), the number of (context, token) pairs with a nonzero count, plus one back-off
-             weight per context seen, plus 3 discounts, plus 0 for the uniform floor.
+             weight per context seen, plus 3 discounts per table, plus 0 for the uniform floor.
 
 ``token_ceiling``, ``raw_bases``  the task's ceiling, read from the bases behind the tokens
              (:mod:`quixer.ceilings`): the Bayes-optimal prediction from the tokens alone under a
              base-level prior, and a next-base model that reads the raw bases. They need the
-             k-mer ids of every window (stage 3's ``kmer_ids.pt``, or raw k-mer tokens).
+             k-mer ids of every window (stage 3's ``kmer_ids.pt``, or raw k-mer tokens). Their
+             base model is the same Kneser-Ney, its discounts chosen in the same way on the next
+             base of the validation windows.
+
+Every ``results.json`` also holds the ``data_fingerprint`` of the token directory and the run's
+``provenance`` (:mod:`quixer.provenance`), as the trainers' do.
 
 Contexts get exact integer ids (no hashing): each position's context is packed into int64 keys
 and sorted once per block of orders (see :class:`KneserNeyModel`); counting is a handful of
@@ -61,15 +82,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Sequence
 
 import numpy as np
+from scipy import optimize
 
 from .common import UserError, atomic_write_json, read_json, sha256_file
 from .data import TokenData, load_token_data
-from .scoring import TargetScores, fixed_distribution_scores, prefixed, proba_scores
+from .provenance import now, provenance
+from .scoring import TargetScores, fixed_distribution_scores, format_perplexity, prefixed, proba_scores
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TokenStreams, eval_targets
 from .windows import SPLITS
 
@@ -82,6 +105,8 @@ UNIGRAM_ALPHAS = (0.01, 0.1, 0.5, 1.0, 2.0)
 DEFAULT_MAX_ORDER = 12
 DEFAULT_ORDER_TOLERANCE = 1e-3
 _MIN_DISCOUNT = 0.05
+_GTOL = 1e-5  # L-BFGS stops at this projected gradient of the held-out loss
+_BOUNDS = [(_MIN_DISCOUNT, k - _MIN_DISCOUNT) for k in (1, 2, 3)]  # (D1, D2, D3+): every token keeps mass
 _BATCH_ELEMENTS = 1 << 22  # rows * V per dense probability batch (32 MiB of float64)
 
 
@@ -141,31 +166,49 @@ def kn_discounts(counts: np.ndarray) -> tuple[float, float, float]:
 
 @dataclass
 class _Table:
-    """One order's smoothed counts: pairs sorted by (context id, token), CSR-style."""
+    """One order's counts, pairs sorted by (context id, token), CSR-style, and its discounts.
+
+    The counts are kept (not only the smoothed numbers) so that the discounts can be changed
+    after fitting: a pair's own mass ``(c - D(c)) / c(h)`` is formed when it is read, and the
+    back-off weights are recomputed by :meth:`set_discounts`.
+    """
 
     tok: np.ndarray  # int32 [P]
-    num: np.ndarray  # float64 [P]  (count - D(count)) / total(context)
+    count: np.ndarray  # int32 [P] raw or continuation count of each pair (> 0)
     offsets: np.ndarray  # int64 [C + 1]  pairs of context id i are offsets[i]:offsets[i+1] (none: unseen)
-    gamma: np.ndarray  # float64 [C] back-off weight
-    discounts: tuple[float, float, float]
+    total: np.ndarray  # float64 [C] c(h): the counts of each context summed
+    counted: tuple[float, float, float]  # the count-of-counts discounts (kn_discounts)
+    discounts: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the discounts in use
+    gamma: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64 [C] back-off weight
 
     @classmethod
     def build(cls, pair_ctx: np.ndarray, pair_tok: np.ndarray, counts: np.ndarray, n_ctx: int) -> "_Table":
-        """``pair_ctx`` sorted ascending (then ``pair_tok``), ``counts`` > 0."""
-        d = kn_discounts(counts)
-        disc = np.array([0.0, *d], dtype=np.float64)[np.minimum(counts, 3)]
-        total = np.bincount(pair_ctx, weights=counts, minlength=n_ctx)
-        removed = np.bincount(pair_ctx, weights=disc, minlength=n_ctx)
+        """``pair_ctx`` sorted ascending (then ``pair_tok``), ``counts`` > 0; count-of-counts discounts."""
         offsets = np.zeros(n_ctx + 1, dtype=np.int64)
         np.cumsum(np.bincount(pair_ctx, minlength=n_ctx), out=offsets[1:])
-        safe = np.where(total > 0, total, 1.0)
-        return cls(
-            tok=pair_tok.astype(np.int32),
-            num=(counts - disc) / safe[pair_ctx],
-            offsets=offsets,
-            gamma=removed / safe,
-            discounts=d,
-        )
+        table = cls(tok=pair_tok.astype(np.int32), count=counts.astype(np.int32), offsets=offsets,
+                    total=np.bincount(pair_ctx, weights=counts, minlength=n_ctx), counted=kn_discounts(counts))
+        return table.set_discounts(table.counted)
+
+    def pair_contexts(self) -> np.ndarray:
+        """int64 [P]: the context id of every pair."""
+        return np.repeat(np.arange(len(self.total), dtype=np.int64), np.diff(self.offsets))
+
+    def set_discounts(self, discounts: Sequence[float]) -> "_Table":
+        """Use ``(D1, D2, D3+)``, each in [0.05, k - 0.05] so every token keeps mass."""
+        d = tuple(float(x) for x in discounts)
+        if len(d) != 3 or not all(lo - 1e-12 <= x <= hi + 1e-12 for (lo, hi), x in zip(_BOUNDS, d)):
+            raise ValueError(f"discounts must be 3 values in [{_MIN_DISCOUNT}, k - {_MIN_DISCOUNT}], got {d}")
+        self.discounts = d
+        removed = np.bincount(self.pair_contexts(), weights=np.array([0.0, *d])[np.minimum(self.count, 3)],
+                              minlength=len(self.total))
+        self.gamma = removed / np.where(self.total > 0, self.total, 1.0)
+        return self
+
+    def own_mass(self, pidx: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+        """``(c - D(c)) / c(h)`` of pairs ``pidx`` whose context ids are ``ctx``."""
+        c = self.count[pidx]
+        return (c - np.array([0.0, *self.discounts])[np.minimum(c, 3)]) / self.total[ctx]
 
     @property
     def parameters(self) -> int:
@@ -186,15 +229,105 @@ class _Table:
             return out
         if len(self.gamma) == 1:  # the empty context (order 1): one dense row added to every row
             dense = np.zeros(proba.shape[1])
-            dense[self.tok] = self.num
+            dense[self.tok] = self.own_mass(np.arange(len(self.tok)), np.zeros(len(self.tok), dtype=np.int64))
             out += dense[None, :]
             return out
         start, lens = start[rows], lens[rows]
         rep_rows = np.repeat(rows, lens)
         first = np.repeat(start - (np.cumsum(lens) - lens), lens)
         pidx = first + np.arange(int(lens.sum()))
-        out[rep_rows, self.tok[pidx]] += self.num[pidx]
+        out[rep_rows, self.tok[pidx]] += self.own_mass(pidx, ids[rep_rows])
         return out
+
+    def at_targets(self, ctx: np.ndarray, targets: np.ndarray, vocab_size: int) -> "_TargetLevel":
+        """What the targets' probabilities need from this table: the rows whose context it knows,
+        the target's count there, the context's total and count classes n1, n2, n3+."""
+        rows = np.flatnonzero(ctx >= 0)
+        rows = rows[self.total[ctx[rows]] > 0]
+        ids = ctx[rows]
+        pair_ctx = self.pair_contexts()
+        classes = np.bincount(pair_ctx * 3 + np.minimum(self.count, 3) - 1, minlength=3 * len(self.total))
+        keys = pair_ctx * vocab_size + self.tok
+        query = ids * vocab_size + targets[rows]
+        pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)  # every known context has a pair
+        count = np.where(keys[pos] == query, self.count[pos], 0)
+        return _TargetLevel(rows, count.astype(np.float64), np.minimum(count, 3).astype(np.int64),
+                            self.total[ids], classes.reshape(-1, 3)[ids].astype(np.float64))
+
+
+@dataclass
+class _TargetLevel:
+    """One table read at the targets of a split: enough to give each target's probability at this
+    level for any discounts, without the [M, V] distributions (the discount search needs no more)."""
+
+    rows: np.ndarray  # int64 [R] the rows whose context the table knows
+    count: np.ndarray  # float64 [R] the target's count in that context (0: never seen there)
+    klass: np.ndarray  # int64 [R] min(count, 3): the discount its count takes (0: none)
+    total: np.ndarray  # float64 [R] c(h)
+    classes: np.ndarray  # float64 [R, 3] n1, n2, n3+ of the context
+
+    def removed(self, d: Sequence[float]) -> np.ndarray:
+        """D1 n1 + D2 n2 + D3+ n3+ of each row's context: gamma(h) * c(h)."""
+        return self.classes[:, 0] * d[0] + self.classes[:, 1] * d[1] + self.classes[:, 2] * d[2]
+
+    def proba(self, d: Sequence[float], lower: np.ndarray) -> np.ndarray:
+        """P(target) at this level [M], from the level below's ``lower`` [M]."""
+        out = lower.copy()
+        own = self.count - np.array([0.0, *d])[self.klass]
+        out[self.rows] = (own + self.removed(d) * lower[self.rows]) / self.total
+        return out
+
+    def backward(self, d: Sequence[float], lower: np.ndarray, upstream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """From dL/dP at this level (``upstream`` [M]): dL/d(D1, D2, D3+), and dL/dP at the level below."""
+        u = upstream[self.rows] / self.total
+        below = lower[self.rows]
+        grad = np.array([np.sum(u * (self.classes[:, k] * below - (self.klass == k + 1))) for k in range(3)])
+        down = upstream.copy()
+        down[self.rows] = u * self.removed(d)
+        return grad, down
+
+
+def _stack_loss(levels: Sequence[_TargetLevel], discounts: np.ndarray, lower: np.ndarray) -> tuple[float, np.ndarray]:
+    """Cross-entropy of the targets under ``levels`` stacked on ``lower`` (one discount row per
+    level), and its gradient in the discounts (back-propagated through the levels)."""
+    probs = [lower]
+    for level, d in zip(levels, discounts):
+        probs.append(level.proba(d, probs[-1]))
+    top = probs[-1]
+    upstream = -1.0 / (top * len(top))
+    grads = []
+    for i in reversed(range(len(levels))):
+        grad, upstream = levels[i].backward(discounts[i], probs[i], upstream)
+        grads.append(grad)
+    return float(-np.mean(np.log(top))), np.concatenate(grads[::-1])
+
+
+def _tune_levels(levels: Sequence[_TargetLevel], start: Sequence[Sequence[float]],
+                 lower: np.ndarray) -> tuple[list[tuple[float, ...]], float]:
+    """The discounts of ``levels`` (stacked on ``lower``) that minimise the targets' cross-entropy,
+    and that loss: bounded L-BFGS from ``start`` (deterministic), which is kept unless the search
+    lowers the loss. It stops once the projected gradient is below ``_GTOL`` nats per unit of
+    discount, so a discount the loss barely depends on stays near its count-of-counts value."""
+    x0 = np.array(start, dtype=np.float64).ravel()
+    bounds = _BOUNDS * len(levels)
+    lo, hi = np.array(bounds).T
+
+    def f(x: np.ndarray) -> tuple[float, np.ndarray]:
+        return _stack_loss(levels, np.clip(x, lo, hi).reshape(-1, 3), lower)
+
+    loss0 = f(x0)[0]
+    res = optimize.minimize(f, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"gtol": _GTOL})
+    x, loss = (np.clip(res.x, lo, hi), float(res.fun)) if res.fun < loss0 else (x0, loss0)
+    return [tuple(float(v) for v in row) for row in x.reshape(-1, 3)], loss
+
+
+@dataclass
+class DiscountTuning:
+    """Per order 1..n: the tuning targets' cross-entropy with the count-of-counts discounts (all
+    tables) and with the discounts chosen on them."""
+
+    counted_loss: list[float]
+    loss: list[float]
 
 
 class KneserNeyModel:
@@ -207,6 +340,9 @@ class KneserNeyModel:
     packing restarts in blocks: a block's key starts with the id of the context it extends
     (``id * (V+1)^j + j more digits``), one sort per block. ``block`` caps the levels per sort
     (1 = one sort per order; the tests compare block sizes, which must give identical tables).
+
+    Fitting gives every table its count-of-counts discounts; :meth:`tune_discounts` replaces
+    them with discounts chosen on held-out targets.
     """
 
     def __init__(self, vocab_size: int, max_order: int = DEFAULT_MAX_ORDER, block: int | None = None):
@@ -361,9 +497,46 @@ class KneserNeyModel:
         tables = self.cont[: order - 1] + [self.raw[order - 1]]
         return int(sum(t.parameters for t in tables))
 
+    def _tables(self, order: int) -> list[_Table]:
+        """The tables of the order-``order`` model, lowest level first."""
+        return self.cont[: order - 1] + [self.raw[order - 1]]
+
     def discounts(self, order: int) -> list[list[float]]:
-        tables = self.cont[: order - 1] + [self.raw[order - 1]]
-        return [list(t.discounts) for t in tables]
+        """(D1, D2, D3+) in use per level of the order-``order`` model, lowest level first."""
+        return [list(t.discounts) for t in self._tables(order)]
+
+    def counted_discounts(self, order: int) -> list[list[float]]:
+        """The count-of-counts estimates (:func:`kn_discounts`) of the same tables."""
+        return [list(t.counted) for t in self._tables(order)]
+
+    def tune_discounts(self, contexts: np.ndarray, targets: np.ndarray) -> DiscountTuning:
+        """Choose every table's discounts on held-out ``(contexts, targets)`` (validation), order by order.
+
+        The order-n model stacks its top raw-count table on the continuation tables of the levels
+        below, so order n adds two tables to order n-1's: its own, and the continuation table of
+        level n-2 (order n-1's top used raw counts). Those two tables' 6 discounts are searched
+        with everything below fixed, starting at their count-of-counts values, so the lower orders
+        are never changed by the higher ones and each order adds a handful of numbers fitted on
+        the held-out targets. Only the targets' probabilities are computed (no [M, V] arrays).
+        """
+        if not len(targets):
+            raise UserError("no held-out targets to choose the discounts on")
+        V, ids = self.vocab_size, self.context_ids(contexts)
+        raw = [t.at_targets(ids[L], targets, V) for L, t in enumerate(self.raw)]
+        cont = [t.at_targets(ids[L], targets, V) for L, t in enumerate(self.cont)]
+        low = np.full(len(targets), 1.0 / V)
+        low_counted, tuning = low, DiscountTuning([], [])
+        for n in range(1, self.max_order + 1):
+            tables, levels = self._tables(n)[-2 if n > 1 else -1:], (cont[n - 2:n - 1] if n > 1 else []) + [raw[n - 1]]
+            tuned, loss = _tune_levels(levels, [t.counted for t in tables], low)
+            for table, d in zip(tables, tuned):
+                table.set_discounts(d)
+            tuning.loss.append(loss)
+            tuning.counted_loss.append(_stack_loss(levels, np.array([t.counted for t in tables]), low_counted)[0])
+            if n > 1:
+                low = cont[n - 2].proba(tables[0].discounts, low)
+                low_counted = cont[n - 2].proba(tables[0].counted, low_counted)
+        return tuning
 
     def scores_by_order(self, contexts: np.ndarray, targets: np.ndarray,
                         orders: Sequence[int] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -392,10 +565,12 @@ def _check_order(max_order: int, width: int) -> int:
 
 
 def _finished_with(output_dir: Path, config: dict) -> bool:
-    """True when ``output_dir`` holds finished results of exactly this config (a rerun is a no-op)."""
+    """True when ``output_dir`` holds finished results of exactly this config, provenance
+    recorded (a rerun is a no-op; results from before provenance was recorded are redone)."""
     if not (output_dir / "results.json").exists() or not (output_dir / "config.json").exists():
         return False
-    return read_json(output_dir / "config.json") == json.loads(json.dumps(config))
+    return (read_json(output_dir / "config.json") == json.loads(json.dumps(config))
+            and "provenance" in read_json(output_dir / "results.json"))
 
 
 @dataclass
@@ -420,7 +595,9 @@ def _fit_fixed(name: str, data: TokenData, val: _Split, alphas: tuple[float, ...
     for alpha in alphas:
         p = unigram_proba(train, V, alpha)
         scores = val.scored.scores(*fixed_distribution_scores(p, val.targets))
-        log.info("unigram alpha=%g: val loss %.4f", alpha, scores.metrics()["loss"])
+        m = scores.metrics()
+        log.info("unigram alpha=%g: val loss %.4f, perplexity %s, top-1 %.2f %%", alpha, m["loss"],
+                 format_perplexity(m["perplexity"]), 100 * m["top1"])
         if best is None or scores.metrics()["loss"] < best[1].metrics()["loss"] - 1e-12:
             best = (alpha, scores, p)
     alpha, scores, p = best
@@ -433,25 +610,57 @@ def choose_order(losses: Sequence[float], tolerance: float) -> int:
     return next(n for n in range(1, len(losses) + 1) if losses[n - 1] <= min(losses) + tolerance)
 
 
+DISCOUNT_SELECTION = ("per level (D1, D2, D3+) in [0.05, k - 0.05], from the count-of-counts estimates, by bounded "
+                      "L-BFGS on the validation cross-entropy, order by order (order n adds its top table's and the "
+                      "continuation table below it; lower levels as chosen for order n-1)")
+
+
+def format_discounts(levels: Sequence[Sequence[float]]) -> str:
+    """Discounts per level for a log line: ``(D1, D2, D3+)`` of each level, lowest first."""
+    return " ".join("(" + ", ".join(f"{d:.2f}" for d in level) + ")" for level in levels)
+
+
+def discount_record(model: KneserNeyModel, order: int) -> dict[str, Any]:
+    """The discounts a results.json records for the chosen order, per level, lowest first."""
+    return {"discounts": model.discounts(order), "discounts_count_of_counts": model.counted_discounts(order),
+            "discount_selection": DISCOUNT_SELECTION}
+
+
+def log_orders(name: str, by_order: Sequence[TargetScores], counted: Sequence[float] | None = None) -> None:
+    """One validation line per order (with the loss under the count-of-counts discounts where given)."""
+    for n, scores in enumerate(by_order, start=1):
+        m = scores.metrics()
+        also = f" (count-of-counts discounts: {counted[n - 1]:.4f})" if counted is not None else ""
+        log.info("%s order=%d: val loss %.4f%s, perplexity %s, top-1 %.2f %%", name, n, m["loss"], also,
+                 format_perplexity(m["perplexity"]), 100 * m["top1"])
+
+
 def _fit_ngram(data: TokenData, val: _Split, max_order: int, tolerance: float) -> _Fitted:
-    """Kneser-Ney tables of every order from the train streams; the order chosen on validation
-    (the smallest within ``tolerance`` nats of the best, so longer contexts do not win by noise)."""
+    """Kneser-Ney tables of every order from the train streams, their discounts and the order
+    chosen on validation (the smallest order within ``tolerance`` nats of the best, so longer
+    contexts do not win by noise). The test split is not an argument: it cannot take part."""
     t0 = time.perf_counter()
     model = KneserNeyModel(data.vocab_size, max_order).fit_streams(data.streams("train"))
-    log.info("ngram: orders 1-%d fitted in %.2f s", max_order, time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    tuning = model.tune_discounts(val.contexts, val.targets)
+    log.info("ngram: orders 1-%d fitted in %.2f s, discounts chosen on validation in %.2f s", max_order, t1 - t0,
+             time.perf_counter() - t1)
     by_order = [val.scored.scores(*arrays) for arrays in model.scores_by_order(val.contexts, val.targets).values()]
     losses = [s.metrics()["loss"] for s in by_order]
-    for n, s in enumerate(by_order, start=1):
-        log.info("ngram order=%d: val loss %.4f top1 %.4f", n, losses[n - 1], s.metrics()["top1"])
+    log_orders("ngram", by_order, tuning.counted_loss)
     order = choose_order(losses, tolerance)
     if order == max_order and max_order < data.window_size:
         log.warning("ngram: the chosen order %d is the largest tried; a larger --max_order may do better", order)
+    log.info("ngram: order %d chosen on validation; discounts (D1, D2, D3+) by level, lowest first: %s "
+             "(count-of-counts: %s)", order, format_discounts(model.discounts(order)),
+             format_discounts(model.counted_discounts(order)))
 
     def predict(split: _Split):
         return model.scores_by_order(split.contexts, split.targets, [order])[order]
 
     return _Fitted(by_order[order - 1], predict, {"table": model.parameters(order)},
-                   {"order": order, "discounts": model.discounts(order), "val_loss_by_order": losses})
+                   {"order": order, **discount_record(model, order), "val_loss_by_order": losses,
+                    "val_loss_by_order_count_of_counts": tuning.counted_loss})
 
 
 def _reference_config(name: str, data_dir: str | Path, data: TokenData, test: _Split, eval_targets_count: int | None,
@@ -475,7 +684,8 @@ def _reference_config(name: str, data_dir: str | Path, data: TokenData, test: _S
     if name == "ngram":
         max_order = _check_order(max_order, data.window_size)
         config.update(max_order=max_order, order_tolerance=order_tolerance,
-                      smoothing="interpolated modified Kneser-Ney", counts="every position of the train streams")
+                      smoothing="interpolated modified Kneser-Ney", counts="every position of the train streams",
+                      discounts=DISCOUNT_SELECTION)
         return config, lambda val: _fit_ngram(data, val, max_order, order_tolerance)
     if name == "unigram":
         config.update(unigram_alphas=list(unigram_alphas), counts="every token of the train streams")
@@ -491,10 +701,13 @@ def run_reference(
     eval_targets_count: int | None = DEFAULT_EVAL_TARGETS,
     order_tolerance: float = DEFAULT_ORDER_TOLERANCE,
     unigram_alphas: tuple[float, ...] = UNIGRAM_ALPHAS,
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
     """Fit reference ``name`` on the train streams, choose its hyperparameters on val, score
     the test targets; write ``config.json``, ``results.json`` and the per-target score files
-    (the format the trainers write). Returns the results dict."""
+    (the format the trainers write, with the same ``data_fingerprint`` and ``provenance``:
+    ``command`` as the script parsed it). Returns the results dict."""
+    started = now()
     if name not in REFERENCE_MODELS:
         raise UserError(f"unknown reference model {name!r}: choose from {', '.join(REFERENCE_MODELS)}")
     data = load_token_data(data_dir)
@@ -516,15 +729,16 @@ def run_reference(
     test_scores = test.scored.scores(*fitted.predict(test))
     eval_seconds = time.perf_counter() - t1
     results = {
-        "model": name, "seed": None, "data_dir": str(data_dir),
+        "model": name, "seed": None, "data_dir": str(data_dir), "data_fingerprint": data.fingerprint,
         "parameters": int(sum(fitted.parameters.values())), "parameter_breakdown": fitted.parameters,
         **prefixed("test", test_scores.metrics()), "test_targets": len(test_scores), "targets_sha256": test.scored.key,
         "train_seconds": train_seconds, "eval_sequences_per_second": len(test_scores) / max(eval_seconds, 1e-9),
         **prefixed("val", fitted.val.metrics()), "vocab_size": data.vocab_size, **fitted.extra,
+        "provenance": provenance(started, command=command),
     }
     fitted.val.save(output_dir / "val_scores.npz")
     test_scores.save(output_dir / "test_scores.npz")
     atomic_write_json(output_dir / "results.json", results)
-    log.info("%s: test loss %.4f, perplexity %.2f, top-1 %.2f %%, top-5 %.2f %%", name, results["test_loss"],
-             results["test_perplexity"], 100 * results["test_top1"], 100 * results["test_top5"])
+    log.info("%s: test loss %.4f, perplexity %s, top-1 %.2f %%, top-5 %.2f %%", name, results["test_loss"],
+             format_perplexity(results["test_perplexity"]), 100 * results["test_top1"], 100 * results["test_top5"])
     return results

@@ -26,7 +26,7 @@ import numpy as np
 
 from .common import UserError, atomic_path, atomic_write_json, atomic_write_text, read_json
 from .intervals import Estimate, GroupBootstrap, perplexity_interval
-from .reference import REFERENCE_MODELS
+from .reference import REFERENCE_MODELS, format_discounts
 from .scoring import TargetScores, perplexity
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def _base_row(entry: Entry) -> dict[str, Any]:
     for split in ("test", "novel_test"):  # exp of the seed-mean loss, as its interval is, not a mean of exps
         if f"{split}_loss" in row:
             row[f"{split}_perplexity"] = perplexity(row[f"{split}_loss"])
-    for key in ("test_targets", "targets_sha256", "order", "k", "anatomy"):
+    for key in ("test_targets", "targets_sha256", "order", "discounts", "k", "anatomy"):
         if key in first:
             row[key] = first[key]
     if not entry.is_reference:
@@ -353,6 +353,14 @@ def _anatomy_line(row: dict[str, Any]) -> str:
             f"{_pct(a.get('last_bases_pinned'))}.")
 
 
+def _ngram_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """What each n-gram reference chose on validation (its order and discounts), one sentence each."""
+    lines = [f"The n-gram ({r['run']}): interpolated modified Kneser-Ney of order {r['order']}; the order and the "
+             f"discounts (D1, D2, D3+ per level, lowest first) chosen on validation: {format_discounts(r['discounts'])}."
+             for r in rows if r["model"] == "ngram" and "order" in r and r.get("discounts")]
+    return [""] + lines if lines else []
+
+
 def _ceiling_table(rows: list[dict[str, Any]]) -> list[str]:
     """The ceiling references in words, then every row's share of the achievable gain."""
     lines = [""]
@@ -392,7 +400,7 @@ def markdown_table(rows: list[dict[str, Any]], title: str | None = None, links: 
     """The rows as Markdown: the results with intervals, the ceiling and each row's share of the
     achievable gain, the paired differences, the costs."""
     lines = [f"## {title}", ""] if title else []
-    lines += _main_table(rows) + _ceiling_table(rows) + _paired_table(rows) + _cost_table(rows) + ["", METHOD_NOTE]
+    lines += _main_table(rows) + _ngram_lines(rows) + _ceiling_table(rows) + _paired_table(rows) + _cost_table(rows) + ["", METHOD_NOTE]
     if links:
         lines += [""] + links
     return "\n".join(lines) + "\n"

@@ -1014,7 +1014,7 @@ def train_classical(args: argparse.Namespace, epoch_callback: EpochCallback | No
         args.output_dir = default_classical_output_dir(args)
     if args.model in REFERENCE_MODELS:
         return run_reference(args.model, args.data_dir, args.output_dir, max_order=args.max_order,
-                             eval_targets_count=args.eval_targets)
+                             eval_targets_count=args.eval_targets, command=getattr(args, "command", None))
     resolve_classical_args(args)
 
     def build(data: TokenData, a: argparse.Namespace) -> nn.Module:

@@ -24,7 +24,7 @@ from quixer.ceilings import (
     window_bases,
 )
 from quixer.common import UserError, atomic_torch_save, atomic_write_json
-from quixer.data import KMER_IDS_FILE, load_token_data
+from quixer.data import KMER_IDS_FILE, data_fingerprint, load_token_data
 from quixer.encoding import TABLE_FILE, table_sha256
 from quixer.kmer_tokens import prepare_classical_benchmarks
 from quixer.reference import KneserNeyModel, _Split, run_reference
@@ -189,6 +189,13 @@ def test_identity_tokens_raw_bases_is_the_base_model_and_the_ceiling_agrees(kmer
     data = load_token_data(kmer_tokens)
     kmap = load_kmer_map(data)
     model = KneserNeyModel(4, 8).fit_streams(base_streams(kmer_streams(data, kmap, "train"), 6))
+    val = _Split.of(data, "val", EVAL)
+    val_windows = kmer_streams(data, kmap, "val").windows(val.scored.starts, 32).numpy()
+    tuning = model.tune_discounts(window_bases(val_windows, 6), val_windows[:, -1] % 4)
+    assert raw["base_val_loss_by_order"] == tuning.loss and raw["discounts"] == model.discounts(raw["order"])
+    # the base model's discounts are chosen order by order: the orders both share are the same model
+    assert ceiling["base_val_loss_by_order"] == raw["base_val_loss_by_order"][:6]
+    assert ceiling["discounts"] == model.discounts(ceiling["order"])
     test = _Split.of(data, "test", EVAL)
     windows = kmer_streams(data, kmap, "test").windows(test.scored.starts, 32).numpy()
     p = model.predict_proba(window_bases(windows, 6), raw["order"])
@@ -214,6 +221,10 @@ def test_stage3_tokens_carry_kmer_ids_and_both_ceilings_run(stage3_tokens, tmp_p
         assert 1 <= r["order"] <= (6 if name == "token_ceiling" else 12) and r["parameters"] > 0
         config = json.loads((tmp_path / name / "config.json").read_text())
         assert set(config["kmer_files_sha256"]) == {KMER_IDS_FILE, "cluster_centers.pt"}
+        assert len(r["discounts"]) == len(r["discounts_count_of_counts"]) == r["order"]
+        assert all(t <= c + 1e-12 for t, c in zip(r["base_val_loss_by_order"],
+                                                   r["base_val_loss_by_order_count_of_counts"]))
+        assert r["data_fingerprint"] == data_fingerprint(stage3_tokens) and "git_commit" in r["provenance"]
         assert (tmp_path / name / "val_scores.npz").is_file() and (tmp_path / name / "test_scores.npz").is_file()
     # the raw bases say more than the tokens: 128 tokens of 4,096 k-mers lose a good part of it
     assert res["raw_bases"]["test_loss"] < res["token_ceiling"]["test_loss"] - 0.05

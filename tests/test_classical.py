@@ -170,6 +170,8 @@ def test_reference_models_dispatch(tokens, tmp_path):
     assert uniform["model"] == "uniform" and math.isclose(uniform["test_perplexity"], 256.0)
     assert ngram["model"] == "ngram" and ngram["test_loss"] < 3.0
     assert not (tmp_path / "ngram" / "last.pt").exists()  # no gradient training
+    assert ngram["provenance"]["command"][1:] == ["--model", "ngram", "--data_dir", str(tokens),  # as parsed
+                                                  "--output_dir", str(tmp_path / "ngram"), "--max_order", "3"]
     assert uniform["test_top1"] == pytest.approx(1 / 256) and uniform["test_top5"] == pytest.approx(5 / 256)
     # the very targets the trained models are scored on
     train_classical_baselines.main(["--model", "lstm", "--data_dir", str(tokens), "--output_dir", str(tmp_path / "lstm"),

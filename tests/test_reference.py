@@ -10,14 +10,21 @@ import pytest
 import torch
 
 from quixer.common import UserError
+from quixer.data import data_fingerprint, load_token_data
 from quixer.reference import (
     CEILING_REFERENCES,
+    DEFAULT_ORDER_TOLERANCE,
     TOKEN_REFERENCES,
     UNIGRAM_ALPHAS,
     KneserNeyModel,
+    _Split,
+    _stack_loss,
+    choose_order,
+    format_discounts,
     kn_discounts,
     run_reference,
 )
+from tests.token_fixtures import make_token_dir
 
 RESULT_KEYS = {
     "model", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1", "test_top5",
@@ -62,8 +69,10 @@ def slow_discounts(counts: list[int]) -> tuple[float, float, float]:
 
 
 class SlowKN:
-    def __init__(self, windows: np.ndarray, vocab_size: int, order: int, positions: str):
-        self.V, self.order = vocab_size, order
+    """``discounts``: (D1, D2, D3+) per level, lowest first (default: the count-of-counts ones)."""
+
+    def __init__(self, windows: np.ndarray, vocab_size: int, order: int, positions: str, discounts=None):
+        self.V, self.order, self.discounts = vocab_size, order, discounts
         w = windows.tolist()
         width = len(w[0])
         cols = range(width) if positions == "all" else [width - 1]
@@ -93,7 +102,7 @@ class SlowKN:
         lower = self.prob(context, w, L - 1)
         if total == 0:
             return lower
-        d = slow_discounts(list(counts.values()))
+        d = slow_discounts(list(counts.values())) if self.discounts is None else self.discounts[L]
         disc = lambda c: d[min(c, 3) - 1]  # noqa: E731
         gamma = sum(disc(c) for c in row.values()) / total
         c = row.get(w, 0)
@@ -263,3 +272,148 @@ def test_rerun_with_same_data_and_settings_is_a_no_op(tmp_path):
     stamp = (out / "results.json").stat().st_mtime_ns
     run_reference("ngram", tmp_path / "tok", out, max_order=2)
     assert (out / "results.json").stat().st_mtime_ns != stamp
+
+
+# ---------------------------------------------------------------------------------------------
+# Discounts chosen on validation
+
+BOUNDS = ((0.05, 0.95), (0.05, 1.95), (0.05, 2.95))  # D1, D2, D3+: every token keeps mass
+
+
+def random_discounts(rng, levels: int) -> list[tuple[float, ...]]:
+    return [tuple(float(rng.uniform(lo, hi)) for lo, hi in BOUNDS) for _ in range(levels)]
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_discounts_set_after_fitting_match_slow_reference(positions):
+    """The validation search changes a fitted model's discounts: any in-bounds discounts must
+    give the slow formula's distributions, and out-of-bounds ones are refused."""
+    rng = np.random.default_rng(4)
+    model = KneserNeyModel(TINY_V, 4).fit(TINY, positions=positions)
+    contexts = np.concatenate([TINY[:, 1:5], rng.integers(0, TINY_V, (6, 4))])
+    for order in range(1, 5):
+        chosen = random_discounts(rng, order)
+        for table, d in zip(model._tables(order), chosen):
+            table.set_discounts(d)
+        assert model.discounts(order) == [list(d) for d in chosen]
+        slow = SlowKN(TINY, TINY_V, order, positions, discounts=chosen)
+        expected = np.array([[slow.prob(list(c), w) for w in range(TINY_V)] for c in contexts])
+        np.testing.assert_allclose(model.predict_proba(contexts, order), expected, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="discounts must be"):
+        model.raw[0].set_discounts((0.96, 1.0, 1.5))
+
+
+def test_held_out_loss_and_gradient_are_exact():
+    """The search reads only the targets' probabilities: they must be the dense model's, and the
+    gradient the loss's (central differences)."""
+    rng = np.random.default_rng(6)
+    V = 37
+    data = rng.integers(0, V, (500, 6))
+    data[:, 1:] = (data[:, :-1] + rng.integers(0, 3, (500, 5))) % V
+    model = KneserNeyModel(V, 4).fit(data[:300])
+    contexts, targets = data[300:, :-1], data[300:, -1]
+    ids, tables = model.context_ids(contexts), model._tables(4)
+    levels = [t.at_targets(ids[L], targets, V) for L, t in enumerate(tables)]
+    uniform = np.full(len(targets), 1 / V)
+    x = np.array(random_discounts(rng, 4))
+    loss, grad = _stack_loss(levels, x, uniform)
+    for table, d in zip(tables, x):
+        table.set_discounts(d)
+    p = model.predict_proba(contexts, 4)[np.arange(len(targets)), targets]
+    assert loss == pytest.approx(-np.log(p).mean(), rel=1e-12)
+    eps = 1e-6
+    numeric = [(_stack_loss(levels, x + eps * e, uniform)[0] - _stack_loss(levels, x - eps * e, uniform)[0]) / (2 * eps)
+               for e in np.eye(x.size).reshape(-1, *x.shape)]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-9)
+    assert np.abs(grad).max() > 1e-4  # the discounts matter here: the check is not of zeros
+
+
+@pytest.fixture(scope="module")
+def real_tokens(tmp_path_factory):
+    """Real transcripts' 6-mers as 256 tokens, split by locus (tests/token_fixtures.py)."""
+    return make_token_dir(tmp_path_factory.mktemp("ngram") / "tok", window=16, sizes=(3000, 800, 800),
+                          max_records=600, per_record=60, stride=3)
+
+
+def fitted_and_tuned(tokens, max_order: int = 8):
+    data = load_token_data(tokens)
+    val = _Split.of(data, "val", None)
+    model = KneserNeyModel(data.vocab_size, max_order).fit_streams(data.streams("train"))
+    return data, val, model, model.tune_discounts(val.contexts, val.targets)
+
+
+def test_tuned_discounts_on_real_data(real_tokens):
+    """On real token streams: the tuned validation loss is never above the count-of-counts one
+    (and below it somewhere), the recorded losses are the dense model's, the tuned model is a
+    proper distribution, and a second fit gives the same numbers to the bit."""
+    data, val, model, tuning = fitted_and_tuned(real_tokens)
+    counted = KneserNeyModel(data.vocab_size, 8).fit_streams(data.streams("train"))
+    dense = {name: [float(a[0].mean()) for a in m.scores_by_order(val.contexts, val.targets).values()]
+             for name, m in (("tuned", model), ("counted", counted))}
+    assert tuning.loss == pytest.approx(dense["tuned"], rel=1e-10)
+    assert tuning.counted_loss == pytest.approx(dense["counted"], rel=1e-10)
+    assert all(t <= c + 1e-12 for t, c in zip(tuning.loss, tuning.counted_loss))
+    assert min(tuning.loss) < min(tuning.counted_loss) - 0.01
+    for order in range(1, 9):
+        assert model.counted_discounts(order) == counted.discounts(order)
+        for level in model.discounts(order):
+            assert all(lo <= d <= hi for (lo, hi), d in zip(BOUNDS, level))
+    assert model.discounts(8) != counted.discounts(8)
+    rng = np.random.default_rng(0)
+    contexts = np.concatenate([val.contexts[:40], rng.integers(0, data.vocab_size, (40, 15))])
+    for order, proba in model.iter_orders(contexts):
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+        assert proba.min() > 0, order
+    _, _, again, tuning_again = fitted_and_tuned(real_tokens)
+    assert tuning_again == tuning and all(again.discounts(n) == model.discounts(n) for n in range(1, 9))
+
+
+def test_ngram_run_records_its_choices_and_never_reads_test(real_tokens, tmp_path, caplog):
+    """results.json and the log state the order and discounts chosen on validation; a second run
+    is identical; other test data change the test scores only."""
+    caplog.set_level("INFO", logger="quixer.reference")
+    first = run_reference("ngram", real_tokens, tmp_path / "a", max_order=8, eval_targets_count=None)
+    _, _, model, tuning = fitted_and_tuned(real_tokens)
+    order = first["order"]
+    assert order == choose_order(first["val_loss_by_order"], DEFAULT_ORDER_TOLERANCE)
+    assert first["val_loss_by_order"] == pytest.approx(tuning.loss, rel=1e-10)
+    assert first["val_loss_by_order_count_of_counts"] == pytest.approx(tuning.counted_loss, rel=1e-10)
+    assert first["val_loss"] == first["val_loss_by_order"][order - 1]
+    assert first["discounts"] == model.discounts(order) and len(first["discounts"]) == order
+    assert first["discounts_count_of_counts"] == model.counted_discounts(order)
+    line = next(r.getMessage() for r in caplog.records if f"order {order} chosen on validation" in r.getMessage())
+    assert format_discounts(first["discounts"]) in line
+
+    volatile = {"train_seconds", "eval_sequences_per_second", "provenance", "data_dir"}
+    second = run_reference("ngram", real_tokens, tmp_path / "b", max_order=8, eval_targets_count=None)
+    assert {k: v for k, v in second.items() if k not in volatile} == {k: v for k, v in first.items() if k not in volatile}
+
+    other = tmp_path / "other_test"  # the same train and val, other test windows
+    other.mkdir()
+    for split in ("train", "val"):
+        (other / f"{split}.pt").write_bytes((real_tokens / f"{split}.pt").read_bytes())
+    obj = torch.load(real_tokens / "test.pt")
+    obj["sequences"] = (obj["sequences"] * 7 + 3) % 256
+    obj["labels"] = obj["sequences"][:, -1].clone()
+    torch.save(obj, other / "test.pt")
+    moved = run_reference("ngram", other, tmp_path / "c", max_order=8, eval_targets_count=None)
+    chosen = ("order", "discounts", "discounts_count_of_counts", "val_loss_by_order", "val_loss", "val_top1")
+    assert {k: moved[k] for k in chosen} == {k: first[k] for k in chosen}
+    assert moved["test_loss"] != first["test_loss"] and moved["data_fingerprint"] != first["data_fingerprint"]
+
+
+def test_references_record_provenance_and_data(real_tokens, tmp_path):
+    """Every reference's results.json says how it was made and on which tokens, as the trainers' do."""
+    command = ["train_classical_baselines.py", "--model", "uniform"]
+    for name in TOKEN_REFERENCES:
+        res = run_reference(name, real_tokens, tmp_path / name, max_order=3, command=command)
+        assert res["data_fingerprint"] == data_fingerprint(real_tokens)
+        made = res["provenance"]
+        assert made["command"] == command and made["started"] <= made["finished"]
+        assert {"git_commit", "python", "packages", "host"} <= set(made)
+    # results from before provenance was recorded are not kept by a rerun
+    path = tmp_path / "uniform" / "results.json"
+    old = json.loads(path.read_text())
+    del old["provenance"]
+    path.write_text(json.dumps(old))
+    assert "provenance" in run_reference("uniform", real_tokens, tmp_path / "uniform", command=command)

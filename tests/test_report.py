@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from quixer.common import UserError
-from quixer.reference import REFERENCE_MODELS, run_reference
+from quixer.reference import REFERENCE_MODELS, format_discounts, run_reference
 from quixer.scoring import TargetScores
 from quixer.windows import all_kmers
 
@@ -183,6 +183,10 @@ def test_report_files_and_numbers(runs_dir, tmp_path, capsys):
     assert captured.out == md
     ng = by_run["ngram"]
     assert f"| ngram (reference) | ngram | – | {100 * ng['test_top1']:.2f} % [" in md
+    ngram_src = json.loads((runs_dir / "ngram" / "results.json").read_text())
+    assert ng["order"] == ngram_src["order"] and ng["discounts"] == ngram_src["discounts"]
+    assert (f"The n-gram (ngram): interpolated modified Kneser-Ney of order {ng['order']}; the order and the discounts "
+            f"(D1, D2, D3+ per level, lowest first) chosen on validation: {format_discounts(ng['discounts'])}.") in md
     assert "| quixer | quixer | 2 |" in md and "1/2 early (4/4 ep.)" in md and "| 25.00 % |" in md
     assert "| quixer | quixer | 4,321 | embedding 4,000, quantum 321 | 2.1 min | 988 |" in md
     assert "Quixer minus each model, paired" in md and "gene groups" in md
