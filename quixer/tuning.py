@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .common import UserError, atomic_write_json, read_json
-from .data import load_token_data
+from .data import data_fingerprint, load_token_data
+from .provenance import now, provenance
 from .training import TrainingDiverged, train_quixer
 
 log = logging.getLogger("quixer")
@@ -96,6 +97,7 @@ def _tune_quixer(args: argparse.Namespace) -> dict:
         if getattr(args, key) < 1:
             raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
     space = load_search_space(args.search_space)
+    started = now()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_token_data(args.data_dir)  # fail early on bad data
@@ -162,6 +164,8 @@ def _tune_quixer(args: argparse.Namespace) -> dict:
         "study_name": args.study_name, "storage": storage_url, "best_trial": best.number,
         "best_val_loss": best.value, "best_params": best.params,
         "states": {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState},
+        "data_fingerprint": data_fingerprint(args.data_dir),
+        "provenance": provenance(started, command=getattr(args, "command", None)),
     }
     atomic_write_json(out / "study_summary.json", summary)
     log.info("best trial %d: val loss %.4f with %s -> %s", best.number, best.value, best.params,

@@ -55,6 +55,14 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     assert again.stderr.count("already finished") == 2 * len(TRAINED)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
 
+    # a larger --epochs extends the runs instead of refusing them; --models picks a subset
+    more = _run("--fasta", fasta, "--out", out, "--epochs", 2, "--seeds", 1, "--models", "lstm", "--eval_targets", 3000)
+    assert more.returncode == 0, more.stderr[-3000:]
+    extended = json.loads((out / "runs" / "lstm" / "seed_42" / "results.json").read_text())
+    assert (extended["epochs_run"], extended["extended_from"]) == (2, [1])
+    assert json.loads((out / "runs" / "lstm" / "seed_43" / "results.json").read_text())["epochs_run"] == 1
+    assert "stage 4: quixer" not in more.stderr
+
 
 def test_pipeline_flag_errors():
     res = _run("--epochs", "zero")

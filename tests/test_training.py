@@ -491,3 +491,38 @@ def test_tensorboard_flag(tokens, tmp_path):
     val = [e.value for e in events.Scalars("val/loss")]
     assert val == pytest.approx([m["val_loss"] for m in read_metrics(out)])
     assert len(events.Scalars("train/step_loss")) == 2  # steps 0 of each 3-step epoch
+
+
+def _run_in_terminal(argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` on a pseudo-terminal of 120 x 40 (progress bars drawn as for a person)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    os.close(master)
+    return proc.wait(timeout=300), out.decode(errors="replace")
+
+
+def test_a_normal_run_in_a_terminal_prints_no_warning(tokens, tmp_path):
+    """In a terminal the progress bar shows the loss every 25 steps: no torch warning per step
+    (reading a tensor that requires grad as a number), no warning at all on a normal run."""
+    out = tmp_path / "run"
+    code, text = _run_in_terminal([sys.executable, str(REPO / "train_quixer_hybrid.py"),
+                                   *tiny(tokens, out, "--epochs", 1, "--max_train_batches", 30)])
+    assert code == 0, text[-2000:]
+    assert "epoch 1/1" in text and "loss=" in text, text[-2000:]  # the bar with its loss: a terminal
+    assert "Warning" not in text and "warn" not in text.lower(), text[-2000:]

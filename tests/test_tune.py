@@ -53,6 +53,7 @@ def test_study_resumes_and_best_config_round_trips(tmp_path):
     assert "qubits" not in study.best_params and best["qubits"] == 2
     summary = json.loads((out / "study_summary.json").read_text())
     assert summary["best_trial"] == study.best_trial.number
+    assert len(summary["provenance"]["git_commit"]) == 40 and summary["data_fingerprint"]
 
     run = tmp_path / "tuned"
     train_quixer_hybrid.main(["--config", str(out / "best_config.json"), "--output_dir", str(run),
