@@ -6,7 +6,10 @@
 #
 #   bash bench/campaign_chrX.sh start     start (or resume) the phases in the background
 #   bash bench/campaign_chrX.sh status    finished / running / pending runs and the wall time so far
-#   bash bench/campaign_chrX.sh publish   copy finished runs' results into docs/benchmark_chrX/
+#   bash bench/campaign_chrX.sh references  the references (ceilings included) with this checkout's
+#                                         code on the campaign's own tokens (a minute or two)
+#   bash bench/campaign_chrX.sh publish   copy finished runs' results into docs/benchmark_chrX/ and
+#                                         write its report (results.md, results.json, plots)
 #   bash bench/campaign_chrX.sh stop      stop the background campaign (resumable)
 #
 # Phases: bench/campaign_chrX.phases (name, commit, run_pipeline.sh flags), run in order. Work
@@ -75,17 +78,39 @@ case "${1:-}" in
     echo "campaign started (pid $!): $root; progress: bash $0 status" >&2 ;;
   status)
     "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" ;;
+  references)
+    # the references need no training: they follow this checkout's code, not the pinned commit,
+    # on a copy of the campaign's tokens (stage 3 adds the k-mer ids the ceilings read)
+    [ -d "$out/quantized_embeddings_autoregressive" ] || { echo "error: no campaign tokens yet in $out" >&2; exit 2; }
+    tok="$root/references/tokens"
+    rm -rf "$tok"; mkdir -p "$root/references"
+    cp -r "$out/quantized_embeddings_autoregressive" "$tok"
+    "$py" "$repo/quantize_lambeq_embeddings.py" --input_dir "$out/lambeq_embeddings_autoregressive" --output_dir "$tok"
+    for ref in uniform unigram ngram token_ceiling raw_bases; do
+      "$py" "$repo/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --output_dir "$root/references/runs/$ref"
+    done ;;
   publish)
     mkdir -p "$published/runs"
-    (cd "$out/runs" && find . -name results.json) | while read -r f; do
-      d="$(dirname "$f")"; mkdir -p "$published/runs/$d"
+    copy_run() {  # copy_run FROM TO: the light files of one finished run
+      mkdir -p "$2"
       for x in config.json metrics.jsonl results.json test_scores.npz; do
-        [ -f "$out/runs/$d/$x" ] && cp "$out/runs/$d/$x" "$published/runs/$d/"
+        [ -f "$1/$x" ] && cp "$1/$x" "$2/"
       done
+      return 0
+    }
+    (cd "$out/runs" && find . -path '*/seed_*/results.json') | while read -r f; do
+      d="$(dirname "$f")"; copy_run "$out/runs/$d" "$published/runs/$d"
     done
+    if [ -d "$root/references/runs" ]; then
+      for r in "$root/references/runs"/*/; do
+        [ -f "$r/results.json" ] && copy_run "$r" "$published/runs/$(basename "$r")"
+      done
+    fi
     cp "$out/autoregressive_data/metadata.json" "$published/stage1_metadata.json" 2>/dev/null || true
     cp "$root/wall.log" "$published/wall.log" 2>/dev/null || true
     "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" > "$published/status.txt"
+    "$py" "$repo/report_results.py" "$published/runs" --output_dir "$published" \
+      --title "chrX, official protocol (campaign in progress: see status.txt)" > /dev/null
     echo "published $(find "$published/runs" -name results.json | wc -l) finished runs to $published" >&2 ;;
   stop)
     if [ -f "$root/driver.pid" ]; then kill -- -"$(cat "$root/driver.pid")" 2>/dev/null || true; rm -f "$root/driver.pid"; fi

@@ -51,8 +51,14 @@ def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
         status = _campaign("status", env)
         assert "tiny       lstm                     seed 42  finished     1/1 epochs" in status.stdout, status.stdout
         assert "1 finished, 0 running, 0 interrupted, 0 pending of 1 runs" in status.stdout
+        refs = _campaign("references", env, timeout=600)
+        assert refs.returncode == 0, refs.stderr[-2000:]
         assert _campaign("publish", env).returncode == 0
-        run = tmp_path / "published" / "runs" / "lstm" / "seed_42"
+        published = tmp_path / "published"
+        assert {p.name for p in (published / "runs").iterdir()} == {"lstm", "uniform", "unigram", "ngram",
+                                                                    "token_ceiling", "raw_bases"}
+        assert "token_ceiling" in (published / "results.md").read_text()
+        run = published / "runs" / "lstm" / "seed_42"
         assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "results.json",
                                                          "test_scores.npz"]
         results = json.loads((run / "results.json").read_text())
