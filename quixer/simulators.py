@@ -460,17 +460,15 @@ KERNEL_GUARD = KernelGuard()
 class EvalTables(NamedTuple):
     """Per-vocabulary eval inputs of :func:`quixer.triton_kernels.qsvt_eval`: the token plan, the gate
     coefficients ``[V, G, 2]``, the first columns ``U_v |0>`` as real rows ``[V, R]``, the packed gate
-    words, the complex LCU weights and the polynomial divided by its L1 norm."""
+    words, the complex LCU weights and their real and imaginary parts, and the polynomial divided by
+    its L1 norm."""
     plan: CircuitPlan
     table: torch.Tensor
     first: torch.Tensor
     words: torch.Tensor
     lcu: torch.Tensor
+    lcu_parts: tuple[torch.Tensor, torch.Tensor]
     poly: torch.Tensor
-
-    def lcu_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        real = self.first.dtype
-        return self.lcu.real.to(real).contiguous(), self.lcu.imag.to(real).contiguous()
 
     def torch_eval(self, ids: torch.Tensor) -> torch.Tensor:
         """What the kernel computes, with torch ops (the guard's fallback): rows ``[B, R]``."""
@@ -538,8 +536,9 @@ class TritonSimulator(_FusedKernels):
             zero[:, 0] = 1
             first = self.circuits(plan, vocab, zero).view(rows, n_vocab).t().contiguous()  # U_v |0>
             lcu, coeffs = model.lcu_weights(), model.qsvt_polynomial_coefficients
+            parts = (lcu.real.to(first.dtype).contiguous(), lcu.imag.to(first.dtype).contiguous())
             return EvalTables(plan, kernels.coefficient_table(vocab.cos, vocab.sin), first,
-                              kernels.gate_words(plan.wiring_on(first.device), plan.n_qubits), lcu,
+                              kernels.gate_words(plan.wiring_on(first.device), plan.n_qubits), lcu, parts,
                               (coeffs / coeffs.abs().sum()).to(first.dtype).contiguous())
 
         return self.cache.get("triton_eval_tables", build)
@@ -552,7 +551,7 @@ class TritonSimulator(_FusedKernels):
         key = ("qsvt_eval", str(x.device), tables.first.dtype, tuple(x.shape), tuple(tables.table.shape),
                tables.plan.n_qubits)
         rows = KERNEL_GUARD.run(key, x.device, lambda: self.kernels().qsvt_eval(
-            ids, tables.table, tables.first, tables.words, tables.plan.n_qubits, tables.lcu_parts(), tables.poly),
+            ids, tables.table, tables.first, tables.words, tables.plan.n_qubits, tables.lcu_parts, tables.poly),
             lambda: tables.torch_eval(ids), self.fallback)
         return to_complex(rows.t())
 

@@ -178,6 +178,6 @@ def test_eval_kernel_matches_its_fallback_at_low_degrees(degree):
     with torch.no_grad():
         simulator.cache.refresh(model)
         tables = simulator._eval_tables(model)
-        rows = triton_kernels.qsvt_eval(x, tables.table, tables.first, tables.words, 3, tables.lcu_parts(),
+        rows = triton_kernels.qsvt_eval(x, tables.table, tables.first, tables.words, 3, tables.lcu_parts,
                                         tables.poly)
         torch.testing.assert_close(rows, tables.torch_eval(x), rtol=0, atol=1e-12)
