@@ -23,6 +23,13 @@ computed with torch ops instead.
     python bench/bench_quixer.py --steps 5 --impl both --threads 1   # interleaved, with speedups
     python bench/bench_quixer.py --steps 20 --impl kernels          # fused CPU kernel vs torch ops
     python bench/bench_quixer.py --device cuda --impl kernels --cuda-graph   # Triton (graphed) vs torch ops
+    python bench/bench_quixer.py --device cuda --gpu-impl triton --cuda-graph --batch-size 4096 \
+        --eval-batch-sizes 16384 65536          # captured training at 4,096, captured eval at 16 k and 64 k
+
+``--eval-batch-sizes`` also times eval batches of those sizes with the first implementation
+(``eval_by_batch``: median seconds per batch and sequences per second); with ``--cuda-graph`` each
+size is one captured graph (:func:`quixer.cuda_graphs.capture_eval`, the per-vocabulary tables built
+inside it), and its first batch, which captures, is reported apart.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ import torch
 
 from quixer import native
 from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging
-from quixer.cuda_graphs import capture_step
+from quixer.cuda_graphs import capture_eval, capture_step
 from quixer.devices import fastest_device, synchronize, training_step
 from quixer.model import Quixer
 from quixer.naive import NaiveQuixer
@@ -75,6 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cuda-graph", "--cuda_graph", dest="cuda_graph", action="store_true",
                    help="replay the training step of 'fast' as one captured CUDA graph (quixer/cuda_graphs.py; "
                         "CUDA only, Adam with capturable=True)")
+    p.add_argument("--eval-batch-sizes", "--eval_batch_sizes", dest="eval_batch_sizes", type=int, nargs="*",
+                   default=[], help="also time eval batches of these sizes (first implementation only; captured as "
+                                    "CUDA graphs with --cuda-graph)")
+    p.add_argument("--eval-steps", type=int, default=5, help="timed eval batches per --eval-batch-sizes size")
     p.add_argument("--compile", action="store_true",
                    help="wrap the model in torch.compile (experimental: on CPU it compiles for minutes and "
                         "recompiles, making steps slower)")
@@ -84,11 +95,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for parameters and random token batches")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
-    for name in ("batch_size", "degree", "ansatz_layers", "window", "embed_dim", "vocab", "steps"):
+    for name in ("batch_size", "degree", "ansatz_layers", "window", "embed_dim", "vocab", "steps", "eval_steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if args.qubits < 2:
         raise UserError("--qubits must be >= 2")
+    if any(size < 1 for size in args.eval_batch_sizes):
+        raise UserError("--eval-batch-sizes must be >= 1")
     if args.warmup < 0 or args.threads < 0:
         raise UserError("--warmup and --threads must be >= 0")
     if not 0 <= args.dropout < 1:
@@ -257,7 +270,51 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         evaluate = {name: (lambda x, y, r=runners[name]: r(x)) for name in impls}
         evaluation = time_alternately(impls, evaluate, use, [batch() for _ in range(args.steps + 2)], 0, peak, device,
                                       errors)
-    return report(args, model, device, device_choice, impls, use, train, evaluation, errors)
+    out = report(args, model, device, device_choice, impls, use, train, evaluation, errors)
+    if args.eval_batch_sizes and impls[0] not in errors:
+        out["eval_by_batch"] = eval_by_batch(args, model, device, lambda: use(impls[0]))
+    return out
+
+
+def eval_by_batch(args: argparse.Namespace, model: Quixer, device: torch.device, use) -> dict:
+    """Per ``--eval-batch-sizes`` size: the median seconds of ``--eval-steps`` eval batches after a first,
+    untimed one (which builds the tables, compiles or captures), and sequences per second. A size that
+    fails (memory) is reported with its error while the others are still measured."""
+    use()
+    model.eval()
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    results = {}
+    for size in args.eval_batch_sizes:
+        try:
+            batches = [torch.randint(0, args.vocab, (size, args.window), generator=gen).to(device) for _ in range(2)]
+            run = capture_eval(model, batches[0]) if args.cuda_graph else _no_grad(model)
+            first = _seconds(run, batches[0], device)
+            seconds = statistics.median(_seconds(run, batches[i % 2], device) for i in range(args.eval_steps))
+            results[str(size)] = {"seconds_per_batch": round(seconds, 6), "sequences_per_second": round(size / seconds),
+                                  "first_batch_seconds": round(first, 4), "captured": args.cuda_graph}
+        except Exception as exc:  # reported in the JSON line; the other sizes are still measured
+            results[str(size)] = {"error": f"{type(exc).__name__}: {exc}"}
+            log.error("eval at batch %d failed: %s", size, results[str(size)]["error"])
+        run = batches = None  # a captured graph's memory goes with it
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def _no_grad(model):
+    def run(x):
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+def _seconds(call, x, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    call(x)
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def report(args, model, device, device_choice, impls, use, train, evaluation, errors) -> dict:
@@ -295,7 +352,7 @@ def report(args, model, device, device_choice, impls, use, train, evaluation, er
         "config": {"batch_size": args.batch_size, "qubits": args.qubits, "degree": args.degree,
                    "ansatz_layers": args.ansatz_layers, "window": args.window, "embed_dim": args.embed_dim,
                    "vocab": args.vocab, "dropout": args.dropout, "steps": args.steps, "warmup": args.warmup,
-                   "compile": args.compile, "seed": args.seed},
+                   "compile": args.compile, "seed": args.seed, "eval_batch_sizes": args.eval_batch_sizes},
     })
     return out
 
@@ -305,7 +362,8 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     result = run_benchmark(args)
     print(json.dumps(result), flush=True)
-    failed = [v for v in (result, *result.values()) if isinstance(v, dict) and "error" in v]
+    nested = list(result.get("eval_by_batch", {}).values())
+    failed = [v for v in (result, *result.values(), *nested) if isinstance(v, dict) and "error" in v]
     return 1 if failed else 0
 
 

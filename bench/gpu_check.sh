@@ -2,16 +2,19 @@
 # The GPU checks in one short run, for a lent GPU machine (CI has none). That machine has its own
 # image (Python 3.12, torch 2.11, triton 3.6, pytest; no lambeq / pytket / qiskit) and no network:
 # nothing is installed, the repository is put on PYTHONPATH, every step runs under `timeout`
-# inside a budget for the whole check (CHECK_SECONDS, default 330), and what it writes fits 8 files.
+# inside a budget for the whole check (CHECK_SECONDS, default 360), and what it writes fits 8 files.
 #
 #   1. environment: GPU, driver, Python, torch, CUDA, triton and which optional packages exist;
 #   2. tests/test_cuda.py (-x, QUIXER_TEST_TIMEOUT per test): both GPU simulators against the CPU,
-#      the Triton fallback, captured CUDA-graph steps (shapes, dropout) against eager steps;
-#   3. bench/bench_quixer.py at batch 32, 1024 and 256, training and eval: the Triton kernels and the
-#      torch ops interleaved (--impl kernels), then the Triton step replayed as a CUDA graph;
+#      the one-launch eval kernel, captured evals, captured steps and --cuda_graph trainer runs against
+#      eager ones, the Triton fallback and the capture's safety nets;
+#   3. bench/bench_quixer.py, the targets: a training step at batch 32 (Triton and torch ops
+#      interleaved, then the Triton step captured as a CUDA graph), captured training at 1,024 and
+#      4,096, and the captured one-launch eval at 16 k, 32 k and 64 k sequences per batch;
 #   4. only with TOKENS_DIR (bash bench/prepare_chrx_tokens.sh on the CPU side, carried along): Quixer
-#      on the chrX tokens as the 50-epoch command (batch 32, small_gaussian, layerwise), one epoch of
-#      300 batches per active-layer count, projected to 50 full epochs by bench/project_epochs.py;
+#      on the chrX tokens as the 50-epoch command (batch 32, small_gaussian) with the captured step
+#      (--cuda_graph, which refuses layerwise training: all layers every epoch, an upper bound of the
+#      layerwise run), two epochs of 300 batches, projected to 50 full epochs by bench/project_epochs.py;
 #   5. what --device auto picks at batch 32 and 1024 (the measured seconds per step on each device);
 #   6. bench/bench_classical.py: LSTM and Transformer training steps at batch 32 and 1024;
 #   7. CPU tests (tests/test_devices.py, tests/test_model.py); tests that need lambeq, pytket or
@@ -29,7 +32,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 py="${PYTHON:-python3}"
 out="${1:-gpu_check}"
 tokens="${2:-}"
-budget="${CHECK_SECONDS:-330}"
+budget="${CHECK_SECONDS:-360}"
 mkdir -p "$out" && out="$(cd "$out" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -100,15 +103,17 @@ tests() {  # tests NAME LIMIT FILES...
   step "$name" "$limit" "$out/tests.txt" "$py" -m pytest -x -q -rs "$@"
 }
 
-bench_cuda() {
-  local batch args
-  for batch in 32 1024 256; do
-    for args in "--impl kernels" "--gpu-impl triton --cuda-graph"; do
-      # shellcheck disable=SC2086
-      step "bench_quixer b$batch ${args// /}" 60 "$out/bench_cuda.jsonl" \
-        "$py" bench/bench_quixer.py --device cuda --batch-size "$batch" --steps 20 $args
-    done
+bench_cuda() {  # the targets: step at 32; captured training at 1,024 and 4,096; captured eval at 16 k-64 k
+  local bench=("$py" bench/bench_quixer.py --device cuda)
+  step "bench_quixer b32 --impl kernels" 60 "$out/bench_cuda.jsonl" "${bench[@]}" --batch-size 32 --steps 20 \
+    --impl kernels
+  local batch
+  for batch in 32 1024; do
+    step "bench_quixer b$batch --cuda-graph" 60 "$out/bench_cuda.jsonl" "${bench[@]}" --batch-size "$batch" \
+      --steps 30 --gpu-impl triton --cuda-graph
   done
+  step "bench_quixer b4096 --cuda-graph, eval 16k-64k" 90 "$out/bench_cuda.jsonl" "${bench[@]}" --batch-size 4096 \
+    --steps 10 --gpu-impl triton --cuda-graph --eval-batch-sizes 16384 32768 65536
 }
 
 chrx() {  # the 50-epoch command, capped, and its projection; the run's small files packed in one archive
@@ -118,9 +123,9 @@ chrx() {  # the 50-epoch command, capped, and its projection; the run's small fi
     failed=1
     return
   fi
-  step "chrx train (300 batches/epoch)" 150 "$work/train.log" "$py" train_quixer_hybrid.py --data_dir "$tokens" \
-    --output_dir "$run" --device cuda --epochs 4 --max_train_batches 300 --batch_size 32 \
-    --init_strategy small_gaussian --use_layerwise_training &&
+  step "chrx train (captured, 300 batches/epoch)" 150 "$work/train.log" "$py" train_quixer_hybrid.py \
+    --data_dir "$tokens" --output_dir "$run" --device cuda --epochs 2 --max_train_batches 300 --batch_size 32 \
+    --init_strategy small_gaussian --cuda_graph &&
     step "chrx projection" 30 "$out/chrx_projection.json" "$py" bench/project_epochs.py "$run" --epochs 50
   mkdir -p "$run" && cp "$work/train.log" "$run/" 2>/dev/null
   tar -czf "$out/chrx_run.tar.gz" -C "$work" --exclude='*.pt' --exclude='*.npz' chrx_run

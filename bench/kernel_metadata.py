@@ -16,6 +16,7 @@ at that revision's tile (its ``MAX_BLOCK`` lanes, 4 warps), and adds the ratios 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 COLUMNS = ("registers", "stack_bytes", "programs_per_sm", "resident_instances_per_sm", "compile_s",
-           "sass_per_gate_instance", "ptx_per_gate_instance", "shuffles_per_gate_instance")
+           "sass_per_gate_instance", "ptx_per_gate_instance", "shuffles_per_gate_instance", "k_sass_per_sequence")
 
 
 def baseline_module(revision: str, folder: str):
@@ -46,18 +47,31 @@ def baseline_module(revision: str, folder: str):
     return module
 
 
+def measured(launch, kernel=None, **options) -> dict:
+    """:func:`quixer.compiled_kernels.measure`, plus for the launches that run an eval's powers (the LCU power
+    at degree 3, the eval kernel) the thousands of SASS warp-instructions their gate loops take per sequence."""
+    found = compiled_kernels.measure(launch, kernel, **options)
+    if launch.name in ("lcu_power", "qsvt_eval"):
+        at = dataclasses.replace(launch, meta={**launch.meta, **options})
+        found["k_sass_per_sequence"] = round(compiled_kernels.gate_instructions_per_sequence(at, found) / 1000, 1)
+    else:
+        found["k_sass_per_sequence"] = None
+    return found
+
+
 def rows(baseline) -> list[dict]:
-    """One row per launch and dtype (and per version with a baseline)."""
+    """One row per launch and dtype (and per version with a baseline that has the launch's kernel)."""
     out = []
     for dtype_name, dtype in DTYPES.items():
-        for launch in compiled_kernels.paper_launches(dtype):
-            row = {"dtype": dtype_name, "version": "new", **compiled_kernels.measure(launch)}
+        for launch in compiled_kernels.paper_launches(dtype) + [compiled_kernels.eval_launch(dtype)]:
+            row = {"dtype": dtype_name, "version": "new", **measured(launch)}
             out.append(row)
-            if baseline is not None:
-                kernel = getattr(baseline, launch.kernel.__name__)
-                old = compiled_kernels.measure(launch, kernel, BLOCK=baseline.MAX_BLOCK, num_warps=4, maxnreg=None)
+            kernel = getattr(baseline, launch.kernel.__name__, None)
+            if kernel is not None:
+                old = measured(launch, kernel=kernel, BLOCK=baseline.MAX_BLOCK, num_warps=4, maxnreg=None)
                 old = {"dtype": dtype_name, "version": "baseline", **old}
-                row["ratio_to_baseline"] = {c: round(row[c] / old[c], 2) if old[c] else None for c in COLUMNS}
+                row["ratio_to_baseline"] = {c: round(row[c] / old[c], 2) if old[c] and row[c] is not None else None
+                                            for c in COLUMNS}
                 out.append(old)
     return out
 
@@ -65,7 +79,7 @@ def rows(baseline) -> list[dict]:
 def table(results: list[dict]) -> str:
     lines = ["launch             dtype    version   " + " ".join(f"{c[:14]:>14}" for c in COLUMNS)]
     for r in results:
-        cells = " ".join(f"{r[c]:>14}" for c in COLUMNS)
+        cells = " ".join(f"{'-' if r[c] is None else r[c]:>14}" for c in COLUMNS)
         lines.append(f"{r['launch']:<18} {r['dtype']:<8} {r['version']:<9} {cells}")
     return "\n".join(lines)
 

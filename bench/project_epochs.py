@@ -1,10 +1,13 @@
-"""Project a long layerwise Quixer run from a short one with one epoch per active-layer count.
+"""Project a long Quixer run from a short one with capped epochs.
 
-The short run (``--epochs L --use_layerwise_training --max_train_batches N``, L = ansatz layers)
-trains epoch k with k active layers on N batches and then validates on the whole validation set.
-A full epoch with k layers is projected as (train windows / the measured training throughput) +
+The short run trains ``--max_train_batches N`` batches per epoch and then validates on the whole
+validation set. A full epoch is projected as (train windows / the measured training throughput) +
 (the measured rest of the epoch: validation, checkpoints); the long run's time is the sum over its
-layerwise schedule (:func:`quixer.training.active_layers_at`). Prints one JSON line.
+epochs. With ``--use_layerwise_training`` (``--epochs L``, L = ansatz layers: epoch k has k active
+layers) each epoch of the long run's layerwise schedule (:func:`quixer.training.active_layers_at`) costs
+the measured epoch with as many active layers; without it (e.g. ``--cuda_graph``, which refuses
+layerwise training) every epoch costs the short run's last epoch, all layers active: the first one
+includes compiling the kernels and capturing the step. Prints one JSON line.
 
     python bench/project_epochs.py RUN_DIR --epochs 50
 """
@@ -27,13 +30,17 @@ def main(argv=None) -> int:
     records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines() if line]
     n_train = json.loads((args.run_dir / "results.json").read_text())["windows"]["train"]
     capped = config["max_train_batches"] * config["batch_size"]
+    layers, layerwise = config["ansatz_layers"], bool(config.get("use_layerwise_training"))
     per_layers = {}
-    for r in records:
+    for r in records:  # a later epoch with the same active layers replaces an earlier one
         train_s = capped / r["sequences_per_second"]
-        per_layers[r["active_layers"]] = n_train / r["sequences_per_second"] + (r["epoch_seconds"] - train_s)
-    layers = config["ansatz_layers"]
-    total = sum(per_layers[active_layers_at(e, args.epochs, layers)] for e in range(args.epochs))
+        per_layers[r.get("active_layers", layers)] = n_train / r["sequences_per_second"] + (r["epoch_seconds"] - train_s)
+    schedule = [active_layers_at(e, args.epochs, layers) if layerwise else layers for e in range(args.epochs)]
+    total = sum(per_layers[k] for k in schedule)
+    last = records[-1]
     print(json.dumps({"epochs": args.epochs, "train_windows": n_train, "batch_size": config["batch_size"],
+                      "layerwise": layerwise, "cuda_graph": bool(config.get("cuda_graph")),
+                      "train_sequences_per_second": round(last["sequences_per_second"], 1),
                       "full_epoch_seconds_by_active_layers": {k: round(v, 1) for k, v in per_layers.items()},
                       "projected_seconds": round(total, 1), "projected_hours": round(total / 3600, 3),
                       "measured_on_batches_per_epoch": config["max_train_batches"]}))

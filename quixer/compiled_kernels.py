@@ -81,6 +81,35 @@ def paper_launches(dtype: torch.dtype, n_qubits: int = 6, n_layers: int = 4, bat
     return [Launch(name, *launch) for name, launch in zip(names, recorded)]
 
 
+def eval_launch(dtype: torch.dtype, n_qubits: int = 6, n_layers: int = 4, batch: int = 16384, window: int = 31,
+                vocab: int = 512, degree: int = 3) -> Launch:
+    """The eval launch at the paper's size: the whole QSVT state of ``batch`` sequences of ``window`` tokens
+    from per-vocabulary tables, in one :func:`quixer.triton_kernels.qsvt_eval` launch."""
+    plan = CircuitPlan(ansatz14_gates(n_qubits, n_layers), n_qubits)
+    rows, gates = 2 ** (n_qubits + 1), len(plan.gates)
+    recorded: list = []
+    with _recording(recorded):
+        triton_kernels.qsvt_eval(torch.zeros(batch, window, dtype=torch.long), torch.zeros(vocab, gates, 2, dtype=dtype),
+                                 torch.zeros(vocab, rows, dtype=dtype), triton_kernels.gate_words(plan.wiring, n_qubits),
+                                 n_qubits, (torch.ones(window, dtype=dtype), torch.ones(window, dtype=dtype)),
+                                 torch.ones(degree + 1, dtype=dtype))
+    return Launch("qsvt_eval", *recorded[0])
+
+
+def gate_instructions_per_sequence(launch: Launch, found: dict, degree: int = 3) -> float:
+    """SASS warp-instructions the gate loops of one sequence take at polynomial ``degree`` (the paper
+    mix, from :func:`measure`'s ``found``): lanes (positions, padded to whole tiles) x gates x powers run
+    through circuits. An LCU-power launch runs all ``degree`` powers; the eval launch ``degree - 1`` (the
+    first power is a sum of cached first columns)."""
+    if launch.name == "qsvt_eval":
+        window, gates, powers = launch.args[8], launch.args[9], launch.args[10] - 1
+    else:  # _forward_kernel's sizes (sequences, lanes, gates) follow its 5 tensors, wiring and LCU parts
+        window, gates, powers = launch.args[11], launch.args[12], degree
+    block = launch.meta["BLOCK"]
+    lanes = -(-window // block) * block
+    return powers * lanes * gates * found["sass_per_gate_instance"]
+
+
 def compile_sm90(launch: Launch, kernel=None) -> tuple[triton.compiler.CompiledKernel, float]:
     """``launch`` compiled for sm_90 as ``kernel[grid](*args, **meta)`` would compile it on that GPU
     (``kernel``: another kernel with the same parameters, e.g. an earlier version); and the seconds taken.
@@ -227,22 +256,28 @@ def _paths(blocks: list[list[str]], successors: list[list[int]], header: int, bo
 
 def gate_loop(listing: str, sass: bool) -> dict:
     """Instructions per gate: over the paths round the innermost loop holding the gates' partner
-    exchanges (warp shuffles), the fewest and most instructions, and their mean weighted as the
-    paper's circuit mixes the paths (the shuffle-free paths are its top-bit gates, 1/6 of all,
-    the rest 5/6, equal shares within each); the most shuffles, barriers and local-memory accesses."""
+    exchanges (indexed warp shuffles; butterfly shuffles are lane sums), the fewest and most
+    instructions, and their mean weighted as the paper's circuit mixes the paths: per layer of 24
+    gates, 4 need no exchange (qubit 0 the target), 2 exchange only half the state (a CRX controlled by
+    qubit 0, where a kernel has that path) and the rest exchange all of it; equal shares within each
+    group. Also the most shuffles (of both kinds), barriers and local-memory accesses."""
     shuffle, barrier, local = ("SHFL", "BAR", ("LDL", "STL")) if sass else ("shfl", "bar", ("ld.local", "st.local"))
+    exchange = "SHFL.IDX" if sass else "shfl.sync.idx"
     blocks, successors = _blocks(_sass_items(listing) if sass else _ptx_items(listing))
     loops = {header: body for header, body in _loops(successors).items()
-             if any(op.startswith(shuffle) for b in body for op in blocks[b])}
+             if any(op.startswith(exchange) for b in body for op in blocks[b])}
     header = min(loops, key=lambda h: len(loops[h]))
     paths = _paths(blocks, successors, header, loops[header])
     count = lambda path, prefix: sum(op.startswith(prefix) for op in path)  # noqa: E731
-    plain = [p for p in paths if not count(p, shuffle)]
-    exchanged = [p for p in paths if count(p, shuffle)]
-    if plain and exchanged:
-        mean = sum(map(len, plain)) / len(plain) / 6 + 5 * sum(map(len, exchanged)) / len(exchanged) / 6
-    else:
-        mean = sum(map(len, paths)) / len(paths)
+    most = max(count(p, exchange) for p in paths)
+    groups = {"plain": [p for p in paths if not count(p, exchange)],
+              "half": [p for p in paths if 0 < count(p, exchange) < most],
+              "full": [p for p in paths if count(p, exchange) == most]}
+    shares = {"plain": 4 / 24, "half": 2 / 24 if groups["half"] else 0.0}
+    shares["full"] = 1.0 - shares["plain"] - shares["half"]
+    if not groups["plain"]:
+        shares = {"plain": 0.0, "half": shares["half"], "full": 1.0 - shares["half"]}
+    mean = sum(shares[g] * sum(map(len, ps)) / len(ps) for g, ps in groups.items() if ps)
     return {"paths": len(paths), "min": min(map(len, paths)), "max": max(map(len, paths)), "mix": round(mean, 1),
             "shuffles": max(count(p, shuffle) for p in paths), "barriers": max(count(p, barrier) for p in paths),
             "local": max(count(p, local) for p in paths)}

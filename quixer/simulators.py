@@ -21,10 +21,11 @@ warning; where it was pinned (``use_simulator("triton")`` or ``QUIXER_TRITON=1``
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,6 @@ from quixer.circuits import (
     polynomial,
     postselect,
     to_complex,
-    zero_states,
 )
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,29 @@ class EvalCache:
 
     def __init__(self):
         self._key, self._values = None, {}
+        self.per_call = False
 
     def clear(self) -> None:
         self._key, self._values = None, {}
 
+    @contextlib.contextmanager
+    def rebuilt_per_call(self):
+        """Within: every eval forward builds its values afresh and :meth:`refresh` reads nothing back
+        from the device. Why: a CUDA graph captured here holds the builds, so each replay derives the
+        tables from the parameters' current values (never stale), and the capture has no host sync
+        (the fingerprint's read-back would be one)."""
+        saved, self.per_call = self.per_call, True
+        self.clear()
+        try:
+            yield
+        finally:
+            self.per_call = saved
+            self.clear()
+
     def refresh(self, model) -> None:
+        if self.per_call:
+            self._values = {}
+            return
         params = (model.embedding.weight, model.embedding_to_angles.weight, model.embedding_to_angles.bias,
                   model.quantum_feedforward_parameters, torch.view_as_real(model.lcu_coefficients),
                   model.qsvt_polynomial_coefficients)
@@ -439,9 +457,37 @@ class KernelGuard:
 KERNEL_GUARD = KernelGuard()
 
 
+class EvalTables(NamedTuple):
+    """Per-vocabulary eval inputs of :func:`quixer.triton_kernels.qsvt_eval`: the token plan, the gate
+    coefficients ``[V, G, 2]``, the first columns ``U_v |0>`` as real rows ``[V, R]``, the packed gate
+    words, the complex LCU weights and their real and imaginary parts, and the polynomial divided by
+    its L1 norm."""
+    plan: CircuitPlan
+    table: torch.Tensor
+    first: torch.Tensor
+    words: torch.Tensor
+    lcu: torch.Tensor
+    lcu_parts: tuple[torch.Tensor, torch.Tensor]
+    poly: torch.Tensor
+
+    def torch_eval(self, ids: torch.Tensor) -> torch.Tensor:
+        """What the kernel computes, with torch ops (the guard's fallback): rows ``[B, R]``."""
+        batch = ids.shape[0]
+        flat = ids.reshape(-1)
+        coefficients = GateCoefficients(self.plan, self.table[flat, :, 0], self.table[flat, :, 1])
+        psi = lcu_sum(self.first[ids].permute(2, 0, 1), self.lcu)  # M |0> from the first columns
+        total = self.poly[1] * psi
+        total[0] += self.poly[0]
+        for k in range(2, self.poly.shape[0]):
+            psi = _TORCH_FALLBACK.lcu_power(self.plan, coefficients, psi, self.lcu)[0]
+            total = total + self.poly[k] * psi
+        return total.t().reshape(batch, -1)
+
+
 class TritonSimulator(_FusedKernels):
     """The fused Triton GPU kernels: a tile of instances on chip for all gates, the LCU summed in the
-    same pass, adjoint backward. In eval, the powers use cached per-vocabulary gate coefficients.
+    same pass, adjoint backward. In eval, one launch per batch computes the QSVT state from cached
+    per-vocabulary tables (:meth:`_eval_tables`; :func:`quixer.triton_kernels.qsvt_eval`).
 
     This class is the pinned simulator: a kernel that fails raises. :func:`select` chooses
     :class:`GuardedTritonSimulator` by itself, which falls back to torch ops (:class:`KernelGuard`).
@@ -480,15 +526,34 @@ class TritonSimulator(_FusedKernels):
         module = triton_kernels()
         return module is not None and (device.type == "cuda" or (device.type == "cpu" and module.INTERPRETED))
 
+    def _eval_tables(self, model) -> "EvalTables":
+        """The eval kernel's per-vocabulary inputs (:func:`quixer.triton_kernels.qsvt_eval`), cached."""
+        def build():
+            plan, kernels = model.token_plan(), self.kernels()
+            vocab = self._vocab_coefficients(model)
+            rows, n_vocab = plan.rows, vocab.cos.shape[0]
+            zero = torch.zeros(1, rows, n_vocab, dtype=vocab.cos.dtype, device=vocab.cos.device)
+            zero[:, 0] = 1
+            first = self.circuits(plan, vocab, zero).view(rows, n_vocab).t().contiguous()  # U_v |0>
+            lcu, coeffs = model.lcu_weights(), model.qsvt_polynomial_coefficients
+            parts = (lcu.real.to(first.dtype).contiguous(), lcu.imag.to(first.dtype).contiguous())
+            return EvalTables(plan, kernels.coefficient_table(vocab.cos, vocab.sin), first,
+                              kernels.gate_words(plan.wiring_on(first.device), plan.n_qubits), lcu, parts,
+                              (coeffs / coeffs.abs().sum()).to(first.dtype).contiguous())
+
+        return self.cache.get("triton_eval_tables", build)
+
     def _eval_state(self, model, x):
-        plan, vocab = model.token_plan(), self._vocab_coefficients(model)
-        ids = x.reshape(-1)
-        coefficients = GateCoefficients(plan, vocab.cos[ids], vocab.sin[ids])
-        lcu = model.lcu_weights()
-        psi = zero_states(model.n_qubits, x.shape[0], vocab.cos.dtype, x.device)
-        state = polynomial(model.qsvt_polynomial_coefficients, psi,
-                           lambda p: self.lcu_power(plan, coefficients, p, lcu)[0])
-        return to_complex(state)
+        """One eval kernel launch per batch (:func:`quixer.triton_kernels.qsvt_eval`) through the guard;
+        its fallback computes the same from the same tables with torch ops."""
+        tables = self._eval_tables(model)
+        ids = x.contiguous()
+        key = ("qsvt_eval", str(x.device), tables.first.dtype, tuple(x.shape), tuple(tables.table.shape),
+               tables.plan.n_qubits)
+        rows = KERNEL_GUARD.run(key, x.device, lambda: self.kernels().qsvt_eval(
+            ids, tables.table, tables.first, tables.words, tables.plan.n_qubits, tables.lcu_parts, tables.poly),
+            lambda: tables.torch_eval(ids), self.fallback)
+        return to_complex(rows.t())
 
 
 class GuardedTritonSimulator(TritonSimulator):

@@ -6,7 +6,9 @@ is: a run must survive being killed (``last.pt`` holds everything to continue, t
 epoch are a pure function of the seed and the epoch, RNG states are checkpointed, so a resumed
 run equals the unbroken one); it must never be mixed with other flags or data (the run
 directory is checked before anything is written); and it must say how it ended (stop reason,
-the convergence rule, provenance). Layerwise training is a generic hook: any model with
+the convergence rule, provenance). ``--cuda_graph`` (one GPU) replays every full batch from one
+captured step (:mod:`quixer.cuda_graphs`) with the capture's warm-up undone, so the run is the
+eager one up to float rounding. Layerwise training is a generic hook: any model with
 ``set_active_layers(k)``, ``frozen_masks()`` and ``n_ansatz_layers`` can use it.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .common import (
     seed_everything,
 )
 from .data import TokenData, data_fingerprint, eval_batches, load_cluster_centers, load_token_data, steps_per_epoch, train_batches
+from .cuda_graphs import CapturedSteps, capturable_optimizer
 from .devices import fastest_device
 from .distributed import DistContext, init_distributed, rng_state, set_rng_state
 from .live_curves import STEP_EVERY, LiveCurves
@@ -68,10 +71,11 @@ CONVERGENCE_TOLERANCE = 1e-3
 CONVERGENCE_RULE = ("early stopping fired, or the run reached --epochs and each of its last two epochs lowered the "
                     "validation (selection) loss by less than 0.1 %")
 # Flags that do not change what a run computes: they may differ when resuming.
-_IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "resume", "config", "tensorboard"})
+_IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "resume", "config", "tensorboard",
+                                "cuda_graph"})
 DIVERGED_FILE = "diverged.json"  # written instead of results.json when the loss became non-finite
 # Flags added after runs were written: a config.json without them ran with these values.
-_LEGACY_VALUES = {"protocol": "project", "selection_targets": 0, "tensorboard": None}
+_LEGACY_VALUES = {"protocol": "project", "selection_targets": 0, "tensorboard": None, "cuda_graph": False}
 # Flags that are never part of a run's config.json.
 _NOT_CONFIG = frozenset({"config", "resume", "verbose", "command"})
 
@@ -146,6 +150,11 @@ def add_training_args(
                    help="auto: with a GPU, whichever of CPU and GPU runs a few training steps of this model at "
                         "this batch size faster (measured at the start; one process), else the CPU "
                         "(default: %(default)s)")
+    g.add_argument("--cuda_graph", action="store_true",
+                   help="on a GPU, replay every full training batch from one captured CUDA graph (the last, partial "
+                        "batch runs eagerly; dropout draws fresh masks): the eager run's trajectory up to float "
+                        "rounding, without hundreds of kernel launches per step; a no-op on the CPU; not with "
+                        "--use_layerwise_training or torchrun")
     if run_flags:
         g.add_argument("--output_dir", default=output_dir,
                        help="run directory: config, metrics, checkpoints, results (default: %s)"
@@ -490,6 +499,9 @@ class Run:
     state: RunState = field(default_factory=RunState)
     epoch_callback: EpochCallback | None = None
     curves: LiveCurves | None = None  # --tensorboard
+    graphed: bool = False  # --cuda_graph on a GPU: full batches replayed from a captured step
+    captured: CapturedSteps | None = None  # made on the first training batch
+    lr_tensors: list = field(default_factory=list)  # the learning rates a captured step reads
 
     @property
     def eval_batch_size(self) -> int:
@@ -513,6 +525,9 @@ def train_model(
     written (the tuner reports to Optuna and may raise ``optuna.TrialPruned`` there).
     """
     validate_training_args(args)
+    if getattr(args, "cuda_graph", False) and layerwise:
+        raise UserError("--cuda_graph cannot be combined with --use_layerwise_training (its frozen entries are "
+                        "restored by indexing on the host, which a captured step cannot do)")
     dist = init_distributed(args.device)
     try:
         out = Path(args.output_dir)
@@ -580,8 +595,8 @@ def _extend(run: Run) -> None:
         sched.T_max = args.epochs * run.steps
         t = sched.last_epoch
         for group, base in zip(run.optimizer.param_groups, sched.base_lrs):
-            group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * t / sched.T_max)) / 2
-        sched._last_lr = [g["lr"] for g in run.optimizer.param_groups]
+            _set_lr(group, sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * t / sched.T_max)) / 2)
+        sched._last_lr = [float(g["lr"]) for g in run.optimizer.param_groups]
     log.info("%s: extending the run from %d to %d epochs", run.out, old_epochs, args.epochs)
 
 
@@ -610,11 +625,14 @@ def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, bu
     targets["selection"] = targets["val"].sample(args.selection_targets)
     steps = steps_per_epoch(epoch_size, args.batch_size, dist.world_size, args.max_train_batches)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay, eps=ADAM_EPS)
+    graphed = _captures_steps(args, dist)
+    optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay, eps=ADAM_EPS, capturable=graphed)
     if args.lr_schedule == "cosine":
         lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps)
     else:
         lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0, threshold=1e-4)
+    if graphed:  # after the schedule is set up: its base rates stay floats
+        capturable_optimizer(optimizer, True)
     step_model = model
     if dist.enabled:
         step_model = nn.parallel.DistributedDataParallel(
@@ -628,7 +646,19 @@ def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, bu
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", config)
     return Run(args, dist, out, config, model_name, data, schedule, targets, model, step_model, optimizer,
-               lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0)
+               lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0, graphed=graphed)
+
+
+def _captures_steps(args, dist: DistContext) -> bool:
+    """Whether --cuda_graph applies: on a GPU, in one process (a log line on a CPU, where it is a no-op)."""
+    if not getattr(args, "cuda_graph", False):
+        return False
+    if dist.enabled:
+        raise UserError("--cuda_graph is not supported under torchrun (DistributedDataParallel); drop one of them")
+    if dist.device.type != "cuda":
+        log.info("--cuda_graph: training on %s, where nothing is captured; steps run as usual", dist.device)
+        return False
+    return True
 
 
 def _resume(run: Run) -> None:
@@ -641,6 +671,7 @@ def _resume(run: Run) -> None:
                         "own --data_dir")
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
+    capturable_optimizer(run.optimizer, run.graphed)  # whichever way the checkpoint was written
     run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
     run.state = RunState(**ckpt["state"])
     rng = ckpt["rng"]
@@ -657,9 +688,12 @@ def _run_epoch(run: Run) -> None:
     args, state = run.args, run.state
     epoch = state.epoch
     t_epoch = time.perf_counter()
-    record: dict[str, Any] = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": float(run.optimizer.param_groups[0]["lr"])}
     frozen = _activate_layers(run, record)
+    replayed = run.captured.replayed if run.captured is not None else 0
     train_loss, n_seen, step_s = _train_steps(run, frozen, desc=f"epoch {epoch + 1}/{args.epochs}")
+    if run.captured is not None:  # --cuda_graph on a GPU: how many of the epoch's steps were replays
+        record["replayed_steps"] = run.captured.replayed - replayed
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower --lr "
                                f"(now {args.lr}) or --max_grad_norm")
@@ -712,6 +746,7 @@ def _update_stopping(run: Run, val_loss: float) -> bool:
         state.bad_epochs += 1
     if args.lr_schedule == "plateau":
         run.lr_scheduler.step(val_loss)
+        _keep_lr_tensors(run)
     state.epoch += 1
     if args.patience and state.bad_epochs >= args.patience:
         state.stop_reason = "early_stop"
@@ -746,37 +781,83 @@ def _train_steps(run: Run, frozen: "FrozenEntries | None", desc: str) -> tuple[f
     args, dist = run.args, run.dist
     run.step_model.train()
     sums = torch.zeros(2, dtype=torch.float64, device=dist.device)
-    params = [p for p in run.model.parameters() if p.requires_grad]
+    step = _steps(run, frozen)
     t0 = time.perf_counter()
     batches = train_batches(run.data.streams("train"), run.schedule.epoch(run.state.epoch), run.data.window_size,
                             args.batch_size, rank=dist.rank, world_size=dist.world_size, limit=args.max_train_batches)
     bar = _progress(batches, dist, desc, total=run.steps)
-    for step, (x, y) in enumerate(bar):
+    for i, (x, y) in enumerate(bar):
         x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+        loss = step(x, y)
+        if args.lr_schedule == "cosine":
+            run.lr_scheduler.step()
+            _keep_lr_tensors(run)
+        sums[0] += loss.double() * len(y)
+        sums[1] += len(y)
+        if i % STEP_EVERY == 0 and (run.curves is not None or not getattr(bar, "disable", True)):
+            value = loss.item()
+            bar.set_postfix(loss=f"{value:.3f}")
+            if run.curves is not None:
+                run.curves.step(run.state.epoch * run.steps + i, value)
+    seconds = time.perf_counter() - t0
+    dist.all_reduce_sum(sums)
+    n = int(sums[1])
+    return float(sums[0]) / max(n, 1), n, seconds
+
+
+def make_step(run: Run, frozen: "FrozenEntries | None") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``step(x, y)``: forward, cross-entropy, backward, layerwise freezing, clipping and the optimizer
+    step on one batch; returns the detached loss. The one step of every run: eager, or with --cuda_graph
+    captured as it is (so nothing in it reads a value back to the host)."""
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    max_norm = run.args.max_grad_norm
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits, _ = split_output(run.step_model(x))
         loss = F.cross_entropy(logits.float(), y)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if frozen is not None:
             frozen.before_step()
-        if args.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        if max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
         run.optimizer.step()
         if frozen is not None:
             frozen.after_step()
-        if args.lr_schedule == "cosine":
-            run.lr_scheduler.step()
-        sums[0] += loss.detach().double() * len(y)
-        sums[1] += len(y)
-        if step % STEP_EVERY == 0 and (run.curves is not None or not getattr(bar, "disable", True)):
-            value = loss.detach().item()
-            bar.set_postfix(loss=f"{value:.3f}")
-            if run.curves is not None:
-                run.curves.step(run.state.epoch * run.steps + step, value)
-    seconds = time.perf_counter() - t0
-    dist.all_reduce_sum(sums)
-    n = int(sums[1])
-    return float(sums[0]) / max(n, 1), n, seconds
+        return loss.detach()
+
+    return step
+
+
+def _steps(run: Run, frozen: "FrozenEntries | None") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The epoch's step function: :func:`make_step`, or with --cuda_graph the run's captured steps
+    (made once, on the first full batch, and kept for every epoch: the shapes do not change)."""
+    if not run.graphed:
+        return make_step(run, frozen)
+    if run.captured is None:
+        run.captured = CapturedSteps(make_step(run, frozen), run.model, run.optimizer, run.args.batch_size)
+        run.lr_tensors = [group["lr"] for group in run.optimizer.param_groups]
+    return run.captured
+
+
+def _set_lr(group: dict, value: float) -> None:
+    """A param group's learning rate, in place where it is a tensor (a captured step reads that tensor)."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
+
+
+def _keep_lr_tensors(run: Run) -> None:
+    """With a captured step: if a schedule replaced a group's learning-rate tensor (torch releases before
+    2.10 assigned instead of filling in place), copy the new rate into the captured tensor and put it back."""
+    for group, tensor in zip(run.optimizer.param_groups, run.lr_tensors):
+        if group["lr"] is not tensor:
+            if isinstance(group["lr"], torch.Tensor):
+                tensor.copy_(group["lr"])
+            else:
+                tensor.fill_(group["lr"])
+            group["lr"] = tensor
 
 
 def _simulator_name(model: nn.Module) -> str | None:

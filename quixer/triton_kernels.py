@@ -24,6 +24,14 @@ Built for the hardware, because the kernels are bound by registers and warp shuf
   and checks registers, spills and shuffles, barriers and instructions per gate
   (:mod:`quixer.compiled_kernels`; ``bench/kernel_metadata.py`` prints them).
 
+Eval (:func:`qsvt_eval`) is one launch per batch, one sequence per program: ``M |0>`` is the LCU sum
+of cached first columns ``U_v |0>``; each further power copies the state to a tile of positions, runs
+every position's token circuit with its coefficients read by token id from a per-vocabulary table
+(no ``[B W, G]`` gather in memory), sums the tile with the LCU weights and keeps the result in
+registers; the polynomial is summed on the way and only the final state is stored. Its gate loop reads a
+packed gate word and takes the cheapest of five paths (e.g. a CRX controlled by qubit 0 exchanges half
+the state). No host synchronisation, so a CUDA graph can hold the whole eval.
+
 The gate list is read at run time from the plan's ``wiring`` tensors, so one compiled kernel per
 qubit count, tile, gate count and dtype serves every circuit with that many gates; a kernel unrolled
 over the gate list grows with the circuit and compiled far too slowly to be practical.
@@ -305,6 +313,135 @@ def _adjoint_kernel(ys, grads, grad_in, d_gates, d_lcu, cos, sin, kind, wire0, w
         _store(grad_in, seq * y_seq + lanes * y_lane, y_row, col, live, g, HALF)
 
 
+# --------------------------------------------------------------------------------------------
+# Eval: the whole QSVT state of a sequence in one program, from per-vocabulary tables
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _ry_top(x, c, s):
+    """RY on qubit 0 (the top bit: lo and hi blocks are the partners): no data movement, no select."""
+    return c * x[0] - s * x[1], c * x[1] + s * x[0], c * x[2] - s * x[3], c * x[3] + s * x[2]
+
+
+@triton.jit
+def _ry_low(x, p, c, s, target, col):
+    """RY on a bit below the top: that bit is the same in the lo and hi halves, so one sign select per
+    lane serves both."""
+    signed = tl.where(((col >> target) & 1) != 0, s, -s)
+    return c * x[0] + signed * p[0], c * x[1] + signed * p[1], c * x[2] + signed * p[2], c * x[3] + signed * p[3]
+
+
+@triton.jit
+def _crx_low(x, p, c, s, control, col):
+    """CRX with its control below the top bit (the same in both halves): one select pair per lane."""
+    on = ((col >> control) & 1) != 0
+    a, b = tl.where(on, c, 1.0), tl.where(on, s, 0.0)
+    return a * x[0] + b * p[2], a * x[1] + b * p[3], a * x[2] - b * p[0], a * x[3] - b * p[1]
+
+
+@triton.jit
+def _crx_top_control(x, c, s, target, col):
+    """CRX controlled by qubit 0: the lo half is untouched, so only the hi half's partners are exchanged."""
+    swap = tl.broadcast_to(col ^ (1 << target), x[1].shape)
+    p_re, p_im = tl.gather(x[1], swap, 1), tl.gather(x[3], swap, 1)
+    return x[0], c * x[1] + s * p_im, x[2], c * x[3] - s * p_re
+
+
+@triton.jit
+def _token_gate(x, word, c, s, col, NQ: tl.constexpr):
+    """One gate of a packed gate word (:func:`gate_words`) on a state tuple, by the cheapest of five
+    paths: the branch is uniform over the program (every lane runs the same gate)."""
+    TOP: tl.constexpr = NQ - 1
+    kind, target, control = word & 1, (word >> 8) & 255, word >> 16
+    if kind == 0:
+        if target == TOP:
+            x = _ry_top(x, c, s)
+        else:
+            x = _ry_low(x, _exchanged(x, target, col), c, s, target, col)
+    elif control == TOP:
+        x = _crx_top_control(x, c, s, target, col)
+    elif target == TOP:
+        x = _crx_low(x, _swapped(x), c, s, control, col)
+    else:
+        x = _crx_low(x, _exchanged(x, target, col), c, s, control, col)
+    return x
+
+
+@triton.jit
+def _lane_sum(x, acc):
+    """``acc`` plus the sum over the tile's lanes of a state tuple (``[HALF]`` vectors)."""
+    return (acc[0] + tl.sum(x[0], axis=0), acc[1] + tl.sum(x[1], axis=0), acc[2] + tl.sum(x[2], axis=0),
+            acc[3] + tl.sum(x[3], axis=0))
+
+
+@triton.jit
+def _positions(ids, lcu_re, lcu_im, seq, start, n_lanes, BLOCK: tl.constexpr):
+    """Token ids (int64) and complex LCU weights ``[BLOCK, 1]`` of positions ``start ..`` of a sequence
+    (token 0 and weight 0 on padding lanes: they add nothing)."""
+    lanes = start + tl.arange(0, BLOCK)
+    live = lanes < n_lanes
+    tok = tl.load(ids + seq * n_lanes + lanes, mask=live, other=0).to(tl.int64)
+    w_re = tl.load(lcu_re + lanes, mask=live, other=0.0)[:, None]
+    w_im = tl.load(lcu_im + lanes, mask=live, other=0.0)[:, None]
+    return tok, live, w_re, w_im
+
+
+@triton.jit
+def _first_power(ids, first, lcu_re, lcu_im, seq, n_lanes, col, zero, BLOCK: tl.constexpr, HALF: tl.constexpr):
+    """``M |0> = sum_w b_w U_{x_w} |0>`` from the cached first columns (rows ``[V, 4 HALF]``)."""
+    acc = (zero, zero, zero, zero)
+    for start in range(0, n_lanes, BLOCK):
+        tok, live, w_re, w_im = _positions(ids, lcu_re, lcu_im, seq, start, n_lanes, BLOCK)
+        u = _load(first, tok * (4 * HALF), 1, col, live, HALF)
+        acc = _lane_sum(_weighted(u, w_re, w_im, False), acc)
+    return acc
+
+
+@triton.jit
+def _next_power(psi, ids, table, words, lcu_re, lcu_im, seq, n_lanes, n_gates, col, zero, NQ: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """``M psi``: ``psi`` copied to every lane of a tile, the lane's token circuit applied with its
+    coefficients read by token id (``table [V, G, 2]``: cosine, sine), the lanes summed with the LCU weights."""
+    HALF: tl.constexpr = 1 << (NQ - 1)
+    acc = (zero, zero, zero, zero)
+    for start in range(0, n_lanes, BLOCK):
+        tok, live, w_re, w_im = _positions(ids, lcu_re, lcu_im, seq, start, n_lanes, BLOCK)
+        coefficients = table + tok * (2 * n_gates)
+        x = (tl.broadcast_to(psi[0][None, :], (BLOCK, HALF)), tl.broadcast_to(psi[1][None, :], (BLOCK, HALF)),
+             tl.broadcast_to(psi[2][None, :], (BLOCK, HALF)), tl.broadcast_to(psi[3][None, :], (BLOCK, HALF)))
+        for k in range(n_gates):
+            c, s = tl.split(tl.load(coefficients[:, None] + (2 * k + tl.arange(0, 2)[None, :]).to(tl.int64)))
+            c, s = c[:, None], s[:, None]
+            x = _token_gate(x, tl.load(words + k), c, s, col, NQ)
+        acc = _lane_sum(_weighted(x, w_re, w_im, False), acc)
+    return acc
+
+
+@triton.jit
+def _qsvt_eval_kernel(ids, out, table, first, words, lcu_re, lcu_im, poly, n_lanes, n_gates, degree,
+                      NQ: tl.constexpr, BLOCK: tl.constexpr):
+    """The unnormalised QSVT state ``sum_k poly_k M^k |0>`` of one sequence per program, written as row
+    ``seq`` of ``out [B, 4 HALF]``: the first power from cached ``U_v |0>``, each further one with the
+    state in registers, and the polynomial summed on the way (nothing else leaves the program)."""
+    HALF: tl.constexpr = 1 << (NQ - 1)
+    seq = tl.program_id(0).to(tl.int64)
+    col = tl.arange(0, HALF)[None, :]
+    index = tl.arange(0, HALF)
+    zero = tl.zeros([HALF], dtype=first.dtype.element_ty)
+    psi = _first_power(ids, first, lcu_re, lcu_im, seq, n_lanes, col, zero, BLOCK, HALF)
+    c0, c1 = tl.load(poly), tl.load(poly + 1)
+    total = (c1 * psi[0] + tl.where(index == 0, c0, 0.0), c1 * psi[1], c1 * psi[2], c1 * psi[3])
+    for k in range(2, degree + 1):
+        psi = _next_power(psi, ids, table, words, lcu_re, lcu_im, seq, n_lanes, n_gates, col, zero, NQ, BLOCK)
+        ck = tl.load(poly + k)
+        total = (total[0] + ck * psi[0], total[1] + ck * psi[1], total[2] + ck * psi[2], total[3] + ck * psi[3])
+    row = out + seq * (4 * HALF) + index
+    tl.store(row, total[0])
+    tl.store(row + HALF, total[1])
+    tl.store(row + 2 * HALF, total[2])
+    tl.store(row + 3 * HALF, total[3])
+
+
 # whether TRITON_INTERPRET=1 was set when the kernels above were decorated (this module's import)
 INTERPRETED = isinstance(_forward_kernel, InterpretedFunction)
 
@@ -347,6 +484,8 @@ TILES = {
     ("forward", torch.float64): Tile(16, 4),
     ("adjoint", torch.float32): Tile(16, 4),
     ("adjoint", torch.float64): Tile(8, 4),
+    ("eval", torch.float32): Tile(32, 4),
+    ("eval", torch.float64): Tile(16, 4),
 }
 # a flat grid of at most this many programs (CUDA's limit on the grid's x dimension)
 MAX_PROGRAMS = 2**31 - 1
@@ -479,3 +618,53 @@ def lcu_power_adjoint(outputs: torch.Tensor, grad: torch.Tensor, cos: torch.Tens
          _lcu_parts(lcu, grad), (B, W, G), (_per_position(B, W), _per_sequence(B), (W * G, G)),
          NQ=n_qubits, LCU=True, INPUT_GRAD=True)
     return (dpsi[0] if blocks == 1 else dpsi.sum(0)), d_lcu.sum(0), d_gates
+
+
+def gate_words(wiring: tuple, n_qubits: int) -> torch.Tensor:
+    """The plan's gates packed one int32 each for :func:`qsvt_eval`: kind (0 RY, 1 CRX) in bits 0-7, the
+    target's bit in the amplitude index in bits 8-15 and the control's in 16-23 (one load per gate instead
+    of three). Torch ops on the device's ``wiring``: no host round trip, so a graph capture may hold them."""
+    kind, wire0, wire1 = wiring
+    return (kind | ((n_qubits - 1 - wire1) << 8) | ((n_qubits - 1 - wire0) << 16)).to(torch.int32).contiguous()
+
+
+def coefficient_table(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Per-vocabulary half-angle cosines and sines ``[V, G]`` interleaved as ``[V, G, 2]``: a lane reads
+    both of a gate from one row address."""
+    return torch.stack((cos, sin), -1).contiguous()
+
+
+def qsvt_eval(ids: torch.Tensor, table: torch.Tensor, first: torch.Tensor, words: torch.Tensor, n_qubits: int,
+              lcu: tuple[torch.Tensor, torch.Tensor], poly: torch.Tensor) -> torch.Tensor:
+    """The eval-mode QSVT state ``sum_k poly_k M_b^k |0>`` of each sequence of token ``ids [B, W]``, one
+    launch for the whole batch (no host synchronisation: it may be captured in a CUDA graph).
+
+    ``table``: :func:`coefficient_table` of the vocabulary ``[V, G, 2]``; ``first``: the first columns
+    ``U_v |0>`` as real rows ``[V, 2^(n+1)]``; ``words``: :func:`gate_words`; ``lcu``: the real and
+    imaginary parts of the LCU weights ``[W]``; ``poly``: the ``d + 1 >= 2`` polynomial coefficients
+    divided by their L1 norm. All of ``first``'s dtype. Returns real rows ``[B, 2^(n+1)]`` (real parts,
+    then imaginary parts).
+    """
+    B, W = ids.shape
+    rows, G = 2 ** (n_qubits + 1), words.shape[0]
+    lcu_re, lcu_im = lcu
+    if (table.shape != (first.shape[0], G, 2) or first.shape[1] != rows or lcu_re.shape != (W,)
+            or lcu_im.shape != (W,) or poly.shape[0] < 2):
+        raise ValueError("inconsistent shapes for the Triton QSVT eval kernel")
+    for t in (table, first, lcu_re, lcu_im, poly):
+        if not supports(t) or t.dtype != first.dtype or not t.is_contiguous() or t.device != first.device:
+            raise ValueError(f"the Triton kernels need contiguous {first.dtype} tensors on one CUDA device "
+                             f"(or CPU under TRITON_INTERPRET=1), got {t.dtype} on {t.device}")
+    if (not ids.is_contiguous() or ids.dtype not in (torch.int32, torch.int64) or words.dtype != torch.int32
+            or ids.device != first.device or words.device != first.device):
+        raise ValueError("the Triton QSVT eval kernel needs contiguous integer token ids and int32 gate words "
+                         "on the tables' device")
+    if B > MAX_PROGRAMS:
+        raise ValueError(f"{B} sequences need more than {MAX_PROGRAMS} Triton programs")
+    out = first.new_empty(B, rows)
+    tile = TILES["eval", first.dtype]
+    block = min(MAX_BLOCK, max(1, tile.block >> max(0, n_qubits - 6)), triton.next_power_of_2(max(W, 1)))
+    meta = dict(NQ=n_qubits, BLOCK=block, num_warps=min(tile.warps, block), maxnreg=tile.max_registers, **OPTIONS)
+    _execute(_qsvt_eval_kernel, (B,), (ids, out, table, first, words, lcu_re, lcu_im, poly, W, G,
+                                        poly.shape[0] - 1), meta)
+    return out

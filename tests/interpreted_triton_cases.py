@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from quixer import triton_kernels  # noqa: E402
 from quixer.circuits import CircuitFunction, CircuitPlan, LCUPowerFunction, ansatz14_gates, gate_coefficients  # noqa: E402
 from quixer.model import Quixer  # noqa: E402
-from quixer.simulators import TorchSimulator, TritonSimulator, select  # noqa: E402
+from quixer.simulators import KERNEL_GUARD, TorchSimulator, TritonSimulator, select  # noqa: E402
 
 ATOL = {torch.float64: 1e-12, torch.float32: 2e-5}
 
@@ -139,3 +139,45 @@ def test_model_on_triton_matches_the_torch_simulation():
         results[name] = (logits.detach(), post.detach(), *cached, *(p.grad for p in model.parameters()))
     assert model.simulator().name == "torch" and results["triton"][2].shape == (3, 5)
     assert_all_close(results["triton"], results["torch"], 1e-12)
+
+
+def eval_model(dtype, n_tokens=7, degree=3):
+    model = Quixer(n_qubits=3, n_tokens=n_tokens, qsvt_polynomial_degree=degree, n_ansatz_layers=2,
+                   vocabulary_size=9, embedding_dimension=6, dropout=0.0, dtype=dtype)
+    model.initialize("uniform", generator=torch.Generator().manual_seed(4))
+    return model.eval()
+
+
+def eval_outputs(model, x, simulator):
+    """Eval features, postselection and logits of the cached eval path with ``simulator`` pinned."""
+    model.use_simulator(simulator)
+    with torch.no_grad():
+        return (*model.simulator().eval_features(model, x), *model(x))
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.complex128, 1e-10), (torch.complex64, 1e-5)])
+def test_eval_kernel_matches_the_torch_simulation(dtype, atol, max_block):
+    """The one-launch eval (first power from cached U_v|0>, coefficients read by token id, the state in
+    registers) against the torch simulation's cached eval; with 4-lane tiles each power takes two chunks."""
+    model = eval_model(dtype)
+    x = torch.randint(0, 9, (5, 7), generator=torch.Generator().manual_seed(2))
+    KERNEL_GUARD.clear()
+    ours = eval_outputs(model, x, "triton")
+    assert any(key[0] == "qsvt_eval" for key in KERNEL_GUARD.checked) and not KERNEL_GUARD.failed
+    assert_all_close(ours, eval_outputs(model, x, "torch"), atol)
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_eval_kernel_matches_its_fallback_at_low_degrees(degree):
+    """Degree 1 (the cached first columns alone) and 2 (one power in registers), int32 token ids: the
+    kernel's rows against the torch computation the guard falls back to, from the same tables."""
+    model = eval_model(torch.complex128, n_tokens=3, degree=degree)
+    model.use_simulator("triton")
+    simulator = model.simulator()
+    x = torch.randint(0, 9, (4, 3), generator=torch.Generator().manual_seed(3), dtype=torch.int32)
+    with torch.no_grad():
+        simulator.cache.refresh(model)
+        tables = simulator._eval_tables(model)
+        rows = triton_kernels.qsvt_eval(x, tables.table, tables.first, tables.words, 3, tables.lcu_parts,
+                                        tables.poly)
+        torch.testing.assert_close(rows, tables.torch_eval(x), rtol=0, atol=1e-12)

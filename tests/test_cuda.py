@@ -4,8 +4,10 @@ CI has no GPU: these run where one is lent (``bash bench/gpu_check.sh``). On CUD
 the fused Triton kernels (quixer/triton_kernels.py) unless the torch simulation is pinned; on the
 CPU the fused C++ kernel where it builds. Both GPU simulators must give the same logits,
 postselection, gradients, eval-cache results and training trajectory as the CPU (complex128),
-the paper-sized circuits must agree in complex64, the simulator must follow ``.to(device)``, and a
-training step captured as a CUDA graph must equal eager steps.
+the paper-sized circuits must agree in complex64, the simulator must follow ``.to(device)``, a
+training step captured as a CUDA graph must equal eager steps, a captured eval (the one-launch eval
+kernel, its tables rebuilt in the graph) the eager eval, and the trainers' --cuda_graph (full batches
+replayed, the partial one eager, the capture's warm-up undone) the eager run.
 
 The later tests check the safety nets on the real compiler and driver: a kernel configuration that
 Triton cannot compile falls back to the torch simulation when Triton was chosen automatically (and
@@ -23,7 +25,7 @@ import torch
 from tests.helpers import adam_steps
 
 from quixer import triton_kernels
-from quixer.cuda_graphs import capture_step
+from quixer.cuda_graphs import CapturedSteps, capture_eval, capture_step
 from quixer.devices import fastest_device, training_step
 from quixer.model import Quixer
 from quixer.simulators import KERNEL_GUARD, GuardedTritonSimulator, select
@@ -141,6 +143,90 @@ def test_a_captured_training_step_equals_eager_steps():
         torch.testing.assert_close(run(x, y).clone(), step(x, y), rtol=0, atol=1e-10)
     for (name, a), b in zip(eager.named_parameters(), graphed.parameters()):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-9, msg=name)
+
+
+def test_a_captured_eval_equals_the_eager_eval_and_follows_the_parameters():
+    """The eval kernel's whole eval (tables rebuilt inside the graph) replayed: the CPU's eval, also after
+    an in-place parameter change; another batch shape or a replaced parameter storage is refused."""
+    cpu, gpu = pair()
+    cpu.eval()
+    gpu.eval()
+    x = tokens(64, 7, 13, seed=6)
+    KERNEL_GUARD.clear()
+    run = capture_eval(gpu, x.cuda())
+    assert any(key[0] == "qsvt_eval" and key[1].startswith("cuda") for key in KERNEL_GUARD.checked)
+    assert not KERNEL_GUARD.failed
+    for change in (None, 1.1):
+        if change is not None:
+            with torch.no_grad():
+                for model in (cpu, gpu):
+                    for q in model.parameters():
+                        q.mul_(change)
+        with torch.no_grad():
+            want = cpu(x)
+        for got, expected in zip(run(x.cuda()), want):
+            torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="captured shapes"):
+        run(tokens(63, 7, 13).cuda())
+    gpu.lcu_coefficients.data = gpu.lcu_coefficients.data.clone()
+    with pytest.raises(ValueError, match="replaced"):
+        run(x.cuda())
+
+
+def test_captured_steps_follow_eager_steps_with_dropout_and_partial_batches():
+    """Full batches replayed, partial ones eager, the capture's warm-up undone: with dropout 0.3, the
+    losses and weights of eager steps with the same (capturable) optimizer."""
+    _, graphed = pair()
+    graphed.dropout.p = 0.3
+    eager = copy.deepcopy(graphed)
+    batches = [(tokens(n, 7, 13, seed=s).cuda(), tokens(n, 1, 13, seed=s + 50)[:, 0].cuda())
+               for s, n in enumerate([16, 16, 9, 16, 16, 9])]
+    optimizers = [torch.optim.Adam(m.parameters(), lr=0.01, capturable=True) for m in (graphed, eager)]
+    torch.manual_seed(7)
+    steps = CapturedSteps(training_step(graphed, optimizers[0]), graphed, optimizers[0], batch_size=16)
+    got = [steps(x, y).clone() for x, y in batches]
+    torch.manual_seed(7)
+    step = training_step(eager, optimizers[1])
+    want = [step(x, y) for x, y in batches]
+    assert steps.replayed == 4
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=0, atol=1e-10)
+    for (name, a), b in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_the_trainer_with_cuda_graph_follows_the_eager_run(tmp_path, schedule):
+    """train_quixer_hybrid.py on the GPU with and without --cuda_graph: dropout 0.2, 70 windows per epoch
+    (two full batches replayed, a partial one eager), three epochs; the eager run has a plain Adam with
+    float rates, the captured one a capturable Adam with a rate tensor, hence float tolerances."""
+    import train_quixer_hybrid
+    from tests.token_fixtures import make_token_dir
+
+    data = make_token_dir(tmp_path / "tokens", with_centers=True)
+
+    def argv(out, *extra):
+        return ["--data_dir", str(data), "--output_dir", str(out), "--qubits", "2", "--degree", "2",
+                "--ansatz_layers", "2", "--embedding_dim", "16", "--device", "cuda", "--batch_size", "32",
+                "--lr", "0.01", "--seed", "7", "--epochs", "3", "--dropout", "0.2", "--epoch_size", "70",
+                "--lr_schedule", schedule, *extra]
+
+    train_quixer_hybrid.main(argv(tmp_path / "eager"))
+    train_quixer_hybrid.main(argv(tmp_path / "graphed", "--cuda_graph"))
+    eager, graphed = (read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("eager", "graphed"))
+    assert [m["replayed_steps"] for m in graphed] == [2, 2, 2] and "replayed_steps" not in eager[0]
+    for a, b in zip(eager, graphed):
+        assert a["lr"] == b["lr"]
+        for key in ("train_loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    a, b = (torch.load(tmp_path / name / "last.pt", weights_only=True)["model"] for name in ("eager", "graphed"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def read_jsonl(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_fastest_device_measures_both_candidates():

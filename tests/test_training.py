@@ -173,6 +173,32 @@ def test_resume_reproduces_unbroken_run(tokens, tmp_path):
     assert strip(read_metrics(unbroken)) == strip(read_metrics(broken))
 
 
+def test_cuda_graph_on_a_cpu_changes_nothing_and_may_change_on_resume(tokens, tmp_path, capsys):
+    """--cuda_graph is a no-op on a CPU (one log line): with dropout, a cosine schedule and a partial
+    last batch (70 windows: 32 + 32 + 6), a run that starts with it and resumes without it is the
+    unbroken run without it, bit for bit (the flag does not define a run, like --device)."""
+    argv = lambda out, *extra: tiny(tokens, out, "--epochs", 2, "--dropout", 0.2, "--epoch_size", 70,  # noqa: E731
+                                    "--lr_schedule", "cosine", *extra)
+    unbroken = tmp_path / "unbroken"
+    train_quixer_hybrid.main(argv(unbroken))
+    broken = tmp_path / "broken"
+    capsys.readouterr()
+    run_interrupted(argv(broken, "--cuda_graph"), after_epoch=1)  # logs to stderr (the trainer's set-up above)
+    assert "--cuda_graph: training on cpu, where nothing is captured" in capsys.readouterr().err
+    train_quixer_hybrid.main(argv(broken, "--resume"))
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (unbroken, broken))
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("epoch_seconds", "sequences_per_second")} for m in ms]  # noqa: E731
+    assert strip(read_metrics(unbroken)) == strip(read_metrics(broken))
+
+
+def test_cuda_graph_refuses_layerwise_training(tokens, tmp_path):
+    with pytest.raises(UserError, match="--cuda_graph cannot be combined with --use_layerwise_training") as error:
+        train_quixer_hybrid.main(tiny(tokens, tmp_path / "run", "--use_layerwise_training", "--cuda_graph"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
 def test_output_dir_guard(tokens, tmp_path):
     out = tmp_path / "run"
     train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2))
