@@ -95,9 +95,14 @@ class Quixer(nn.Module):
     """Quixer next-token model: ``forward(x [B, n_tokens]) -> (logits [B, V], p_postselect [B])``."""
 
     INIT_STRATEGIES = ("small_gaussian", "uniform", "xavier", "centroid")
+    # Every parameter the circuits are built from, by name: the per-vocabulary eval cache
+    # (quixer.simulators.EvalCache) is rebuilt when any of them changes, and the quantum block of
+    # the parameter accounting is its last three. A subclass that adds a circuit parameter lists
+    # it here (extending the tuple), or the cached eval path would go on using stale tables.
+    CIRCUIT_PARAMETERS = ("embedding.weight", "embedding_to_angles.weight", "embedding_to_angles.bias",
+                          "lcu_coefficients", "qsvt_polynomial_coefficients", "quantum_feedforward_parameters")
     PARAMETER_GROUPS = {"embedding": ("embedding.",), "angle_map": ("embedding_to_angles.",),
-                        "quantum": ("lcu_coefficients", "qsvt_polynomial_coefficients", "quantum_feedforward_parameters"),
-                        "head": ("output_feedforward.",)}
+                        "quantum": CIRCUIT_PARAMETERS[3:], "head": ("output_feedforward.",)}
 
     def __init__(
         self,
@@ -156,6 +161,14 @@ class Quixer(nn.Module):
         if cls.name not in self._simulators:
             self._simulators[cls.name] = cls()
         return self._simulators[cls.name]
+
+    def circuit_parameters(self) -> list[torch.Tensor]:
+        """The tensors named by :attr:`CIRCUIT_PARAMETERS` (the eval cache's dependencies)."""
+        params = dict(self.named_parameters())
+        missing = [n for n in self.CIRCUIT_PARAMETERS if n not in params]
+        if missing:
+            raise AttributeError(f"CIRCUIT_PARAMETERS names unknown parameters: {', '.join(missing)}")
+        return [params[name] for name in self.CIRCUIT_PARAMETERS]
 
     def use_simulator(self, name: str | None) -> None:
         """Pin the simulator ("torch", "native"; checked on use), or None to choose by device."""

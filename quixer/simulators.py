@@ -84,9 +84,7 @@ class EvalCache:
         if self.per_call:
             self._values = {}
             return
-        params = (model.embedding.weight, model.embedding_to_angles.weight, model.embedding_to_angles.bias,
-                  model.quantum_feedforward_parameters, torch.view_as_real(model.lcu_coefficients),
-                  model.qsvt_polynomial_coefficients)
+        params = [torch.view_as_real(p) if p.is_complex() else p for p in model.circuit_parameters()]
         with torch.no_grad():
             fingerprint = torch.stack([*torch._foreach_norm(params), *(p.sum() for p in params)]).tolist()
         key = (model.active_layers, fingerprint, *((p.data_ptr(), p._version, p.device, p.dtype) for p in params))

@@ -404,3 +404,38 @@ def test_eval_cache_sees_writes_through_data():
         cached = model(x)[0]
     torch.testing.assert_close(cached, model(x)[0].detach(), rtol=0, atol=1e-12)
     assert (cached - before).abs().max() > 1e-3
+
+
+def test_eval_cache_follows_the_declared_circuit_parameters():
+    """A subclass that adds a circuit parameter declares it in CIRCUIT_PARAMETERS and the cached
+    eval path notices its changes; left undeclared, the cache would serve stale tables."""
+    from torch import nn
+
+    class Offset(Quixer):
+        CIRCUIT_PARAMETERS = Quixer.CIRCUIT_PARAMETERS + ("angle_offsets",)
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.angle_offsets = nn.Parameter(torch.zeros(self.angles_per_layer * self.n_ansatz_layers))
+
+        def token_angles(self, x):
+            return super().token_angles(x) + self.angle_offsets[: self.angles_per_layer * self.active_layers]
+
+    class Undeclared(Offset):
+        CIRCUIT_PARAMETERS = Quixer.CIRCUIT_PARAMETERS
+
+    x = torch.randint(0, 7, (5, 3), generator=torch.Generator().manual_seed(1))
+    for cls, declared in ((Offset, True), (Undeclared, False)):
+        torch.manual_seed(0)
+        m = cls(n_qubits=2, n_tokens=3, qsvt_polynomial_degree=2, n_ansatz_layers=1, vocabulary_size=7,
+                embedding_dimension=4, dropout=0.0).eval()
+        with torch.no_grad():
+            before = m(x)[0]  # cached path: builds the per-vocabulary tables
+            m.angle_offsets.add_(0.7)
+            after = m(x)[0]
+        with torch.enable_grad():
+            uncached = m(x)[0].detach()  # every circuit simulated from the current parameters
+        assert not torch.allclose(before, uncached, atol=1e-4)
+        assert torch.allclose(after, uncached if declared else before, atol=1e-5), cls.__name__
+    assert Offset(n_qubits=2, n_tokens=3, vocabulary_size=7, embedding_dimension=4).PARAMETER_GROUPS["quantum"] == (
+        "lcu_coefficients", "qsvt_polynomial_coefficients", "quantum_feedforward_parameters")
