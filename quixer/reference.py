@@ -68,7 +68,7 @@ from typing import Any, Callable, Collection, Iterator, Sequence
 import numpy as np
 
 from .common import UserError, atomic_write_json, read_json, sha256_file
-from .data import TokenData, load_token_data
+from .data import TokenData, data_fingerprint, load_token_data
 from .scoring import TargetScores, fixed_distribution_scores, prefixed, proba_scores
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TokenStreams, eval_targets
 from .windows import SPLITS
@@ -516,7 +516,7 @@ def run_reference(
     test_scores = test.scored.scores(*fitted.predict(test))
     eval_seconds = time.perf_counter() - t1
     results = {
-        "model": name, "seed": None, "data_dir": str(data_dir),
+        "model": name, "seed": None, "data_dir": str(data_dir), "data_fingerprint": data_fingerprint(data_dir),
         "parameters": int(sum(fitted.parameters.values())), "parameter_breakdown": fitted.parameters,
         **prefixed("test", test_scores.metrics()), "test_targets": len(test_scores), "targets_sha256": test.scored.key,
         "train_seconds": train_seconds, "eval_sequences_per_second": len(test_scores) / max(eval_seconds, 1e-9),
