@@ -11,6 +11,7 @@ models' range is named in the legend with "off scale" instead of squashing the a
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,14 @@ def _point(ax, y: float, iv: tuple[float, float, float], style: dict, hollow: bo
                 elinewidth=1.4, zorder=3)
 
 
-def _axis_limits(spans: list[float], refs: list[float], log: bool, floor: float | None) -> tuple[float, float]:
-    """The models' range with a margin, widened to the references within ``_OFF_SCALE`` of it."""
+def _axis_limits(spans: list[float], refs: list[float], log: bool, floor: float | None, bounded: bool = False
+                 ) -> tuple[float, float]:
+    """The models' range with a margin, widened to the references within ``_OFF_SCALE`` of it; for a
+    ``bounded`` metric (accuracy in %) to every reference above that band's lower end, so the
+    ceilings stay in sight while the floors (uniform, unigram) may fall off the axis."""
     lo, hi = min(spans), max(spans)
-    near = [v for v in refs if lo / _OFF_SCALE <= v <= hi * _OFF_SCALE] if lo > 0 else refs
+    top = math.inf if bounded else hi * _OFF_SCALE
+    near = [v for v in refs if lo / _OFF_SCALE <= v <= top] if lo > 0 else refs
     lo, hi = min([lo, *near]), max([hi, *near])
     if log:
         return lo / 1.15, hi * 1.15
@@ -167,7 +172,8 @@ def _forest_panel(ax, rows: list[dict[str, Any]], styles: list[dict], spec: dict
     ax.set_ylim(-0.8, len(shown) - 0.4)
     ref_values = [scale * v for r in refs if (v := _finite(r.get(key))) is not None]
     log = spec.get("log_ratio") is not None and spans and min(spans) > 0 and max(spans) / min(spans) > spec["log_ratio"]
-    limits = _axis_limits(spans or ref_values or [0.0, 1.0], ref_values, bool(log), spec.get("floor"))
+    limits = _axis_limits(spans or ref_values or [0.0, 1.0], ref_values, bool(log), spec.get("floor"),
+                          spec.get("bounded", False))
     if log:
         ax.set_xscale("log")
     ax.set_xlim(*limits)
@@ -205,7 +211,7 @@ def plot_test_accuracy(report: Report, path: Path, title: str | None = None) -> 
     """Test top-1 with its 95 % interval (filled) and on novel contexts (hollow), per model and track."""
     _forest_figure(report, {
         "key": "test_top1", "novel": "novel_test_top1", "scale": 100.0, "fmt": "{:.2f} %", "floor": 0.0,
-        "xlabel": "test top-1 accuracy (%)",
+        "bounded": True, "xlabel": "test top-1 accuracy (%)",
         "title": f"Test top-1 (points: mean over seeds; bars: {INTERVAL}; grey lines: references)"}, path, title)
 
 
@@ -260,9 +266,13 @@ def _curve_panels(ax_loss, ax_acc, curves: list[tuple[dict, list]], refs: list[d
     for ax, span, key, scale, fmt in ((ax_loss, loss_span, "val_loss", 1.0, "{:.3f}"),
                                       (ax_acc, acc_span, "val_top1", 100.0, "{:.1f} %")):
         levels = [scale * v for r in refs if (v := _finite(r.get(key))) is not None]
-        limits = _axis_limits(span or levels or [0.0, 1.0], levels, False, 0.0)
+        limits = _axis_limits(span or levels or [0.0, 1.0], levels, False, 0.0, bounded=ax is ax_acc)
         ax.set_ylim(*limits)
         _reference_levels(ax, refs, key, scale, fmt, limits, vertical=False, suffix=" val")
+    epochs = [e for _, seeds in curves for records in seeds for r in records
+              if (e := _finite(r.get("epoch"))) is not None]
+    for ax in (ax_loss, ax_acc) if epochs else ():  # whole epochs, even for a one-epoch run
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     return bool(loss_span or acc_span)
 
 
@@ -289,7 +299,7 @@ def plot_learning_curves(report: Report, path: Path, title: str | None = None) -
                    ylabel="val top-1 (%)")
         for ax in (ax_loss, ax_acc):
             ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.title.set_fontsize(10)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
