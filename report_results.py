@@ -31,7 +31,7 @@ One colour per model in every plot; the raw track keeps the colour and changes t
 
 Examples:
   python report_results.py runs
-  python report_results.py runs --output_dir report --title 'chrX RNA, K=512 tokens'
+  python report_results.py runs --output_dir report --title "chrX RNA, K=512 tokens"
   python report_results.py runs --raw_runs runs_raw --output_dir report_tracks   # both tracks side by side
 """
 from __future__ import annotations
@@ -50,7 +50,9 @@ from quixer.report import write_report
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir", metavar="RUNS_DIR", help="directory whose subdirectories are runs (e.g. runs)")
+    parser.add_argument("runs_dir", metavar="RUNS_DIR",
+                        help="directory whose subdirectories are runs or model folders of seed runs (e.g. runs), "
+                             "or one run or model folder itself")
     parser.add_argument("--raw_runs", metavar="RAW_RUNS_DIR", default=None,
                         help="runs of the raw k-mer track (run_pipeline.sh --tokens both: OUT/runs_raw), reported "
                              "beside RUNS_DIR with raw minus quantised per model (default: none)")

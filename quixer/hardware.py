@@ -421,7 +421,8 @@ def _shot_costs(d_acc, d_ppl, finite: list[dict]) -> None:
                                         (d_ppl, "perplexity", 1, "C2", "perplexity")):
         ax.axhline(0.0, color="#555555", linewidth=1)
         ax.errorbar(s, [scale * r[f"{key}_minus_exact"] for r in finite], fmt="o-", color=color, capsize=3,
-                    yerr=_error_bars(finite, f"{key}_minus_exact", scale), label="S shots minus exact (95 % CI, paired)")
+                    yerr=_error_bars(finite, f"{key}_minus_exact", scale),
+                    label="S shots minus exact (95 % CI, paired)")
         ax.set_ylabel(f"{unit}: S shots − exact")
 
 
