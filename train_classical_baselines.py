@@ -28,6 +28,7 @@ Examples:
   python train_classical_baselines.py --model quixer_ablation
   python train_classical_baselines.py --model quixer_ablation_matched --protocol official
   python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers   # raw k-mer tokens
+  python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs_raw/lstm   # the raw track
 """
 from __future__ import annotations
 

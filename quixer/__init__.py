@@ -33,7 +33,9 @@ Modules (one obvious place for each idea):
 - ``live_curves``  optional TensorBoard event files of a training run (``--tensorboard``)
 - ``distributed``  the DDP context and the checkpointed RNG state
 - ``tuning``       the Optuna hyperparameter search (tune_quixer_hybrid.py)
-- ``report``       the results table and plots
+- ``report``       the results report: runs found, rows with intervals, gain shares, the two tracks paired
+- ``report_markdown`` ``results.md``: the report's tables and sentences
+- ``report_plots`` the report's plots: one colour per model, grey references, intervals, seed bands
 - ``hardware``     the hardware estimate of a trained Quixer run (estimate_quixer_hardware.py): load, check, report
 - ``hardware_circuit`` the Quixer circuit itself in pytket: PREPARE / SELECT, LCU of powers, feed-forward, bases
 - ``hardware_simulation`` qiskit-aer simulation of that circuit with mid-circuit postselection

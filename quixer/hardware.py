@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,10 +144,11 @@ def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     return QuixerRun(run_dir, config, model, found, sha256_file(best_path))
 
 
-def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
+def _test_windows(run: QuixerRun, max_windows: int, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int, np.ndarray | None]:
     """Input tokens and targets of the test targets the run was scored on (the protocol of
     :mod:`quixer.streams`; a seeded subset of ``max_windows`` if there are more), their indices
-    among those targets, and how many there are."""
+    among those targets, how many there are, and their gene groups (None without sources)."""
     from .data import load_token_data
     from .streams import DEFAULT_EVAL_TARGETS, eval_targets
 
@@ -164,7 +166,8 @@ def _test_windows(run: QuixerRun, max_windows: int, seed: int) -> tuple[torch.Te
     if max_windows and total > max_windows:
         keep = np.sort(np.random.default_rng(seed).choice(total, max_windows, replace=False))
     seq = streams.windows(targets.starts[keep], data.window_size)
-    return seq[:, :-1].contiguous(), seq[:, -1].contiguous(), keep, total
+    groups = targets.groups[keep] if targets.groups is not None else None
+    return seq[:, :-1].contiguous(), seq[:, -1].contiguous(), keep, total, groups
 
 
 def verify_circuit(model, x: torch.Tensor) -> tuple:
@@ -209,7 +212,7 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
     """Circuit, resources and finite-shot accuracy of a Quixer run (or of seed ``run_seed`` of a
     model folder); see the module docstring."""
     from .hardware_resources import GATE_SET_NAMES, resource_counts
-    from .hardware_shots import exact_outcomes, shot_table
+    from .hardware_shots import INTERVAL_METHOD, exact_outcomes, shot_table
 
     if not shots or any(int(s) != s or s < 1 for s in shots):
         raise UserError(f"--shots must be positive integers, got {list(shots)}")
@@ -237,7 +240,7 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
             log.info("%s is up to date (same checkpoint, test data and flags); nothing to do", old_path)
             return old
     model = run.model
-    x, y, indices, total = _test_windows(run, max_windows, seed)
+    x, y, indices, total, groups = _test_windows(run, max_windows, seed)
     log.info("%s: %d qubits, %d tokens, degree %d, %d layers; %d of %d test windows", run.run_dir, model.n_qubits,
              model.n_tokens, model.degree, model.active_layers, len(y), total)
 
@@ -255,7 +258,7 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
     resources["error_free_run_probability"] = {  # two-qubit errors only: a rough upper bound
         "two_qubit_gates": fewest, **{f"{eps:g}": (1 - eps) ** fewest for eps in (1e-3, 1e-4)}}
     exact = exact_outcomes(model, x, batch_size=batch_size, progress=progress)
-    rows = shot_table(model, exact, y.numpy(), shots, seed)
+    rows = shot_table(model, exact, y.numpy(), shots, seed, groups)
     post = exact["postselection"]
     report = {
         "run_dir": str(run.run_dir), "data_dir": str(run.data_dir), "signature": signature,
@@ -276,12 +279,13 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
         "shots": {"windows": len(y), "test_windows": total, "seed": seed, "rows": rows,
                   "postselection_mean": float(post.mean()), "postselection_median": float(np.median(post)),
                   "postselection_min": float(post.min()),
-                  "zero_success_fallback": "features of a basis with no kept shot are 0 (a fair +-1 coin)"},
+                  "zero_success_fallback": "features of a basis with no kept shot are 0 (a fair +-1 coin)",
+                  "intervals": INTERVAL_METHOD},
         "versions": _versions(),
     }
     out.mkdir(parents=True, exist_ok=True)
     title = f"{run.run_dir.name}: {len(y):,} test windows, features from S shots per basis"
-    plot_shots(rows, out / HARDWARE_PNG, title)
+    plot_shots(rows, out / HARDWARE_PNG, title, caption=INTERVAL_METHOD + ".")
     atomic_write_text(out / HARDWARE_MD, hardware_markdown(report))
     atomic_write_json(out / HARDWARE_JSON, report)  # last: its signature marks a complete estimate
     log.info("wrote %s, %s and %s in %s", HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG, out)
@@ -304,7 +308,7 @@ def _int(v: float) -> str:
 
 def hardware_markdown(report: dict) -> str:
     """``hardware.md``: the circuit, its compiled cost and the accuracy per shot budget."""
-    m, c, res, sh = report["model"], report["circuit"], report["resources"], report["shots"]
+    m, c, res = report["model"], report["circuit"], report["resources"]
     v = c["verification"]
     lines = [
         f"# Quixer on hardware: `{report['run_dir']}`", "",
@@ -338,28 +342,94 @@ def hardware_markdown(report: dict) -> str:
         "", "Gates exclude measurements. Blocks compiled one by one (SELECT once, relabelled for each power) and "
         "put back together; optimised = FullPeepholeOptimise (SynthesiseTket on SELECT), rebase, squash, "
         "RemoveRedundancies. No routing (all-to-all connectivity). See `quixer/hardware_resources.py`.", "",
+    ]
+    return "\n".join(lines + _shots_markdown(report["shots"])) + "\n"
+
+
+def _shots_markdown(sh: dict) -> list[str]:
+    """The finite-shot section of ``hardware.md``: each budget with its 95 % intervals and its paired
+    difference from exact features."""
+    lines = [
         f"## Test accuracy at finite shots ({_int(sh['windows'])} of {_int(sh['test_windows'])} test windows, "
         f"seed {sh['seed']})", "",
         f"Postselection probability: mean {sh['postselection_mean']:.3f}, median {sh['postselection_median']:.3f}, "
         f"min {sh['postselection_min']:.2e}. S attempts per basis; a shot counts only when postselection "
         f"succeeds; {sh['zero_success_fallback']}.", "",
-        "| shots S per basis | top-1 | top-5 | perplexity | loss | executions (3 S) | mean for S kept (3 S / p) "
-        "| no kept shot |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| shots S per basis | top-1 [95 % CI] | top-1 − exact (points) | top-5 | perplexity [95 % CI] | "
+        "perplexity − exact | loss | executions (3 S) | mean for S kept (3 S / p) | no kept shot |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sh["rows"]:
-        if r["shots"] is None:
-            lines.append(f"| exact | {_pct(r['top1'])} | {_pct(r['top5'])} | {r['perplexity']:.2f} | "
-                         f"{r['loss']:.4f} | – | – | – |")
-        else:
-            lines.append(f"| {_int(r['shots'])} | {_pct(r['top1'])} | {_pct(r['top5'])} | {r['perplexity']:.2f} | "
-                         f"{r['loss']:.4f} | {_int(r['executions_per_prediction'])} | "
-                         f"{_int(r['executions_for_s_kept_mean'])} | {_pct(r['zero_success_fraction'])} |")
-    return "\n".join(lines) + "\n"
+        exact = r["shots"] is None
+        cells = ["exact" if exact else _int(r["shots"]), _pct(r["top1"]) + _ci(r.get("top1_ci95"), 100),
+                 "–" if exact else _difference(r, "top1", 100), _pct(r["top5"]),
+                 f"{r['perplexity']:.2f}" + _ci(r.get("perplexity_ci95")),
+                 "–" if exact else _difference(r, "perplexity"), f"{r['loss']:.4f}"]
+        cells += ["–"] * 3 if exact else [_int(r["executions_per_prediction"]), _int(r["executions_for_s_kept_mean"]),
+                                          _pct(r["zero_success_fraction"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + (["", sh["intervals"] + "."] if sh.get("intervals") else [])
 
 
-def plot_shots(rows: list[dict], path: Path, title: str | None = None) -> None:
-    """Top-1 / top-5 and perplexity against shots per basis, with the exact levels as lines."""
+def _ci(ci: list | None, scale: float = 1.0) -> str:
+    return "" if not ci else f" [{scale * ci[0]:.2f}, {scale * ci[1]:.2f}]"
+
+
+def _difference(row: dict, metric: str, scale: float = 1.0) -> str:
+    """A finite-shot row's metric minus exact with its paired interval ("–" for estimates made
+    before intervals were kept)."""
+    value = row.get(f"{metric}_minus_exact")
+    return "–" if value is None else f"{scale * value:+.2f}{_ci(row.get(f'{metric}_minus_exact_ci95'), scale)}"
+
+
+def _error_bars(rows: list[dict], key: str, scale: float, value: str | None = None) -> np.ndarray | None:
+    """[2, n] distances from each row's ``value`` (default ``key``) to the ends of ``key``'s 95 %
+    interval (None: an estimate made before intervals were kept)."""
+    value = value or key
+    if not all(r.get(f"{key}_ci95") for r in rows):
+        return None
+    return np.array([[scale * (r[value] - r[f"{key}_ci95"][0]), scale * (r[f"{key}_ci95"][1] - r[value])]
+                     for r in rows]).T
+
+
+def _exact_level(ax, exact: dict, key: str, scale: float, color: str, label: str) -> None:
+    """The exact-features level as a dashed line, its 95 % interval as a band."""
+    ax.axhline(scale * exact[key], color=color, linestyle="--", label=label)
+    ci = exact.get(f"{key}_ci95")
+    if ci:
+        ax.axhspan(scale * ci[0], scale * ci[1], color=color, alpha=0.12, linewidth=0)
+
+
+def _shot_levels(acc, ppl, exact: dict, finite: list[dict]) -> None:
+    """Top row: each metric at S shots with its interval, the exact level and its interval."""
+    s = [r["shots"] for r in finite]
+    for key, color, marker in (("top1", "C0", "o"), ("top5", "C1", "^")):
+        acc.errorbar(s, [100 * r[key] for r in finite], yerr=_error_bars(finite, key, 100), fmt=f"{marker}-",
+                     color=color, capsize=3, label=f"{key}, S shots (95 % CI)")
+        _exact_level(acc, exact, key, 100, color, f"{key}, exact features (band: 95 % CI)")
+    ppl.errorbar(s, [r["perplexity"] for r in finite], yerr=_error_bars(finite, "perplexity", 1), fmt="o-",
+                 color="C2", capsize=3, label="S shots (95 % CI)")
+    _exact_level(ppl, exact, "perplexity", 1, "C2", "exact features (band: 95 % CI)")
+    acc.set_ylabel("test accuracy (%)")
+    ppl.set_ylabel("test perplexity")
+
+
+def _shot_costs(d_acc, d_ppl, finite: list[dict]) -> None:
+    """Bottom row: S shots minus exact features, paired on the same targets (shot noise alone)."""
+    s = [r["shots"] for r in finite]
+    for ax, key, scale, color, unit in ((d_acc, "top1", 100, "C0", "top-1 (points)"),
+                                        (d_ppl, "perplexity", 1, "C2", "perplexity")):
+        ax.axhline(0.0, color="#555555", linewidth=1)
+        ax.errorbar(s, [scale * r[f"{key}_minus_exact"] for r in finite], fmt="o-", color=color, capsize=3,
+                    yerr=_error_bars(finite, f"{key}_minus_exact", scale),
+                    label="S shots minus exact (95 % CI, paired)")
+        ax.set_ylabel(f"{unit}: S shots − exact")
+
+
+def plot_shots(rows: list[dict], path: Path, title: str | None = None, caption: str | None = None) -> None:
+    """Top-1 / top-5 and perplexity against shots per basis with their 95 % intervals (error bars),
+    the exact levels as dashed lines with their intervals as bands, and below, where the rows have
+    them, the paired differences from exact; ``caption`` says how the intervals were made."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -367,24 +437,23 @@ def plot_shots(rows: list[dict], path: Path, title: str | None = None) -> None:
 
     exact = next(r for r in rows if r["shots"] is None)
     finite = [r for r in rows if r["shots"] is not None]
-    s = [r["shots"] for r in finite]
-    fig, (acc, ppl) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, color in (("top1", "C0"), ("top5", "C1")):
-        acc.plot(s, [100 * r[key] for r in finite], "o-", color=color, label=f"{key}, S shots")
-        acc.axhline(100 * exact[key], color=color, linestyle="--", label=f"{key} exact")
-    ppl.plot(s, [r["perplexity"] for r in finite], "o-", color="C2", label="S shots")
-    ppl.axhline(exact["perplexity"], color="C2", linestyle="--", label="exact")
-    for ax, label in ((acc, "test accuracy (%)"), (ppl, "test perplexity")):
+    paired = bool(finite) and all("top1_minus_exact" in r for r in finite)
+    fig, axes = plt.subplots(1 + paired, 2, figsize=(11, 4.2 * (1 + paired)), squeeze=False)
+    _shot_levels(*axes[0], exact, finite)
+    if paired:
+        _shot_costs(*axes[1], finite)
+    for ax in axes.ravel():
         ax.set_xscale("log")
         ax.set_xlabel("shots per basis (attempts, before postselection)")
-        ax.set_ylabel(label)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    if caption:
+        fig.text(0.5, 0.0, textwrap.fill(caption, 150), ha="center", va="top", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

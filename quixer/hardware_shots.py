@@ -11,6 +11,10 @@ Nothing is simulated per window: the exact outcome distributions come from the t
 (``qsvt_state``, the feed-forward unitary and the basis change, vectorised over windows) and
 numpy draws all counts at once. A basis with no kept shot carries no information; its features
 are set to 0, the mean of a fair +-1 coin (counted in ``zero_success_fraction``).
+
+Every row carries 95 % intervals from the per-target scores (:data:`INTERVAL_METHOD`), and the
+finite-shot rows their paired difference from exact, so "S shots come within x points of exact"
+is read with its uncertainty.
 """
 from __future__ import annotations
 
@@ -19,7 +23,12 @@ import math
 import numpy as np
 import torch
 
-from .scoring import score_logits
+from .intervals import REPLICATES, GroupBootstrap, perplexity_interval
+from .scoring import TargetScores, perplexity, score_logits
+
+INTERVAL_METHOD = (f"95 % intervals: a bootstrap over the test targets' gene groups ({REPLICATES:,} replicates) of "
+                   "the per-target scores, each target's own shot noise included; differences from exact are paired "
+                   "(the same targets and replicates)")
 
 _H = np.array([[1, 1], [1, -1]], dtype=complex) / math.sqrt(2)
 _SDG = np.diag([1, -1j])
@@ -97,36 +106,60 @@ def sample_features(probs: np.ndarray, postselection: np.ndarray, shots: int,
     return features_from_distributions(fractions, n_qubits), kept
 
 
-def head_metrics(model, features: np.ndarray, targets: np.ndarray) -> dict:
-    """Loss (nats), perplexity, top-1 and top-5 of the model's classical head on ``features``."""
+def head_scores(model, features: np.ndarray, targets: np.ndarray) -> TargetScores:
+    """Per-target scores (:func:`quixer.scoring.score_logits`) of the model's classical head on ``features``."""
     head = model.output_feedforward
     dtype = next(head.parameters()).dtype
     with torch.no_grad():
         logits = head(torch.as_tensor(features, dtype=dtype)).double()
-    return logit_metrics(logits, torch.as_tensor(targets))
+    nll, top1, top5 = score_logits(logits, torch.as_tensor(targets))
+    return TargetScores(nll.numpy(), top1.numpy(), top5.numpy())
 
 
-def logit_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
-    """The training loop's metrics (:func:`quixer.scoring.score_logits`: top-k counts ties as
-    expected accuracy), so the exact row equals the run's own test scores."""
-    nll, top1, top5 = score_logits(logits, y)
-    loss = float(nll.mean())
-    return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf"),
-            "top1": float(top1.mean()), "top5": float(top5.mean())}
+def head_metrics(model, features: np.ndarray, targets: np.ndarray) -> dict:
+    """Loss (nats), perplexity, top-1 and top-5 of the model's classical head on ``features``."""
+    return _metrics(head_scores(model, features, targets))
 
 
-def shot_table(model, exact: dict, targets: np.ndarray, shots: list[int], seed: int) -> list[dict]:
-    """One row per shot budget (and one for exact expectations): metrics and circuit executions.
+def _metrics(scores: TargetScores) -> dict:
+    loss = float(scores.nll.mean())
+    return {"loss": loss, "perplexity": perplexity(loss), "top1": float(scores.top1.mean()),
+            "top5": float(scores.top5.mean())}
 
-    Each budget draws from its own generator, seeded by ``(seed, S)``, so a row does not depend
-    on which other budgets are in the list.
+
+def _intervals(boot: GroupBootstrap, scores: TargetScores, exact: TargetScores | None) -> dict:
+    """95 % intervals of top-1, top-5 and perplexity over the test groups, and of top-1 and
+    perplexity minus the exact row's, paired (the same targets and replicates)."""
+    est = {k: boot.estimate([scores], k) for k in ("top1", "top5", "nll")}
+    out = {"top1_ci95": est["top1"].interval(0.0, 1.0), "top5_ci95": est["top5"].interval(0.0, 1.0),
+           "perplexity_ci95": perplexity_interval(est["nll"])}
+    if exact is not None:
+        for metric, diff in (("top1", est["top1"] - boot.estimate([exact], "top1")),
+                             ("perplexity", est["nll"].exp() - boot.estimate([exact], "nll").exp())):
+            out[f"{metric}_minus_exact"], out[f"{metric}_minus_exact_ci95"] = diff.point, diff.interval()
+    return out
+
+
+def shot_table(model, exact: dict, targets: np.ndarray, shots: list[int], seed: int,
+               groups: np.ndarray | None = None) -> list[dict]:
+    """One row per shot budget (and one for exact expectations): metrics with 95 % intervals, and
+    circuit executions.
+
+    The intervals are a bootstrap over the test targets' gene groups (``groups``; each target its
+    own group without them) of the per-target scores (:data:`INTERVAL_METHOD`): a target's score
+    at S shots already holds its own shot noise, independent between targets, so resampling
+    targets covers it. Each budget draws from its own generator, seeded by ``(seed, S)``, so a row
+    does not depend on which other budgets are in the list.
     """
     post = exact["postselection"]
-    rows = [{"shots": None, **head_metrics(model, exact["features"], targets)}]
+    boot = GroupBootstrap(groups, len(targets))
+    exact_scores = head_scores(model, exact["features"], targets)
+    rows = [{"shots": None, **_metrics(exact_scores), **_intervals(boot, exact_scores, None)}]
     for s in shots:
         features, kept = sample_features(exact["probs"], post, s, np.random.default_rng([seed, s]))
+        scores = head_scores(model, features, targets)
         rows.append({
-            "shots": s, **head_metrics(model, features, targets),
+            "shots": s, **_metrics(scores), **_intervals(boot, scores, exact_scores),
             "executions_per_prediction": 3 * s,
             "mean_kept_shots_per_basis": float(kept.mean()),
             "zero_success_fraction": float((kept == 0).mean()),

@@ -149,8 +149,10 @@ EXTRA = {
     "python train_classical_baselines.py --model quixer_ablation": CAP,
     "python train_classical_baselines.py --model quixer_ablation_matched --protocol official": CAP,
     "python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs/lstm_kmers": CAP,
+    "python train_classical_baselines.py --model lstm --data_dir classical_benchmarks --output_dir runs_raw/lstm": CAP,
     "python report_results.py runs": "",
     "python report_results.py runs --output_dir report --title 'chrX RNA, K=512 tokens'": "",
+    "python report_results.py runs --raw_runs runs_raw --output_dir report_tracks": "",
 }
 # No --help examples to run: the installer, and the main job (a usage synopsis only; its run is
 # tests/test_pipeline.py).
@@ -262,3 +264,7 @@ def test_help_examples_in_pipeline_order(tmp_path):
     assert "chrX RNA, K=512 tokens" in ws.path("report", "results.md").read_text()
     assert {p.name for p in ws.path("report").glob("*.png")} == {"learning_curves.png", "test_accuracy.png",
                                                                   "test_perplexity.png"}
+    # the two tracks side by side: the LSTM on both, paired on the same scored positions
+    tracks = json.loads(ws.path("report_tracks", "results.json").read_text())
+    assert [(d["model"], d["paired_on"]) for d in tracks["tokenisation_differences"]] == [("lstm", "positions")]
+    assert "Tokenisation: raw 6-mers minus quantised tokens" in ws.path("report_tracks", "results.md").read_text()

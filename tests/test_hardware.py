@@ -29,7 +29,9 @@ from quixer.hardware_circuit import BASES, model_circuit
 from quixer.hardware_resources import compile_circuit, gate_counts, resource_counts
 from quixer.hardware_shots import exact_outcomes, features_from_distributions, sample_features
 from quixer.hardware_simulation import pauli_features, simulate
+from quixer.intervals import GroupBootstrap
 from quixer.model import Quixer
+from quixer.scoring import TargetScores
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -217,6 +219,20 @@ def test_script_writes_a_consistent_estimate(trained, tmp_path):
     assert report["shots"]["windows"] == results["test_targets"]  # the very targets the run was scored on
     for key in ("loss", "top1", "top5"):  # exact features: the run's own test metrics (complex64 there)
         assert rows[None][key] == pytest.approx(results[f"test_{key}"], rel=1e-4, abs=1e-4)
+    # 95 % intervals over the test gene groups: the exact row's are those of the run's own test scores
+    own = TargetScores.load(run / "test_scores.npz")
+    boot = GroupBootstrap(own.groups, len(own))
+    assert own.groups is not None and len(np.unique(own.groups)) < len(own)  # groups, not single targets
+    assert rows[None]["top1_ci95"] == pytest.approx(boot.estimate([own], "top1").interval(0, 1), abs=1e-3)
+    for r in rows.values():
+        for key in ("top1", "top5", "perplexity"):
+            assert r[f"{key}_ci95"][0] <= r[key] <= r[f"{key}_ci95"][1], (r["shots"], key)
+    for s in (50, 5000):  # paired on the same targets: the shot noise alone
+        assert rows[s]["top1_minus_exact"] == pytest.approx(rows[s]["top1"] - rows[None]["top1"])
+        assert rows[s]["top1_minus_exact_ci95"][0] <= rows[s]["top1_minus_exact"] <= rows[s]["top1_minus_exact_ci95"][1]
+    width = {s: np.diff(rows[s]["perplexity_minus_exact_ci95"])[0] for s in (50, 5000)}
+    assert 0 < width[5000] < width[50]
+    assert "bootstrap over the test targets' gene groups" in (out / HARDWARE_MD).read_text()
     assert rows[5000]["executions_per_prediction"] == 15000
     assert rows[5000]["executions_for_s_kept_mean"] >= 15000 / 1.0
     assert abs(rows[5000]["loss"] - rows[None]["loss"]) < abs(rows[50]["loss"] - rows[None]["loss"]) + 0.02

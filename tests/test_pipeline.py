@@ -27,8 +27,9 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     out = tmp_path / "out"
     first = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2, "--eval_targets", 3000)
     assert first.returncode == 0, first.stderr[-3000:]
-    rows = json.loads((out / "results.json").read_text())
-    assert {r["model"] for r in rows} == MODELS
+    report = json.loads((out / "results.json").read_text())
+    rows = report["rows"]
+    assert {r["model"] for r in rows} == MODELS and report["provenance"]["command"][0] == "report_results.py"
     for r in rows:
         assert 0 <= r["test_top1"] <= r["test_top5"] <= 1 and r["test_perplexity"] > 1
         lo, hi = r["test_top1_ci95"]
@@ -54,6 +55,20 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     assert again.stderr.count("up to date") >= 3 and again.stderr.count("already fitted") == len(REFERENCES)
     assert again.stderr.count("already finished") == 2 * len(TRAINED)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
+
+    # both tracks: the same out dir (stages 1-3 and the quantised runs reused), raw 6-mers of the
+    # same windows for the references and one LSTM seed, side by side in the report
+    both = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 1, "--eval_targets", 3000,
+                "--models", "lstm", "--tokens", "both")
+    assert both.returncode == 0, both.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    raw = [r for r in report["rows"] if r["track"] == "raw"]
+    assert {r["model"] for r in raw} == REFERENCES | {"lstm"} and all(r["run"].endswith(" (raw 6-mers)") for r in raw)
+    assert len(report["rows"]) == len(MODELS) + len(raw)
+    diffs = {d["model"]: d for d in report["tokenisation_differences"]}
+    assert set(diffs) == REFERENCES | {"lstm"} and {d["paired_on"] for d in diffs.values()} == {"positions"}
+    assert "ci95" in diffs["lstm"]["top1_difference"] and "ci95" in diffs["lstm"]["perplexity_difference"]
+    assert "Tokenisation: raw 6-mers minus quantised tokens" in (out / "results.md").read_text()
 
     # a larger --epochs extends the runs instead of refusing them; --models picks a subset
     more = _run("--fasta", fasta, "--out", out, "--epochs", 2, "--seeds", 1, "--models", "lstm", "--eval_targets", 3000)
