@@ -50,13 +50,15 @@ from quixer.report import write_report
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir", metavar="RUNS_DIR",
+    parser.add_argument("runs_dir", metavar="RUNS_DIR", nargs="?", default=None,
                         help="directory whose subdirectories are runs or model folders of seed runs (e.g. runs), "
-                             "or one run or model folder itself")
+                             "or one run or model folder itself; may be left out when --raw_runs gives the only "
+                             "track")
     parser.add_argument("--raw_runs", metavar="RAW_RUNS_DIR", default=None,
                         help="runs of the raw k-mer track (run_pipeline.sh --tokens both: OUT/runs_raw), reported "
                              "beside RUNS_DIR with raw minus quantised per model (default: none)")
-    parser.add_argument("--output_dir", default=None, help="where the table and plots go (default: RUNS_DIR)")
+    parser.add_argument("--output_dir", default=None,
+                        help="where the table and plots go (default: RUNS_DIR, else RAW_RUNS_DIR)")
     parser.add_argument("--title", default=None, help="heading of the table and the plots (default: none)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)

@@ -155,7 +155,7 @@ for track in "${tracks[@]}"; do
   train_track
 done
 step "report"
-report=("$out/runs"); [ "$tokens" = raw ] && report=("$out/runs_raw")
-[ "$tokens" = both ] && report+=(--raw_runs "$out/runs_raw")
+report=("$out/runs"); [ "$tokens" = raw ] && report=()  # the raw track alone: labelled as raw
+[ "$tokens" != quantized ] && report+=(--raw_runs "$out/runs_raw")
 "$py" "$here/report_results.py" "${report[@]}" --output_dir "$out"
 echo "pipeline finished in $((SECONDS - start)) s; results in $out/results.md" >&2

@@ -453,13 +453,13 @@ def _diverged_records(entries: list[Entry]) -> list[dict[str, Any]]:
     return out
 
 
-def collect_rows(runs_dir: str | os.PathLike, raw_runs: str | os.PathLike | None = None,
+def collect_rows(runs_dir: str | os.PathLike | None, raw_runs: str | os.PathLike | None = None,
                  skip: Sequence[str | os.PathLike] = ()) -> Report:
-    """The rows of both tracks with intervals, gain shares, Quixer's paired differences and the
-    raw-minus-quantised differences."""
-    entries = find_entries(runs_dir, skip)
+    """The rows of both tracks (or of one: ``runs_dir`` None reports the raw track alone) with
+    intervals, gain shares, Quixer's paired differences and the raw-minus-quantised differences."""
+    entries = find_entries(runs_dir, skip) if runs_dir is not None else []
     if raw_runs is not None:
-        if Path(raw_runs).resolve() == Path(runs_dir).resolve():
+        if runs_dir is not None and Path(raw_runs).resolve() == Path(runs_dir).resolve():
             raise UserError(f"{raw_runs}: --raw_runs is RUNS_DIR itself; give the raw track's own runs directory")
         entries += find_entries(raw_runs, skip, track="raw")
     finished = [e for e in entries if e.results]
@@ -474,7 +474,7 @@ def collect_rows(runs_dir: str | os.PathLike, raw_runs: str | os.PathLike | None
     return Report(rows, finished, _diverged_records(entries), track_differences(rows, finished, scored))
 
 
-def write_report(runs_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None,
+def write_report(runs_dir: str | os.PathLike | None, output_dir: str | os.PathLike | None = None,
                  title: str | None = None, raw_runs: str | os.PathLike | None = None,
                  command: list[str] | None = None) -> dict[str, Any]:
     """Write ``results.json`` (rows, diverged runs, track differences, provenance), ``results.md``
@@ -483,8 +483,9 @@ def write_report(runs_dir: str | os.PathLike, output_dir: str | os.PathLike | No
     from .report_plots import write_plots
 
     started = now()
-    runs_dir = Path(runs_dir)
-    output_dir = Path(output_dir) if output_dir is not None else runs_dir
+    if runs_dir is None and raw_runs is None:
+        raise UserError("nothing to report: give RUNS_DIR, --raw_runs or both")
+    output_dir = Path(output_dir) if output_dir is not None else Path(runs_dir if runs_dir is not None else raw_runs)
     report = collect_rows(runs_dir, raw_runs, skip=[output_dir])
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown = markdown_report(report, title, _hardware_links(report.entries, output_dir))

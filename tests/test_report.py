@@ -417,6 +417,23 @@ def test_two_tracks_side_by_side(two_tracks, tmp_path):
         check_png(out / png)
 
 
+def test_raw_track_alone(two_tracks, tmp_path, capsys):
+    """run_pipeline.sh --tokens raw reports the raw track alone: its rows labelled raw, its own ceiling."""
+    from report_results import main
+
+    _, raw_runs = two_tracks
+    out = tmp_path / "raw_only"
+    assert main(["--raw_runs", str(raw_runs), "--output_dir", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["track"] for r in rows} == {"raw"} and all(r["run"].endswith(" (raw 6-mers)") for r in rows)
+    lstm = next(r for r in rows if r["model"] == "lstm")
+    ends = {r["model"]: r for r in rows}
+    assert lstm["gain_share_top1"] == pytest.approx((lstm["test_top1"] - ends["unigram"]["test_top1"]) /
+                                                    (ends["raw_bases"]["test_top1"] - ends["unigram"]["test_top1"]))
+    with pytest.raises(UserError, match="nothing to report"):
+        main(["--output_dir", str(tmp_path / "none")])
+
+
 def test_tracks_pair_only_on_the_same_positions(caplog):
     from quixer.report import pairing, track_difference
 
