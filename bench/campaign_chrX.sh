@@ -80,11 +80,10 @@ case "${1:-}" in
     "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" ;;
   references)
     # the references need no training: they follow this checkout's code, not the pinned commit,
-    # on a copy of the campaign's tokens (stage 3 adds the k-mer ids the ceilings read)
-    [ -d "$out/quantized_embeddings_autoregressive" ] || { echo "error: no campaign tokens yet in $out" >&2; exit 2; }
-    tok="$root/references/tokens"
-    rm -rf "$tok"; mkdir -p "$root/references"
-    cp -r "$out/quantized_embeddings_autoregressive" "$tok"
+    # on the campaign's own tokens (stage 3 only adds kmer_ids.pt, which the ceilings read; the
+    # token files and their metadata stay as the pinned stage made them)
+    tok="$out/quantized_embeddings_autoregressive"
+    [ -d "$tok" ] || { echo "error: no campaign tokens yet in $out" >&2; exit 2; }
     "$py" "$repo/quantize_lambeq_embeddings.py" --input_dir "$out/lambeq_embeddings_autoregressive" --output_dir "$tok"
     for ref in uniform unigram ngram token_ceiling raw_bases; do
       "$py" "$repo/train_classical_baselines.py" --model "$ref" --data_dir "$tok" --output_dir "$root/references/runs/$ref"
