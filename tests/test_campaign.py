@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.helpers import REPO, SAMPLE_FASTA
 from quixer.fasta import iter_fasta
 
@@ -33,6 +35,7 @@ def _wait_for(path, text: str, seconds: int = 900) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
+@pytest.mark.slow
 def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
     fasta = tmp_path / "slice.fa"
     with open(fasta, "w") as fh:

@@ -340,6 +340,7 @@ def outside_the_check_and_without_a_gpu(test):
     return pytest.mark.skipif(torch.cuda.is_available(), reason="the check would run the GPU steps: minutes")(test)
 
 
+@pytest.mark.slow
 @outside_the_check_and_without_a_gpu
 def test_the_gpu_check_runs_without_a_gpu_or_an_install(tmp_path):
     """The check with the repository from PYTHONPATH only: the environment, the GPU tests (skipped),
@@ -355,6 +356,7 @@ def test_the_gpu_check_runs_without_a_gpu_or_an_install(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["gpu.txt", "log.txt", "tests.txt"]
 
 
+@pytest.mark.slow
 @outside_the_check_and_without_a_gpu
 def test_the_gpu_check_keeps_to_its_time_budget(tmp_path):
     start = time.perf_counter()

@@ -61,6 +61,7 @@ def _warnings(stderr: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ the original plan
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_original_plan_commands_run_as_written(tmp_path):
     ws = Workspace(tmp_path / "plan", _env())
@@ -194,6 +195,7 @@ def test_help_examples_download(tmp_path):
     assert no_email == [cmd for cmd in procs if "--email" not in cmd] and len(no_email) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_help_examples_in_pipeline_order(tmp_path):
     ws = Workspace(tmp_path / "ws", _env())

@@ -214,6 +214,7 @@ def test_disabled_or_unbuildable_kernel_falls_back(tmp_path):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.so"))
 
 
+@pytest.mark.slow
 def test_build_is_cached_and_prebuildable(tmp_path):
     env = dict(os.environ, QUIXER_KERNEL_CACHE=str(tmp_path))
     first = subprocess.run([sys.executable, "-m", "quixer.native"], cwd=REPO, capture_output=True, text=True, env=env)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.helpers import REPO, SAMPLE_FASTA
 from quixer.fasta import iter_fasta
 
@@ -17,6 +19,7 @@ def _run(*args, timeout=900):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     fasta = tmp_path / "slice.fa"
     with open(fasta, "w") as fh:

@@ -112,6 +112,7 @@ def _bare_headers(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("headers", ["tagged", "bare"])
 def test_chrx_split_meets_the_leakage_limits(tmp_path, headers):
     fasta = BENCHMARK_FASTA if headers == "tagged" else _bare_headers(BENCHMARK_FASTA, tmp_path / "bare.fa.gz")

@@ -298,6 +298,7 @@ def test_bad_inputs_are_one_line_errors(tokens, tmp_path):
         train_quixer_hybrid.main(tiny(tokens, tmp_path / "z", "--lr", 0))
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tokens, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")

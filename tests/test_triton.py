@@ -24,6 +24,7 @@ from tests.helpers import REPO
 INTERPRETER_ON = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@pytest.mark.slow
 def test_interpreted_kernels_match_the_torch_simulation():
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
