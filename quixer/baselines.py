@@ -162,7 +162,38 @@ class FNetModel(nn.Module):
         return self.project(h[:, -1])
 
 
-class QuixerAblation(nn.Module):
+class _PooledAngles(nn.Module):
+    """What both ablations keep of Quixer: its embedding and angle map, one weight per position
+    (as the LCU has one coefficient per position), and its head; the block between the pooled
+    angles and the head's 3 n features is each subclass's own."""
+
+    def __init__(self, vocab_size: int, n_tokens: int, embedding_dim: int, qubits: int, ansatz_layers: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.n_angles, self.n_features = 4 * qubits * ansatz_layers, 3 * qubits
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.embedding_to_angles = nn.Linear(embedding_dim, self.n_angles)
+        self.position_weights = nn.Parameter(torch.rand(n_tokens))
+
+    def _head(self, embedding_dim: int, vocab_size: int) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(self.n_features, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, vocab_size))
+
+    def _init_shared(self, *linears: nn.Linear) -> None:
+        """Quixer's ``small_gaussian`` for the embedding, Xavier and zero biases for the linears."""
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        for lin in linears:
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def pooled_angles(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, W]`` token ids -> ``[B, 4 n L]``: the angles summed over positions, weights l1-normalised."""
+        angles = self.embedding_to_angles(self.dropout(self.embedding(x)))  # [B, W, 4 n L]
+        weights = self.position_weights / self.position_weights.abs().sum().clamp_min(1e-12)
+        return torch.einsum("bwa,w->ba", angles, weights)
+
+
+class QuixerAblation(_PooledAngles):
     """Quixer with its quantum block replaced by a classical pooling of the same token embeddings.
 
     Quixer: embedding -> angle map (Linear E -> 4 n L) -> token circuits -> LCU over positions
@@ -181,28 +212,16 @@ class QuixerAblation(nn.Module):
 
     def __init__(self, vocab_size: int, n_tokens: int, embedding_dim: int, qubits: int, ansatz_layers: int,
                  dropout: float) -> None:
-        super().__init__()
-        angles, features = 4 * qubits * ansatz_layers, 3 * qubits
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.embedding_to_angles = nn.Linear(embedding_dim, angles)
-        self.position_weights = nn.Parameter(torch.rand(n_tokens))
-        self.to_features = nn.Linear(angles, features)
-        self.output_feedforward = nn.Sequential(nn.Linear(features, embedding_dim), nn.ReLU(),
-                                                nn.Linear(embedding_dim, vocab_size))
-        nn.init.normal_(self.embedding.weight, std=0.02)
-        for lin in (self.embedding_to_angles, self.to_features, self.output_feedforward[0], self.output_feedforward[2]):
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        super().__init__(vocab_size, n_tokens, embedding_dim, qubits, ansatz_layers, dropout)
+        self.to_features = nn.Linear(self.n_angles, self.n_features)
+        self.output_feedforward = self._head(embedding_dim, vocab_size)
+        self._init_shared(self.embedding_to_angles, self.to_features, *self.output_feedforward[::2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angles = self.embedding_to_angles(self.dropout(self.embedding(x)))  # [B, W, 4 n L]
-        weights = self.position_weights / self.position_weights.abs().sum().clamp_min(1e-12)
-        pooled = torch.einsum("bwa,w->ba", angles, weights)
-        return self.output_feedforward(torch.tanh(self.to_features(pooled)))
+        return self.output_feedforward(torch.tanh(self.to_features(self.pooled_angles(x))))
 
 
-class MatchedQuixerAblation(nn.Module):
+class MatchedQuixerAblation(_PooledAngles):
     """Quixer with its quantum block replaced by a classical block of fewer trainable numbers.
 
     :class:`QuixerAblation` replaces Quixer's 90-number quantum block (31 complex LCU
@@ -223,28 +242,18 @@ class MatchedQuixerAblation(nn.Module):
 
     def __init__(self, vocab_size: int, n_tokens: int, embedding_dim: int, qubits: int, ansatz_layers: int,
                  dropout: float, degree: int = 3) -> None:
-        super().__init__()
-        angles, features = 4 * qubits * ansatz_layers, 3 * qubits
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.embedding_to_angles = nn.Linear(embedding_dim, angles)
-        self.position_weights = nn.Parameter(torch.rand(n_tokens))
+        super().__init__(vocab_size, n_tokens, embedding_dim, qubits, ansatz_layers, dropout)
         self.polynomial = nn.Parameter(torch.rand(degree + 1))
-        self.feature_scale = nn.Parameter(torch.ones(features))
-        self.feature_offset = nn.Parameter(torch.zeros(features))
-        projection = torch.randn(angles, features, generator=torch.Generator().manual_seed(self.PROJECTION_SEED))
+        self.feature_scale = nn.Parameter(torch.ones(self.n_features))
+        self.feature_offset = nn.Parameter(torch.zeros(self.n_features))
+        projection = torch.randn(self.n_angles, self.n_features,
+                                 generator=torch.Generator().manual_seed(self.PROJECTION_SEED))
         self.register_buffer("projection", projection / projection.norm(dim=0, keepdim=True))
-        self.output_feedforward = nn.Sequential(nn.Linear(features, embedding_dim), nn.ReLU(),
-                                                nn.Linear(embedding_dim, vocab_size))
-        nn.init.normal_(self.embedding.weight, std=0.02)
-        for lin in (self.embedding_to_angles, self.output_feedforward[0], self.output_feedforward[2]):
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        self.output_feedforward = self._head(embedding_dim, vocab_size)
+        self._init_shared(self.embedding_to_angles, *self.output_feedforward[::2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angles = self.embedding_to_angles(self.dropout(self.embedding(x)))  # [B, W, 4 n L]
-        weights = self.position_weights / self.position_weights.abs().sum().clamp_min(1e-12)
-        pooled = torch.einsum("bwa,w->ba", angles, weights)  # [B, 4 n L]
+        pooled = self.pooled_angles(x)  # [B, 4 n L]
         coeffs = self.polynomial / self.polynomial.abs().sum().clamp_min(1e-12)
         powers = torch.stack([pooled ** k for k in range(len(coeffs))], dim=-1)  # [B, 4 n L, d + 1]
         mixed = (powers @ coeffs) @ self.projection  # [B, 3 n]

@@ -13,6 +13,18 @@ BENCHMARK_FASTA = SHARED / "data" / "grch38_chrX_refseq_rna.fasta.gz"
 NCBI_FIXTURES = SHARED / "fixtures" / "ncbi"
 
 
+def sample_slice(path: Path, records: int) -> Path:
+    """The first ``records`` transcripts of the embedded real sample as a plain FASTA file."""
+    from quixer.fasta import iter_fasta
+
+    with open(path, "w") as fh:
+        for i, rec in enumerate(iter_fasta(SAMPLE_FASTA)):
+            if i == records:
+                break
+            fh.write(f">{rec.header}\n{rec.sequence}\n")
+    return path
+
+
 def run_script(script: str, *args, cwd=None, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
     """Run a top-level script with this interpreter, capturing text output."""
     import os

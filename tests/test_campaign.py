@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, SAMPLE_FASTA
-from quixer.fasta import iter_fasta
+from tests.helpers import REPO, sample_slice
 
 SCRIPT = REPO / "bench" / "campaign_chrX.sh"
 
@@ -37,12 +36,7 @@ def _wait_for(path, text: str, seconds: int = 900) -> None:
 
 @pytest.mark.slow
 def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
-    fasta = tmp_path / "slice.fa"
-    with open(fasta, "w") as fh:
-        for i, rec in enumerate(iter_fasta(SAMPLE_FASTA)):
-            if i == 40:
-                break
-            fh.write(f">{rec.header}\n{rec.sequence}\n")
+    fasta = sample_slice(tmp_path / "slice.fa", 40)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     phases = tmp_path / "phases"
     phases.write_text(f"# test\ntiny {commit} --protocol official --epochs 1 --seeds 1 --models lstm --eval_targets 2000\n")

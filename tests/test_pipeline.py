@@ -6,8 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import REPO, SAMPLE_FASTA
-from quixer.fasta import iter_fasta
+from tests.helpers import REPO, sample_slice
 
 REFERENCES = {"uniform", "unigram", "ngram", "token_ceiling", "raw_bases"}
 MODELS = REFERENCES | {"quixer_ablation", "quixer_ablation_matched", "lstm", "transformer", "quixer"}
@@ -21,12 +20,7 @@ def _run(*args, timeout=900):
 
 @pytest.mark.slow
 def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
-    fasta = tmp_path / "slice.fa"
-    with open(fasta, "w") as fh:
-        for i, rec in enumerate(iter_fasta(SAMPLE_FASTA)):
-            if i == 70:
-                break
-            fh.write(f">{rec.header}\n{rec.sequence}\n")
+    fasta = sample_slice(tmp_path / "slice.fa", 70)
     out = tmp_path / "out"
     first = _run("--fasta", fasta, "--out", out, "--epochs", 1, "--seeds", 2, "--eval_targets", 3000)
     assert first.returncode == 0, first.stderr[-3000:]
