@@ -39,12 +39,17 @@ worktree() {  # worktree COMMIT: a checkout of the pinned commit (made once)
   echo "$dir"
 }
 
-restore() {  # published runs back into out/, so the pipeline finds them finished
-  [ -d "$published/runs" ] || return 0
-  (cd "$published/runs" && find . -name results.json) | while read -r f; do
-    local d; d="$(dirname "$f")"
-    [ -f "$out/runs/$d/results.json" ] && continue
-    mkdir -p "$out/runs/$d" && cp "$published/runs/$d"/* "$out/runs/$d/"
+restore() {  # published runs back into out/, so the pipeline finds them finished (the trained seed
+  # runs; in runs/ the published references come from a later commit than the phase: not restored)
+  local folder d pattern
+  for folder in runs runs_raw; do
+    [ -d "$published/$folder" ] || continue
+    pattern='*/results.json'; [ "$folder" = runs ] && pattern='*/seed_*/results.json'
+    (cd "$published/$folder" && find . -path "$pattern") | while read -r f; do
+      d="$(dirname "$f")"
+      [ -f "$out/$folder/$d/results.json" ] && continue
+      mkdir -p "$out/$folder/$d" && cp "$published/$folder/$d"/* "$out/$folder/$d/"
+    done
   done
 }
 
@@ -100,6 +105,11 @@ case "${1:-}" in
     (cd "$out/runs" && find . -path '*/seed_*/results.json') | while read -r f; do
       d="$(dirname "$f")"; copy_run "$out/runs/$d" "$published/runs/$d"
     done
+    if [ -d "$out/runs_raw" ]; then  # the raw track: its references ran at its own (later) commit
+      (cd "$out/runs_raw" && find . -name results.json) | while read -r f; do
+        d="$(dirname "$f")"; copy_run "$out/runs_raw/$d" "$published/runs_raw/$d"
+      done
+    fi
     if [ -d "$root/references/runs" ]; then
       for r in "$root/references/runs"/*/; do
         [ -f "$r/results.json" ] && copy_run "$r" "$published/runs/$(basename "$r")"
@@ -108,7 +118,8 @@ case "${1:-}" in
     cp "$out/autoregressive_data/metadata.json" "$published/stage1_metadata.json" 2>/dev/null || true
     cp "$root/wall.log" "$published/wall.log" 2>/dev/null || true
     "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" > "$published/status.txt"
-    "$py" "$repo/report_results.py" "$published/runs" --output_dir "$published" \
+    raw=(); [ -d "$published/runs_raw" ] && raw=(--raw_runs "$published/runs_raw")
+    "$py" "$repo/report_results.py" "$published/runs" "${raw[@]}" --output_dir "$published" \
       --title "chrX, official protocol (campaign in progress: see status.txt)" > /dev/null
     echo "published $(find "$published/runs" -name results.json | wc -l) finished runs to $published" >&2 ;;
   stop)

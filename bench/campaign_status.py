@@ -21,8 +21,11 @@ OFFICIAL_EPOCHS = 30
 HEARTBEAT_GAP = 120  # seconds: a longer gap between heartbeats means the campaign was not running
 
 
-def planned_runs(phases: Path) -> list[tuple[str, str, int, int]]:
-    """(phase, model, seed, epochs) of every trained run the phases ask for."""
+TRACK_DIRS = {"quantized": ("runs",), "raw": ("runs_raw",), "both": ("runs", "runs_raw")}  # run_pipeline.sh --tokens
+
+
+def planned_runs(phases: Path) -> list[tuple[str, str, int, int, str]]:
+    """(phase, model, seed, epochs, runs folder) of every trained run the phases ask for."""
     runs = []
     for line in phases.read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
@@ -30,9 +33,10 @@ def planned_runs(phases: Path) -> list[tuple[str, str, int, int]]:
         name, _commit, *flags = shlex.split(line)
         opts = dict(zip(flags[::2], flags[1::2]))
         epochs = int(opts.get("--epochs", OFFICIAL_EPOCHS if opts.get("--protocol") == "official" else 4))
-        for model in opts.get("--models", DEFAULT_MODELS).split(","):
-            for seed in range(42, 42 + int(opts.get("--seeds", 1))):
-                runs.append((name, model, seed, epochs))
+        for folder in TRACK_DIRS[opts.get("--tokens", "quantized")]:
+            for model in opts.get("--models", DEFAULT_MODELS).split(","):
+                for seed in range(42, 42 + int(opts.get("--seeds", 1))):
+                    runs.append((name, model, seed, epochs, folder))
     return runs
 
 
@@ -77,19 +81,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     procs = _running_paths()
     runs, per_model, left = [], {}, 0.0
-    for phase, model, seed, epochs in planned_runs(args.phases):
-        st = run_state(args.campaign_dir / "out" / "runs" / model / f"seed_{seed}", procs)
+    for phase, model, seed, epochs, folder in planned_runs(args.phases):
+        st = run_state(args.campaign_dir / "out" / folder / model / f"seed_{seed}", procs)
         runs.append((phase, model, seed, epochs, st))
         if st["per_epoch"]:
-            per_model.setdefault(model, st["per_epoch"])
-    for phase, model, seed, epochs, st in runs:
+            per_model.setdefault((folder, model), st["per_epoch"])
+    for (phase, model, seed, epochs, st), (*_, folder) in zip(runs, planned_runs(args.phases)):
         line = f"{phase:10s} {model:24s} seed {seed}  {st['state']:11s} {st['epochs']:2d}/{epochs} epochs"
         if st["results"]:
             r = st["results"]
             line += (f"  stop {r['stop_reason']}, converged {r.get('converged')}, best epoch {r['best_epoch']}, "
                      f"test top-1 {100 * r['test_top1']:.2f} %")
-        elif model in per_model:
-            left += (epochs - st["epochs"]) * per_model[model]
+        elif (folder, model) in per_model:
+            left += (epochs - st["epochs"]) * per_model[(folder, model)]
         print(line)
     states = [st["state"] for *_, st in runs]
     compute = sum(st["seconds"] for *_, st in runs)
