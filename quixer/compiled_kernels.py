@@ -27,8 +27,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from quixer import triton_kernels
-from quixer.circuits import CircuitPlan, ansatz14_gates
+from . import triton_kernels
+from .circuits import CircuitPlan, ansatz14_gates
 
 SM90 = GPUTarget("cuda", 90, 32)
 # an sm_90 multiprocessor: 64 Ki 32-bit registers, allocated per warp in units of 256; at most

@@ -113,7 +113,7 @@ class TrainingSnapshot:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        from quixer.distributed import rng_state
+        from .distributed import rng_state
 
         self.model, self.optimizer = model, optimizer
         self.tensors = [t.detach().clone() for t in self._model_tensors()]
@@ -126,7 +126,7 @@ class TrainingSnapshot:
 
     @torch.no_grad()
     def restore(self) -> None:
-        from quixer.distributed import set_rng_state
+        from .distributed import set_rng_state
 
         for tensor, saved in zip(self._model_tensors(), self.tensors):
             tensor.copy_(saved)

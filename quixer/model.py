@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quixer import native
-from quixer.circuits import (
+from . import native
+from .circuits import (
     CircuitPlan,
     ansatz14_gates,
     pauli_expectations,
@@ -43,7 +43,7 @@ from quixer.circuits import (
     to_complex,
     zero_states,
 )
-from quixer.simulators import Simulator, select, simulator_class
+from .simulators import Simulator, select, simulator_class
 
 # Official parameter names -> shape, as a function of the hyper-parameters (n qubits, W tokens,
 # degree d, L ansatz layers, vocabulary V, embedding E). Buffers of the torchquantum device

@@ -30,8 +30,8 @@ from typing import Callable, ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from quixer import native
-from quixer.circuits import (
+from . import native
+from .circuits import (
     CircuitFunction,
     CircuitPlan,
     GateCoefficients,
@@ -367,7 +367,7 @@ def triton_kernels():
         return None
     if "module" not in _TRITON:
         try:
-            from quixer import triton_kernels as module
+            from . import triton_kernels as module
         except Exception as exc:  # any failure of an optional GPU dependency: no kernels, unless required
             if setting == "required":
                 raise
