@@ -33,7 +33,7 @@ from typing import Sequence
 
 from quixer.common import run_cli, setup_logging
 from quixer.hardware import DEFAULT_GATE_SETS, DEFAULT_MAX_WINDOWS, DEFAULT_SHOTS, estimate_hardware
-from quixer.hardware_resources import GATE_SET_NAMES
+from quixer.hardware.resources import GATE_SET_NAMES
 
 
 def main(argv: Sequence[str] | None = None) -> int:

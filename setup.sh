@@ -15,4 +15,4 @@ command -v "$py" >/dev/null || py=python3
 PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 # Build the fused CPU circuit kernel now rather than on first use (optional: without a C++
 # compiler the model falls back to its torch simulation: the same maths, only slower).
-.venv/bin/python -m quixer.native >/dev/null || echo "setup.sh: fused CPU kernel not built; the torch simulation will be used" >&2
+.venv/bin/python -m quixer.sim.native >/dev/null || echo "setup.sh: fused CPU kernel not built; the torch simulation will be used" >&2

@@ -28,7 +28,7 @@ computed with torch ops instead.
 
 ``--eval-batch-sizes`` also times eval batches of those sizes with the first implementation
 (``eval_by_batch``: median seconds per batch and sequences per second); with ``--cuda-graph`` each
-size is one captured graph (:func:`quixer.cuda_graphs.capture_eval`, the per-vocabulary tables built
+size is one captured graph (:func:`quixer.sim.cuda_graphs.capture_eval`, the per-vocabulary tables built
 inside it), and its first batch, which captures, is reported apart.
 """
 from __future__ import annotations
@@ -43,13 +43,13 @@ from pathlib import Path
 
 import torch
 
-from quixer import native
+from quixer.sim import native
 from quixer.common import UserError, peak_rss_mb, resolve_device, run_cli, setup_logging
-from quixer.cuda_graphs import capture_eval, capture_step
+from quixer.sim.cuda_graphs import capture_eval, capture_step
 from quixer.devices import fastest_device, synchronize, training_step
 from quixer.model import Quixer
-from quixer.naive import NaiveQuixer
-from quixer.simulators import KERNEL_GUARD, TritonSimulator
+from quixer.sim.naive import NaiveQuixer
+from quixer.sim.simulators import KERNEL_GUARD, TritonSimulator
 
 log = logging.getLogger("bench_quixer")
 
@@ -74,13 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "naive alternately; kernels: quixer.model with the device's fused kernel (C++ on a CPU, "
                         "Triton on CUDA) and with the torch simulation alternately")
     p.add_argument("--kernel", choices=("auto", "native", "torch"), default="auto",
-                   help="CPU circuit simulation for 'fast': the fused C++ kernel (quixer/native.py) where it "
+                   help="CPU circuit simulation for 'fast': the fused C++ kernel (quixer/sim/native.py) where it "
                         "builds (auto), required (native), or the torch ops (torch)")
     p.add_argument("--gpu-impl", "--gpu_impl", dest="gpu_impl", choices=("auto", "triton", "torch"), default="auto",
-                   help="CUDA circuit simulation for 'fast': the fused Triton kernels (quixer/triton_kernels.py) "
+                   help="CUDA circuit simulation for 'fast': the fused Triton kernels (quixer/sim/triton_kernels.py) "
                         "where triton imports (auto), required (triton), or the torch ops (torch)")
     p.add_argument("--cuda-graph", "--cuda_graph", dest="cuda_graph", action="store_true",
-                   help="replay the training step of 'fast' as one captured CUDA graph (quixer/cuda_graphs.py; "
+                   help="replay the training step of 'fast' as one captured CUDA graph (quixer/sim/cuda_graphs.py; "
                         "CUDA only, Adam with capturable=True)")
     p.add_argument("--eval-batch-sizes", "--eval_batch_sizes", dest="eval_batch_sizes", type=int, nargs="*",
                    default=[], help="also time eval batches of these sizes (first implementation only; captured as "

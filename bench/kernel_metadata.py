@@ -5,7 +5,7 @@ of 31 tokens), in float32 and float64: registers per thread, stack bytes (spills
 and circuit instances resident per multiprocessor, compile seconds, and per gate (one pass round the
 gate loop, per warp, from the PTX and the SASS: fewest, most, and the mean for the paper's gate mix)
 the instructions, warp shuffles, barriers and local-memory accesses, also per circuit instance.
-See :mod:`quixer.compiled_kernels` for how each figure is read off the compiled kernel.
+See :mod:`quixer.sim.compiled_kernels` for how each figure is read off the compiled kernel.
 
 ``--baseline REV`` compiles an earlier revision's kernels (same parameters) with the same arguments,
 at that revision's tile (its ``MAX_BLOCK`` lanes, 4 warps), and adds the ratios new / old.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from quixer import compiled_kernels
+from quixer.sim import compiled_kernels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,10 +35,15 @@ COLUMNS = ("registers", "stack_bytes", "programs_per_sm", "resident_instances_pe
 
 
 def baseline_module(revision: str, folder: str):
-    """``quixer/triton_kernels.py`` of ``revision`` imported as a module of its own (from a file, so
+    """``quixer/sim/triton_kernels.py`` of ``revision`` imported as a module of its own (from a file, so
     that Triton can read the kernels' source)."""
-    source = subprocess.run(["git", "show", f"{revision}:quixer/triton_kernels.py"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout
+    for path in ("quixer/sim/triton_kernels.py", "quixer/triton_kernels.py"):  # the latter before quixer/sim/
+        shown = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=REPO, capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"kernel_metadata: no triton_kernels.py at revision {revision}: {shown.stderr.strip()}")
+    source = shown.stdout
     path = Path(folder) / "baseline_triton_kernels.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("baseline_triton_kernels", path)
@@ -48,7 +53,7 @@ def baseline_module(revision: str, folder: str):
 
 
 def measured(launch, kernel=None, **options) -> dict:
-    """:func:`quixer.compiled_kernels.measure`, plus for the launches that run an eval's powers (the LCU power
+    """:func:`quixer.sim.compiled_kernels.measure`, plus for the launches that run an eval's powers (the LCU power
     at degree 3, the eval kernel) the thousands of SASS warp-instructions their gate loops take per sequence."""
     found = compiled_kernels.measure(launch, kernel, **options)
     if launch.name in ("lcu_power", "qsvt_eval"):

@@ -2,7 +2,7 @@
 
 Modules (one obvious place for each idea):
 
-- ``common``       one-line user errors, logging, atomic writes, hashes, seeds, devices, torch files
+- ``common``       one-line user errors, logging, atomic writes, hashes, seeds and RNG states, devices, torch files
 - ``interrupts``   Ctrl-C in a stage script: one line and exit status 130, installed before heavy imports
 - ``provenance``   how a run was made: git commit, package versions, command line, host, times
 - ``fasta``        streaming FASTA reading, input validation, normalisation, gene tags
@@ -18,35 +18,28 @@ Modules (one obvious place for each idea):
 - ``scoring``      per-target scores (tie-aware top-k), one format for trained models and references
 - ``intervals``    95 % intervals: test gene groups (bootstrap) plus seed variance (t), paired differences
 - ``model``        the Quixer LCU + QSVT model in torch (and the official-checkpoint loader)
-- ``circuits``     gates, circuit plans, autograd functions, polynomial and Pauli measurement
-- ``simulators``   one simulator per device (torch ops, fused CPU kernel, Triton), chosen per forward
-- ``native``       the fused C++ CPU kernel (``statevector_kernel.cpp``, built on first use)
-- ``triton_kernels`` the fused GPU kernels (Triton; interpreted on a CPU in the tests)
-- ``compiled_kernels`` those kernels compiled for sm_90 without a GPU: registers, spills, instructions per gate
-- ``cuda_graphs``  capture of a whole training step as one CUDA graph
+- ``sim``          subpackage: the statevector simulation behind the model (circuits, simulators, CPU / GPU kernels)
 - ``devices``      which device trains a model fastest, measured (``--device auto``)
-- ``naive``        a gate-by-gate Quixer simulation: test oracle and benchmark baseline, not the pipeline
 - ``baselines``    LSTM / Transformer / FNet and the Quixer ablation (its quantum block replaced by pooling)
-- ``reference``    the uniform / unigram / n-gram (Kneser-Ney) reference predictors
+- ``kneser_ney``   interpolated modified Kneser-Ney: count tables, discounts tuned on validation, order choice
+- ``reference``    the uniform / unigram / n-gram reference predictors and the ceilings, run as one stage
 - ``ceilings``     the task's ceiling from the bases behind the tokens: token_ceiling (exact inference), raw_bases
 - ``training``     the one training loop: metrics, checkpoints, resume, early stopping; the trainer entry points
 - ``live_curves``  optional TensorBoard event files of a training run (``--tensorboard``)
-- ``distributed``  the DDP context and the checkpointed RNG state
+- ``distributed``  the DDP context (torchrun): process group, ranks, gathered metrics
 - ``tuning``       the Optuna hyperparameter search (tune_quixer_hybrid.py)
-- ``report``       the results report: runs found, rows with intervals, gain shares, the two tracks paired
+- ``report_rows``  the report's rows: runs found, intervals over groups and seeds, gain shares, the two tracks paired
+- ``report``       the results report (report_results.py): results.json, results.md and the plots
 - ``report_markdown`` ``results.md``: the report's tables and sentences
 - ``report_plots`` the report's plots: one colour per model, grey references, intervals, seed bands
-- ``hardware``     the hardware estimate of a trained Quixer run (estimate_quixer_hardware.py): load, check, report
-- ``hardware_circuit`` the Quixer circuit itself in pytket: PREPARE / SELECT, LCU of powers, feed-forward, bases
-- ``hardware_simulation`` qiskit-aer simulation of that circuit with mid-circuit postselection
-- ``hardware_resources`` pytket compilation to hardware gate sets and the resource counts
-- ``hardware_shots`` test accuracy with features estimated from finite shots
+- ``hardware``     subpackage: the hardware estimate of a trained Quixer run (pytket circuit, qiskit-aer, shots)
 
 The names below are importable from ``quixer`` directly (``from quixer import Quixer``). Each
 is loaded from its module on first use, so ``import quixer`` itself imports neither torch nor
 lambeq.
 """
 import importlib as _importlib
+import sys as _sys
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -81,17 +74,24 @@ _EXPORTS = {
     "write_report": "report",
 }
 
+def _lazy_exports(package: str, exports: dict[str, str]):
+    """``__getattr__`` and ``__dir__`` for a package whose public names live in its modules:
+    each is imported on first use (so importing a package imports neither torch nor lambeq)."""
+
+    def getattr_(name: str) -> object:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(_importlib.import_module(f"{package}.{module}"), name)
+        setattr(_sys.modules[package], name, value)  # later lookups skip this function
+        return value
+
+    def dir_() -> list[str]:
+        names = vars(_sys.modules[package])
+        return sorted(set(exports) | {k for k in names if not k.startswith("_")})
+
+    return getattr_, dir_
+
+
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'quixer' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | {k for k in globals() if not k.startswith("_")})
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -47,22 +47,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
-
 import numpy as np
 import torch
 
 from .common import UserError, load_torch_file, sha256_file
 from .data import CLUSTER_CENTERS_FILE, KMER_IDS_FILE, TokenData
-from .reference import (CEILING_REFERENCES, DISCOUNT_SELECTION, KneserNeyModel, _Fitted, _Split, choose_order,
-                        discount_record, format_discounts, log_orders)
+from .kneser_ney import (DISCOUNT_SELECTION, Fitted, KneserNeyModel, ScoredSplit, choose_order, discount_record,
+                         format_discounts, log_orders, probability_batches)
 from .scoring import proba_scores
 from .streams import TokenStreams
 from .windows import all_kmers
 
 log = logging.getLogger(__name__)
 
-_BATCH_ELEMENTS = 1 << 22  # rows * V per dense probability batch
+CEILING_REFERENCES = ("token_ceiling", "raw_bases")  # they need the bases behind the tokens
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,12 +175,6 @@ def next_kmers(last_kmers: np.ndarray, k: int) -> np.ndarray:
 # Sparse next-token mass -> scores
 
 
-def _batches(n: int, vocab_size: int) -> Iterator[slice]:
-    step = max(1, _BATCH_ELEMENTS // max(vocab_size, 1))
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
-
-
 def dense_proba(rows: np.ndarray, tokens: np.ndarray, mass: np.ndarray, n_rows: int, vocab_size: int,
                 normalise: bool = True) -> np.ndarray:
     """[n_rows, V] next-token distributions from per-row candidate tokens and masses ([T, C] each,
@@ -207,7 +199,7 @@ def raw_bases_scores(model: KneserNeyModel, windows: np.ndarray, targets: np.nda
                      vocab_size: int, orders: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per order: per-target (nll, top-1, top-5) of the base model read through the token map."""
     parts: dict[int, list[tuple]] = {n: [] for n in orders}
-    for sl in _batches(len(targets), vocab_size):
+    for sl in probability_batches(len(targets), vocab_size):
         ctx, last = window_bases(windows[sl], kmap.k), windows[sl, -2]
         for n, p_base in model.iter_orders(ctx, max(orders), set(orders)):
             parts[n].append(proba_scores(raw_bases_proba(p_base, last, kmap, vocab_size), targets[sl]))
@@ -305,7 +297,7 @@ def token_ceiling_scores(lattice: TokenLattice, contexts: np.ndarray, targets: n
                          prior: ChainPrior) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-target (nll, top-1, top-5) of the Bayes-optimal prediction from the context tokens."""
     parts = [proba_scores(lattice.predict(contexts[sl], prior), targets[sl])
-             for sl in _batches(len(targets), lattice.vocab_size)]
+             for sl in probability_batches(len(targets), lattice.vocab_size)]
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
@@ -316,7 +308,7 @@ def task_anatomy(lattice: TokenLattice, windows: np.ndarray, contexts: np.ndarra
     cand = np.sort(lattice.token_of[next_kmers(windows[:, -2], k)], axis=1)
     distinct = 1 + np.count_nonzero(np.diff(cand, axis=1), axis=1)
     endings = np.zeros(len(windows), dtype=np.int64)
-    for sl in _batches(len(windows), lattice.vocab_size):
+    for sl in probability_batches(len(windows), lattice.vocab_size):
         rows, kmers, alpha = lattice.forward(contexts[sl], ChainPrior.uniform(k))
         pairs = np.unique(rows[alpha > 0] * 4 ** (k - 1) + kmers[alpha > 0] % 4 ** (k - 1))
         endings[sl] = np.bincount(pairs // 4 ** (k - 1), minlength=sl.stop - sl.start)
@@ -340,8 +332,8 @@ def ceiling_max_order(name: str, max_order: int, width: int, k: int) -> int:
     return min(max_order, cap)
 
 
-def fit_ceiling(name: str, data: TokenData, kmap: KmerMap, val: _Split, test: _Split, max_order: int,
-                tolerance: float) -> _Fitted:
+def fit_ceiling(name: str, data: TokenData, kmap: KmerMap, val: ScoredSplit, test: ScoredSplit, max_order: int,
+                tolerance: float) -> Fitted:
     """Fit reference ``name`` on the train bases, its order chosen on ``val``; the anatomy on ``test``."""
     if name not in CEILING_REFERENCES:
         raise UserError(f"unknown ceiling reference {name!r}")
@@ -356,7 +348,7 @@ def fit_ceiling(name: str, data: TokenData, kmap: KmerMap, val: _Split, test: _S
     lattice = TokenLattice(kmap.token_of, V)
     orders = list(range(1, max_order + 1))
 
-    def scores(split: _Split, order_list: list[int]) -> dict[int, tuple]:
+    def scores(split: ScoredSplit, order_list: list[int]) -> dict[int, tuple]:
         if name == "raw_bases":
             return raw_bases_scores(model, windows[split.name], split.targets, kmap, V, order_list)
         return {n: token_ceiling_scores(lattice, split.contexts, split.targets, ChainPrior.from_model(model, n, kmap.k))
@@ -372,7 +364,7 @@ def fit_ceiling(name: str, data: TokenData, kmap: KmerMap, val: _Split, test: _S
              format_discounts(model.counted_discounts(order)))
     log.info("%s: test anatomy: candidates share a token %.1f %%, last %d bases pinned %.1f %%", name,
              100 * anatomy["candidate_tokens_fewer_than_4"], kmap.k - 1, 100 * anatomy["last_bases_pinned"])
-    return _Fitted(by_order[order - 1], lambda split: scores(split, [order])[order], {"table": model.parameters(order)},
+    return Fitted(by_order[order - 1], lambda split: scores(split, [order])[order], {"table": model.parameters(order)},
                    {"order": order, "val_loss_by_order": losses, **discount_record(model, order),
                     "base_val_loss_by_order": tuning.loss,
                     "base_val_loss_by_order_count_of_counts": tuning.counted_loss,

@@ -1,4 +1,4 @@
-"""Distributed data parallel context and the RNG state that a checkpoint carries.
+"""Distributed data parallel context.
 
 Launched by ``torchrun`` (``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` set), a run joins one
 process group (gloo on CPU, NCCL on CUDA); every process trains on its share of each batch
@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from .common import UserError, resolve_device
@@ -76,28 +74,3 @@ def init_distributed(device_flag: str) -> DistContext:
     if owns:
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, owns_group=owns)
-
-
-def rng_state() -> dict:
-    """The python / numpy / torch / CUDA generator states (dropout draws from them)."""
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]),
-                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npst = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
-                         "has_gauss": npst["has_gauss"], "gauss": npst["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])

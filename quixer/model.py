@@ -16,9 +16,9 @@ The maths is that of the official implementation (github.com/CQCL/Quixer,
 This module is the model: parameters, :meth:`Quixer.forward` in the official order,
 initialisation, layerwise training and official checkpoints. How the circuits are simulated
 lives elsewhere: gates, plans, the autograd Functions, the polynomial and the measurement in
-:mod:`quixer.circuits`; the simulator chosen per device in :mod:`quixer.simulators` (torch ops,
-the fused CPU kernel of :mod:`quixer.native`, the Triton GPU kernels of
-:mod:`quixer.triton_kernels`), which also owns the eval-mode cache of per-vocabulary data.
+:mod:`quixer.sim.circuits`; the simulator chosen per device in :mod:`quixer.sim.simulators` (torch ops,
+the fused CPU kernel of :mod:`quixer.sim.native`, the Triton GPU kernels of
+:mod:`quixer.sim.triton_kernels`), which also owns the eval-mode cache of per-vocabulary data.
 
 Differences from the official code, on purpose: the returned postselection probability is
 per sequence and squared (``<psi|psi>``; the official code returns the batch mean of the
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
-from .circuits import (
+from .sim import native
+from .sim.circuits import (
     CircuitPlan,
     ansatz14_gates,
     pauli_expectations,
@@ -43,7 +43,7 @@ from .circuits import (
     to_complex,
     zero_states,
 )
-from .simulators import Simulator, select, simulator_class
+from .sim.simulators import Simulator, select, simulator_class
 
 # Official parameter names -> shape, as a function of the hyper-parameters (n qubits, W tokens,
 # degree d, L ansatz layers, vocabulary V, embedding E). Buffers of the torchquantum device
@@ -72,7 +72,7 @@ _IGNORED_OFFICIAL_PREFIXES = ("torchquantum_device.", "q_device.")
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask comes from the fused kernel library (:mod:`quixer.native`).
+    """``nn.Dropout`` whose CPU mask comes from the fused kernel library (:mod:`quixer.sim.native`).
 
     torch's CPU ``bernoulli_`` makes one generator call per element, a noticeable share of a
     training step for the ``[B, W, E]`` embeddings; the kernel's counter-based generator is
@@ -96,7 +96,7 @@ class Quixer(nn.Module):
 
     INIT_STRATEGIES = ("small_gaussian", "uniform", "xavier", "centroid")
     # Every parameter the circuits are built from, by name: the per-vocabulary eval cache
-    # (quixer.simulators.EvalCache) is rebuilt when any of them changes, and the quantum block of
+    # (quixer.sim.simulators.EvalCache) is rebuilt when any of them changes, and the quantum block of
     # the parameter accounting is its last three. A subclass that adds a circuit parameter lists
     # it here (extending the tuple), or the cached eval path would go on using stale tables.
     CIRCUIT_PARAMETERS = ("embedding.weight", "embedding_to_angles.weight", "embedding_to_angles.bias",
@@ -152,7 +152,7 @@ class Quixer(nn.Module):
     # ---- simulation ----------------------------------------------------------------------
 
     def simulator(self) -> Simulator:
-        """The simulator for the model's current device (:func:`quixer.simulators.select`, or the
+        """The simulator for the model's current device (:func:`quixer.sim.simulators.select`, or the
         pinned one), chosen on each call so that it follows ``.to(device)`` and the kernel switches."""
         device = self.embedding.weight.device
         if device != self._simulator_device:  # moved: eval caches of the old device are stale

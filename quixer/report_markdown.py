@@ -1,4 +1,4 @@
-"""``results.md``: the report's rows (:mod:`quixer.report`) as Markdown tables and sentences.
+"""``results.md``: the report's rows (:mod:`quixer.report_rows`) as Markdown tables and sentences.
 
 Every table says what its numbers are (means over seeds, 95 % intervals, paired or not), and the
 method note at the end says how they were made, so the file can be read without the code.
@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .reference import format_discounts
-from .report import CEILING, GAIN_SHARE_FROM, Report, _finite, is_reference, raw_tokens_name
+from .kneser_ney import format_discounts
+from .report_rows import CEILING, GAIN_SHARE_FROM, Report, _finite, is_reference, raw_tokens_name
 
 METHOD_NOTE = (
     "Every model is scored on the same test targets: every position of the test transcripts with a full "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .common import atomic_path
-from .report import Report, _finite, _mean, is_reference, load_metrics, raw_tokens_name
+from .report_rows import Report, _finite, _mean, is_reference, load_metrics, raw_tokens_name
 
 DPI = 120
 MODEL_COLOURS = {

@@ -7,7 +7,7 @@ epoch are a pure function of the seed and the epoch, RNG states are checkpointed
 run equals the unbroken one); it must never be mixed with other flags or data (the run
 directory is checked before anything is written); and it must say how it ended (stop reason,
 the convergence rule, provenance). ``--cuda_graph`` (one GPU) replays every full batch from one
-captured step (:mod:`quixer.cuda_graphs`) with the capture's warm-up undone, so the run is the
+captured step (:mod:`quixer.sim.cuda_graphs`) with the capture's warm-up undone, so the run is the
 eager one up to float rounding. Layerwise training is a generic hook: any model with
 ``set_active_layers(k)``, ``frozen_masks()`` and ``n_ansatz_layers`` can use it.
 """
@@ -39,12 +39,14 @@ from .common import (
     load_torch_file,
     peak_rss_mb,
     read_json,
+    rng_state,
     seed_everything,
+    set_rng_state,
 )
 from .data import TokenData, data_fingerprint, eval_batches, load_cluster_centers, load_token_data, steps_per_epoch, train_batches
-from .cuda_graphs import CapturedSteps, capturable_optimizer
+from .sim.cuda_graphs import CapturedSteps, capturable_optimizer
 from .devices import fastest_device
-from .distributed import DistContext, init_distributed, rng_state, set_rng_state
+from .distributed import DistContext, init_distributed
 from .live_curves import STEP_EVERY, LiveCurves
 from .provenance import now, provenance
 from .scoring import TargetScores, format_perplexity, prefixed, score_logits

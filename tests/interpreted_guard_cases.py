@@ -1,7 +1,7 @@
-"""The guard around the Triton kernels (quixer/simulators.py, KernelGuard) under TRITON_INTERPRET=1.
+"""The guard around the Triton kernels (quixer/sim/simulators.py, KernelGuard) under TRITON_INTERPRET=1.
 
 Not collected by the normal run (no ``test_`` prefix): ``tests/test_devices.py`` runs this file in
-a subprocess, because Triton fixes interpreter mode when :mod:`quixer.triton_kernels` is imported.
+a subprocess, because Triton fixes interpreter mode when :mod:`quixer.sim.triton_kernels` is imported.
 
 The failure is a real one of the real kernel: with a tile of 3 lanes (``MAX_BLOCK = 3``) the
 kernels' ``tl.arange(0, BLOCK)`` is not a power of two, which Triton rejects (in its interpreter as
@@ -13,18 +13,18 @@ import logging
 import os
 import sys
 
-os.environ["TRITON_INTERPRET"] = "1"  # before quixer.triton_kernels (and triton's kernels) are imported
-if "quixer.triton_kernels" in sys.modules and not sys.modules["quixer.triton_kernels"].INTERPRETED:
-    raise RuntimeError("quixer.triton_kernels was imported before TRITON_INTERPRET=1: run this file on its own")
+os.environ["TRITON_INTERPRET"] = "1"  # before quixer.sim.triton_kernels (and triton's kernels) are imported
+if "quixer.sim.triton_kernels" in sys.modules and not sys.modules["quixer.sim.triton_kernels"].INTERPRETED:
+    raise RuntimeError("quixer.sim.triton_kernels was imported before TRITON_INTERPRET=1: run this file on its own")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from triton.errors import TritonError  # noqa: E402
 
-from quixer import simulators, triton_kernels  # noqa: E402
-from quixer.circuits import CircuitPlan, ansatz14_gates  # noqa: E402
+from quixer.sim import simulators, triton_kernels  # noqa: E402
+from quixer.sim.circuits import CircuitPlan, ansatz14_gates  # noqa: E402
 from quixer.model import Quixer  # noqa: E402
-from quixer.simulators import KERNEL_GUARD, GuardedTritonSimulator, TorchSimulator  # noqa: E402
+from quixer.sim.simulators import KERNEL_GUARD, GuardedTritonSimulator, TorchSimulator  # noqa: E402
 
 PRIMITIVES = {"circuits", "circuits_adjoint", "lcu_power", "lcu_power_adjoint"}
 

@@ -1,9 +1,9 @@
-"""The Triton kernels (quixer/triton_kernels.py) on CPU tensors under TRITON_INTERPRET=1, against
+"""The Triton kernels (quixer/sim/triton_kernels.py) on CPU tensors under TRITON_INTERPRET=1, against
 the torch simulation (itself checked against qiskit and numpy in test_model.py).
 
 Not collected by the normal run (no ``test_`` prefix): ``tests/test_triton.py`` runs this file in
 a subprocess, because Triton fixes interpreter mode when a kernel is decorated, i.e. when
-:mod:`quixer.triton_kernels` is first imported. Sizes are tiny (2-3 qubits, a handful of
+:mod:`quixer.sim.triton_kernels` is first imported. Sizes are tiny (2-3 qubits, a handful of
 instances): the interpreter runs every tile op as a numpy call. ``MAX_BLOCK = 4`` cases cover
 partial tiles and sums over several lane blocks.
 """
@@ -12,17 +12,17 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ["TRITON_INTERPRET"] = "1"  # before quixer.triton_kernels (and triton's kernels) are imported
-if "quixer.triton_kernels" in sys.modules and not sys.modules["quixer.triton_kernels"].INTERPRETED:
-    raise RuntimeError("quixer.triton_kernels was imported before TRITON_INTERPRET=1: run this file on its own")
+os.environ["TRITON_INTERPRET"] = "1"  # before quixer.sim.triton_kernels (and triton's kernels) are imported
+if "quixer.sim.triton_kernels" in sys.modules and not sys.modules["quixer.sim.triton_kernels"].INTERPRETED:
+    raise RuntimeError("quixer.sim.triton_kernels was imported before TRITON_INTERPRET=1: run this file on its own")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from quixer import triton_kernels  # noqa: E402
-from quixer.circuits import CircuitFunction, CircuitPlan, LCUPowerFunction, ansatz14_gates, gate_coefficients  # noqa: E402
+from quixer.sim import triton_kernels  # noqa: E402
+from quixer.sim.circuits import CircuitFunction, CircuitPlan, LCUPowerFunction, ansatz14_gates, gate_coefficients  # noqa: E402
 from quixer.model import Quixer  # noqa: E402
-from quixer.simulators import KERNEL_GUARD, TorchSimulator, TritonSimulator, select  # noqa: E402
+from quixer.sim.simulators import KERNEL_GUARD, TorchSimulator, TritonSimulator, select  # noqa: E402
 
 ATOL = {torch.float64: 1e-12, torch.float32: 2e-5}
 

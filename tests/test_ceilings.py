@@ -27,7 +27,8 @@ from quixer.common import UserError, atomic_torch_save, atomic_write_json
 from quixer.data import KMER_IDS_FILE, data_fingerprint, load_token_data
 from quixer.encoding import TABLE_FILE, table_sha256
 from quixer.kmer_tokens import prepare_classical_benchmarks
-from quixer.reference import KneserNeyModel, _Split, run_reference
+from quixer.kneser_ney import KneserNeyModel, ScoredSplit
+from quixer.reference import run_reference
 from quixer.scoring import TargetScores
 from quixer.streams import TokenStreams
 from quixer.window_sources import WindowSources
@@ -189,14 +190,14 @@ def test_identity_tokens_raw_bases_is_the_base_model_and_the_ceiling_agrees(kmer
     data = load_token_data(kmer_tokens)
     kmap = load_kmer_map(data)
     model = KneserNeyModel(4, 8).fit_streams(base_streams(kmer_streams(data, kmap, "train"), 6))
-    val = _Split.of(data, "val", EVAL)
+    val = ScoredSplit.of(data, "val", EVAL)
     val_windows = kmer_streams(data, kmap, "val").windows(val.scored.starts, 32).numpy()
     tuning = model.tune_discounts(window_bases(val_windows, 6), val_windows[:, -1] % 4)
     assert raw["base_val_loss_by_order"] == tuning.loss and raw["discounts"] == model.discounts(raw["order"])
     # the base model's discounts are chosen order by order: the orders both share are the same model
     assert ceiling["base_val_loss_by_order"] == raw["base_val_loss_by_order"][:6]
     assert ceiling["discounts"] == model.discounts(ceiling["order"])
-    test = _Split.of(data, "test", EVAL)
+    test = ScoredSplit.of(data, "test", EVAL)
     windows = kmer_streams(data, kmap, "test").windows(test.scored.starts, 32).numpy()
     p = model.predict_proba(window_bases(windows, 6), raw["order"])
     scores = TargetScores.load(tmp_path / "raw" / "test_scores.npz")

@@ -1,7 +1,7 @@
 """The Quixer model on CUDA against the same model on the CPU (skipped without a GPU).
 
 CI has no GPU: these run where one is lent (``bash bench/gpu_check.sh``). On CUDA the model uses
-the fused Triton kernels (quixer/triton_kernels.py) unless the torch simulation is pinned; on the
+the fused Triton kernels (quixer/sim/triton_kernels.py) unless the torch simulation is pinned; on the
 CPU the fused C++ kernel where it builds. Both GPU simulators must give the same logits,
 postselection, gradients, eval-cache results and training trajectory as the CPU (complex128),
 the paper-sized circuits must agree in complex64, the simulator must follow ``.to(device)``, a
@@ -24,11 +24,11 @@ import torch
 
 from tests.helpers import adam_steps
 
-from quixer import triton_kernels
-from quixer.cuda_graphs import CapturedSteps, capture_eval, capture_step
+from quixer.sim import triton_kernels
+from quixer.sim.cuda_graphs import CapturedSteps, capture_eval, capture_step
 from quixer.devices import fastest_device, training_step
 from quixer.model import Quixer
-from quixer.simulators import KERNEL_GUARD, GuardedTritonSimulator, select
+from quixer.sim.simulators import KERNEL_GUARD, GuardedTritonSimulator, select
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -265,7 +265,7 @@ def test_a_kernel_that_does_not_compile_falls_back_to_torch_ops(uncompilable_til
     assert automatic.simulator().name == "triton-auto" and KERNEL_GUARD.failed
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-    assert sum(r.levelname == "WARNING" and r.name == "quixer.simulators" for r in caplog.records) == 1
+    assert sum(r.levelname == "WARNING" and r.name == "quixer.sim.simulators" for r in caplog.records) == 1
     for model in (pinned_triton, automatic):  # pinned, even after automatic forwards: the compiler's error
         model.use_simulator("triton")
         with pytest.raises(Exception) as error:

@@ -1,5 +1,5 @@
-"""The device choice (quixer/devices.py), the CPU side of CUDA-graph capture (quixer/cuda_graphs.py),
-the guard around the Triton kernels (quixer/simulators.py, under Triton's interpreter), and the GPU
+"""The device choice (quixer/devices.py), the CPU side of CUDA-graph capture (quixer/sim/cuda_graphs.py),
+the guard around the Triton kernels (quixer/sim/simulators.py, under Triton's interpreter), and the GPU
 check's safety nets (bench/gpu_check.sh, the per-test time limit and optional-package skips of
 tests/conftest.py). With a GPU, tests/test_cuda.py times both devices, checks captured training
 steps against eager steps and a failing kernel's fallback on the real compiler."""
@@ -20,8 +20,8 @@ import torch
 
 from tests.helpers import REPO
 
-from quixer import native
-from quixer.cuda_graphs import (
+from quixer.sim import native
+from quixer.sim.cuda_graphs import (
     CapturedSteps,
     TrainingSnapshot,
     capturable_optimizer,

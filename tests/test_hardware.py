@@ -1,4 +1,4 @@
-"""The Quixer circuit for hardware (quixer/hardware_*.py) against the torch model.
+"""The Quixer circuit for hardware (quixer/hardware/*.py) against the torch model.
 
 The references are independent: the circuit is built with pytket from the model's parameters
 alone (its own ansatz-14 gate list, multiplexed rotations, diagonal phases, mid-circuit
@@ -25,10 +25,10 @@ import train_classical_baselines
 import train_quixer_hybrid
 from quixer.common import UserError
 from quixer.hardware import HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG, hardware_summary_markdown, load_quixer_run
-from quixer.hardware_circuit import BASES, model_circuit
-from quixer.hardware_resources import compile_circuit, gate_counts, resource_counts
-from quixer.hardware_shots import exact_outcomes, features_from_distributions, sample_features
-from quixer.hardware_simulation import pauli_features, simulate
+from quixer.hardware.circuit import BASES, model_circuit
+from quixer.hardware.resources import compile_circuit, gate_counts, resource_counts
+from quixer.hardware.shots import exact_outcomes, features_from_distributions, sample_features
+from quixer.hardware.simulation import pauli_features, simulate
 from quixer.intervals import GroupBootstrap
 from quixer.model import Quixer
 from quixer.scoring import TargetScores

@@ -2,7 +2,7 @@
 
 References: qiskit's Operator for the token circuits, explicit numpy matrix algebra for the
 LCU + QSVT state and for the measured Pauli expectations, torch.autograd.gradcheck, the
-naive gate-by-gate simulation in quixer/naive.py, and the parameter layout of the
+naive gate-by-gate simulation in quixer/sim/naive.py, and the parameter layout of the
 official implementation (CQCL/Quixer, quixer/quixer_model.py). Small sizes only (2-3 qubits).
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from quixer import native
-from quixer.circuits import CircuitPlan, ansatz14_gates, pauli_expectations
+from quixer.sim import native
+from quixer.sim.circuits import CircuitPlan, ansatz14_gates, pauli_expectations
 from quixer.model import OFFICIAL_PARAMETER_NAMES, Quixer
-from quixer.naive import naive_forward
-from quixer.simulators import circuit_unitaries, run_circuits
+from quixer.sim.naive import naive_forward
+from quixer.sim.simulators import circuit_unitaries, run_circuits
 from tests.helpers import adam_steps
 
 C128 = torch.complex128
@@ -25,7 +25,7 @@ C128 = torch.complex128
 
 @pytest.fixture(params=["kernel", "torch"])
 def simulation(request):
-    """Run a test on the fused CPU kernel (quixer.native) and on the torch butterfly path."""
+    """Run a test on the fused CPU kernel (quixer.sim.native) and on the torch butterfly path."""
     if request.param == "kernel" and not native.available():
         pytest.skip("fused CPU kernel unavailable (no C++ compiler)")
     native.set_enabled(request.param == "kernel")

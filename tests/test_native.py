@@ -1,6 +1,6 @@
-"""The fused CPU kernel (quixer/native.py, quixer/statevector_kernel.cpp) against the torch simulation.
+"""The fused CPU kernel (quixer/sim/native.py, quixer/sim/statevector_kernel.cpp) against the torch simulation.
 
-The torch butterfly path (quixer/circuits.py) is itself checked against qiskit and numpy in
+The torch butterfly path (quixer/sim/circuits.py) is itself checked against qiskit and numpy in
 test_model.py (which runs the main checks on both paths); here the kernel's forward, adjoint,
 LCU power and dropout mask are compared with it and with explicit algebra, on odd sizes that
 leave partial tiles, in float32 and float64, with 1 and 2 threads.
@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from quixer import native
-from quixer.circuits import CircuitPlan, LCUPowerFunction, ansatz14_gates, gate_coefficients
+from quixer.sim import native
+from quixer.sim.circuits import CircuitPlan, LCUPowerFunction, ansatz14_gates, gate_coefficients
 from quixer.model import Dropout, Quixer
-from quixer.simulators import NativeSimulator, TorchSimulator, run_circuits
+from quixer.sim.simulators import NativeSimulator, TorchSimulator, run_circuits
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="fused CPU kernel unavailable (no C++ compiler)")
@@ -198,7 +198,7 @@ def test_dropout_gradient_uses_the_same_mask():
 
 
 def test_disabled_or_unbuildable_kernel_falls_back(tmp_path):
-    code = ("import torch; from quixer import native; from quixer.model import Quixer;"
+    code = ("import torch; from quixer.sim import native; from quixer.model import Quixer;"
             "m = Quixer(3, 4, 2, 1, 5, 4); x = torch.randint(0, 5, (2, 4));"
             "m(x)[0].sum().backward(); print(native.available(), native.unavailable_reason())")
     env = dict(os.environ, QUIXER_KERNEL_CACHE=str(tmp_path / "cache"))
@@ -217,13 +217,13 @@ def test_disabled_or_unbuildable_kernel_falls_back(tmp_path):
 @pytest.mark.slow
 def test_build_is_cached_and_prebuildable(tmp_path):
     env = dict(os.environ, QUIXER_KERNEL_CACHE=str(tmp_path))
-    first = subprocess.run([sys.executable, "-m", "quixer.native"], cwd=REPO, capture_output=True, text=True, env=env)
+    first = subprocess.run([sys.executable, "-m", "quixer.sim.native"], cwd=REPO, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr
     path = first.stdout.strip()
     assert path.startswith(str(tmp_path)) and os.path.exists(path)
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(path)]  # no temporary files left
     built = os.stat(path).st_mtime_ns
-    again = subprocess.run([sys.executable, "-m", "quixer.native"], cwd=REPO, capture_output=True, text=True, env=env)
+    again = subprocess.run([sys.executable, "-m", "quixer.sim.native"], cwd=REPO, capture_output=True, text=True, env=env)
     assert again.stdout.strip() == path and os.stat(path).st_mtime_ns == built  # reused, not rebuilt
 
 

@@ -53,11 +53,15 @@ print(json.dumps({"heavy": heavy, "origin": origin, "file": quixer.__file__,
         quixer.nope  # noqa: B018
 
 
-def test_every_module_is_listed_in_the_package_docstring():
-    import quixer
+@pytest.mark.parametrize("package", ["quixer", "quixer.sim", "quixer.hardware"])
+def test_every_module_is_listed_in_the_package_docstring(package):
+    """Each package's docstring is its map: one line per module and subpackage."""
+    import importlib
 
-    listed = set(re.findall(r"^- ``(\w+)``", quixer.__doc__, re.M))
-    modules = {p.stem for p in (REPO / "quixer").glob("*.py") if p.stem != "__init__"}
+    folder = REPO.joinpath(*package.split("."))
+    listed = set(re.findall(r"^- ``(\w+)``", importlib.import_module(package).__doc__, re.M))
+    modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    modules |= {p.parent.name for p in folder.glob("*/__init__.py")}
     assert listed == modules
 
 
@@ -94,13 +98,13 @@ def test_wheel_holds_the_package_and_kernel_source_and_runs_from_anywhere(tmp_pa
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     package = {n for n in names if not n.startswith("quixer_rna-")}
-    expected = {f"quixer/{p.name}" for p in (REPO / "quixer").glob("*.py")} | {"quixer/statevector_kernel.cpp"}
+    expected = {p.relative_to(REPO).as_posix() for p in (REPO / "quixer").rglob("*.py")} | {"quixer/sim/statevector_kernel.cpp"}
     assert package == expected
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                               str(wheel)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
-    code = ("import quixer, quixer.native as n; print(quixer.__file__); print(n.SOURCE.is_file()); "
+    code = ("import quixer, quixer.sim.native as n; print(quixer.__file__); print(n.SOURCE.is_file()); "
             "from quixer import Quixer; print(Quixer.__module__)")
     proc = python(code, tmp_path, env={"PYTHONPATH": str(target)})
     assert proc.returncode == 0, proc.stderr[-3000:]

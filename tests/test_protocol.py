@@ -12,7 +12,7 @@ import torch
 from tests.helpers import SAMPLE_FASTA
 from quixer.fasta import iter_fasta, normalise
 from quixer.intervals import GroupBootstrap
-from quixer.reference import KneserNeyModel
+from quixer.kneser_ney import KneserNeyModel
 from quixer.scoring import TargetScores, fixed_distribution_scores, score_logits
 from quixer.streams import TokenStreams, TrainSchedule, eval_targets
 from quixer.window_sources import WindowSources

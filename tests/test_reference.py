@@ -11,19 +11,8 @@ import torch
 
 from quixer.common import UserError
 from quixer.data import data_fingerprint, load_token_data
-from quixer.reference import (
-    CEILING_REFERENCES,
-    DEFAULT_ORDER_TOLERANCE,
-    TOKEN_REFERENCES,
-    UNIGRAM_ALPHAS,
-    KneserNeyModel,
-    _Split,
-    _stack_loss,
-    choose_order,
-    format_discounts,
-    kn_discounts,
-    run_reference,
-)
+from quixer.kneser_ney import KneserNeyModel, ScoredSplit, _stack_loss, choose_order, format_discounts, kn_discounts
+from quixer.reference import CEILING_REFERENCES, DEFAULT_ORDER_TOLERANCE, TOKEN_REFERENCES, UNIGRAM_ALPHAS, run_reference
 from tests.token_fixtures import make_token_dir
 
 RESULT_KEYS = {
@@ -337,7 +326,7 @@ def real_tokens(tmp_path_factory):
 
 def fitted_and_tuned(tokens, max_order: int = 8):
     data = load_token_data(tokens)
-    val = _Split.of(data, "val", None)
+    val = ScoredSplit.of(data, "val", None)
     model = KneserNeyModel(data.vocab_size, max_order).fit_streams(data.streams("train"))
     return data, val, model, model.tune_discounts(val.contexts, val.targets)
 

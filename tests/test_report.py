@@ -240,7 +240,7 @@ def test_no_results_is_one_line_error(tmp_path):
 
 
 def test_gain_shares_need_both_ends_on_the_same_targets():
-    from quixer.report import add_gain_shares
+    from quixer.report_rows import add_gain_shares
 
     rows = [{"model": "unigram", "run": "unigram", "test_top1": 0.1, "test_loss": 5.0, "targets_sha256": "a"},
             {"model": "token_ceiling", "run": "token_ceiling", "test_top1": 0.5, "test_loss": 1.0,
@@ -315,7 +315,7 @@ def test_a_row_refuses_seeds_of_other_data(runs_dir, tmp_path):
 
 
 def test_data_labels_tell_pipelines_apart():
-    from quixer.report import add_data_labels
+    from quixer.report_rows import add_data_labels
 
     rows = [{"data": "/w/a/out/quantized", "data_fingerprint": "1" * 64},
             {"data": "/w/b/out/quantized", "data_fingerprint": "2" * 64},
@@ -435,7 +435,7 @@ def test_raw_track_alone(two_tracks, tmp_path, capsys):
 
 
 def test_tracks_pair_only_on_the_same_positions(caplog):
-    from quixer.report import pairing, track_difference
+    from quixer.report_rows import pairing, track_difference
 
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(10), 5)

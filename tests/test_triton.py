@@ -1,4 +1,4 @@
-"""The Triton GPU kernels (quixer/triton_kernels.py), checked without a GPU.
+"""The Triton GPU kernels (quixer/sim/triton_kernels.py), checked without a GPU.
 
 - ``tests/interpreted_triton_cases.py`` runs the kernels under TRITON_INTERPRET=1 on CPU tensors
   against the torch simulation (forward, adjoint, LCU power and its backward, gradcheck, a whole
@@ -7,7 +7,7 @@
 - The kernels are compiled for an sm_90 GPU (the H200 of docs/gpu_h200) at the paper's size, as a
   launch compiles them (no GPU needed): Triton's compiler rejects things its interpreter runs, and
   the kernels' speed is bound by what the compiled code shows: registers, spills, and the warp
-  shuffles, barriers and instructions of each gate (quixer/compiled_kernels.py reads them).
+  shuffles, barriers and instructions of each gate (quixer/sim/compiled_kernels.py reads them).
 
 tests/test_cuda.py checks the same kernels on a real GPU where one is lent.
 """
@@ -38,10 +38,10 @@ def test_interpreted_kernels_match_the_torch_simulation():
 @pytest.fixture(scope="module")
 def sm90():
     """The kernels as compiled for an sm_90 GPU at the paper's size, measured once per module:
-    {(launch name, dtype name): quixer.compiled_kernels.measure(...) plus the launch}."""
+    {(launch name, dtype name): quixer.sim.compiled_kernels.measure(...) plus the launch}."""
     import torch
 
-    from quixer import compiled_kernels
+    from quixer.sim import compiled_kernels
 
     found = {}
     for dtype in (torch.float32, torch.float64):
@@ -84,7 +84,7 @@ def test_kernels_address_states_with_int64_offsets_on_a_flat_grid(sm90):
     of sequences x lane blocks (no 65,535 limit); the launchers refuse more than 2^31 - 1 programs."""
     import torch
 
-    from quixer import triton_kernels
+    from quixer.sim import triton_kernels
 
     for launch, found in sm90.values():
         assert found["state_offset_types"] == ["i64"], found
@@ -101,7 +101,7 @@ def test_kernels_address_states_with_int64_offsets_on_a_flat_grid(sm90):
 def test_the_eval_kernel_halves_the_gate_work_of_a_sequence(sm90, dtype):
     """Per sequence at degree 3, the gate loops of one eval launch (two powers: the first comes from the
     cached U_v|0>) against the three LCU-power launches they replace, in SASS warp-instructions."""
-    from quixer.compiled_kernels import gate_instructions_per_sequence
+    from quixer.sim.compiled_kernels import gate_instructions_per_sequence
 
     new = gate_instructions_per_sequence(*sm90["qsvt_eval", dtype])
     old = gate_instructions_per_sequence(*sm90["lcu_power", dtype], degree=3)
@@ -111,7 +111,7 @@ def test_the_eval_kernel_halves_the_gate_work_of_a_sequence(sm90, dtype):
 def test_gate_loop_paths_are_read_off_a_listing():
     """The per-gate figures come from the paths round the innermost loop that exchanges partners:
     here a loop with a shuffle-free branch (1 of 6 gates) and a shuffling one, after a loop without."""
-    from quixer.compiled_kernels import gate_loop
+    from quixer.sim.compiled_kernels import gate_loop
 
     ptx = """
     mov.u32 %r1, 0;

@@ -32,7 +32,7 @@ PREPARE_c^dag and measure ``poly``, kept when 0. The accepted shots hold exactly
 model's postselection probability. Then the quantum feed-forward (one ansatz-14 layer) and a
 basis change (X: H; Y: S^dag then H; Z: none) before measuring ``tok``.
 
-:mod:`quixer.hardware_simulation` runs these circuits in qiskit-aer, projecting at every
+:mod:`quixer.hardware.simulation` runs these circuits in qiskit-aer, projecting at every
 postselected measurement: an independent check of the torch model.
 """
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 :func:`estimate_hardware` (``estimate_quixer_hardware.py``) takes a Quixer run directory and
 
-1. builds the real circuit of one test window (:mod:`quixer.hardware_circuit`: LCU + QSVT with
+1. builds the real circuit of one test window (:mod:`quixer.hardware.circuit`: LCU + QSVT with
    mid-circuit postselection, feed-forward, X/Y/Z measurement) and checks it by simulating it
-   in qiskit-aer (:mod:`quixer.hardware_simulation`) against the torch model (state,
+   in qiskit-aer (:mod:`quixer.hardware.simulation`) against the torch model (state,
    postselection probability, features);
-2. compiles it with pytket to named native gate sets (:mod:`quixer.hardware_resources`);
+2. compiles it with pytket to named native gate sets (:mod:`quixer.hardware.resources`);
 3. scores the test set with features estimated from S shots per basis
-   (:mod:`quixer.hardware_shots`);
+   (:mod:`quixer.hardware.shots`);
 
 and writes ``hardware.json``, ``hardware.md`` and ``hardware_shots.png``.
 :func:`hardware_summary_markdown` gives the report one or two lines about it.
@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .common import (UserError, atomic_path, atomic_write_json, atomic_write_text, load_torch_file, read_json,
+from ..common import (UserError, atomic_path, atomic_write_json, atomic_write_text, load_torch_file, read_json,
                      sha256_file)
 
 log = logging.getLogger("quixer")
@@ -84,7 +84,7 @@ def resolve_run_dir(run_dir: str | os.PathLike, run_seed: int | None = None) -> 
 
 def _check_same_data(run_dir: Path, data_dir: Path) -> None:
     """Refuse to score a run on tokens other than those it was trained on (by content)."""
-    from .data import data_fingerprint
+    from ..data import data_fingerprint
 
     results = run_dir / "results.json"
     recorded = read_json(results).get("data_fingerprint") if results.is_file() else None
@@ -103,7 +103,7 @@ def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     Sizes come from the checkpoint's tensors and are checked against ``config.json``; the data
     directory must hold the tokens the run was trained on.
     """
-    from .model import Quixer
+    from ..model import Quixer
 
     run_dir = resolve_run_dir(run_dir, run_seed)
     config = read_json(run_dir / "config.json")
@@ -149,8 +149,8 @@ def _test_windows(run: QuixerRun, max_windows: int, seed: int
     """Input tokens and targets of the test targets the run was scored on (the protocol of
     :mod:`quixer.streams`; a seeded subset of ``max_windows`` if there are more), their indices
     among those targets, how many there are, and their gene groups (None without sources)."""
-    from .data import load_token_data
-    from .streams import DEFAULT_EVAL_TARGETS, eval_targets
+    from ..data import load_token_data
+    from ..streams import DEFAULT_EVAL_TARGETS, eval_targets
 
     data = load_token_data(run.data_dir, splits=("test",))
     model = run.model
@@ -173,8 +173,8 @@ def _test_windows(run: QuixerRun, max_windows: int, seed: int
 def verify_circuit(model, x: torch.Tensor) -> tuple:
     """The circuit of window ``x`` and how its qiskit-aer simulation compares with the model
     (box level: the multiplexors as qiskit's own; the gate-level decomposition is checked in the tests)."""
-    from .hardware_circuit import BASES, model_circuit
-    from .hardware_simulation import pauli_features, simulate
+    from .circuit import BASES, model_circuit
+    from .simulation import pauli_features, simulate
 
     captured = []
     hook = model.output_feedforward.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
@@ -211,8 +211,8 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
                       run_seed: int | None = None) -> dict:
     """Circuit, resources and finite-shot accuracy of a Quixer run (or of seed ``run_seed`` of a
     model folder); see the module docstring."""
-    from .hardware_resources import GATE_SET_NAMES, resource_counts
-    from .hardware_shots import INTERVAL_METHOD, exact_outcomes, shot_table
+    from .resources import GATE_SET_NAMES, resource_counts
+    from .shots import INTERVAL_METHOD, exact_outcomes, shot_table
 
     if not shots or any(int(s) != s or s < 1 for s in shots):
         raise UserError(f"--shots must be positive integers, got {list(shots)}")
@@ -341,7 +341,7 @@ def hardware_markdown(report: dict) -> str:
         f"({e['0.0001']:.1e}).",
         "", "Gates exclude measurements. Blocks compiled one by one (SELECT once, relabelled for each power) and "
         "put back together; optimised = FullPeepholeOptimise (SynthesiseTket on SELECT), rebase, squash, "
-        "RemoveRedundancies. No routing (all-to-all connectivity). See `quixer/hardware_resources.py`.", "",
+        "RemoveRedundancies. No routing (all-to-all connectivity). See `quixer/hardware/resources.py`.", "",
     ]
     return "\n".join(lines + _shots_markdown(report["shots"])) + "\n"
 

@@ -1,6 +1,6 @@
 """What the Quixer circuit costs on hardware: pytket compilation to named native gate sets.
 
-The circuit of one window (:mod:`quixer.hardware_circuit`) is a fixed sequence of blocks:
+The circuit of one window (:mod:`quixer.hardware.circuit`) is a fixed sequence of blocks:
 PREPARE_c, then per power ``PREP, SELECT_j, PREP^dag`` (and a mid-circuit measurement), then
 PREPARE_c^dag, then per basis the feed-forward and the basis change. Blocks are compiled one by
 one (SELECT_j differ only in which ``poly`` qubit controls them: one is compiled, the others are
@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Iterable
 
-from .hardware_circuit import QuixerCircuit
+from .circuit import QuixerCircuit
 
 log = logging.getLogger("quixer")
 

@@ -23,8 +23,8 @@ import math
 import numpy as np
 import torch
 
-from .intervals import REPLICATES, GroupBootstrap, perplexity_interval
-from .scoring import TargetScores, perplexity, score_logits
+from ..intervals import REPLICATES, GroupBootstrap, perplexity_interval
+from ..scoring import TargetScores, perplexity, score_logits
 
 INTERVAL_METHOD = (f"95 % intervals: a bootstrap over the test targets' gene groups ({REPLICATES:,} replicates) of "
                    "the per-target scores, each target's own shot noise included; differences from exact are paired "

@@ -1,4 +1,4 @@
-"""Simulate the hardware circuits of :mod:`quixer.hardware_circuit` in qiskit-aer, with postselection.
+"""Simulate the hardware circuits of :mod:`quixer.hardware.circuit` in qiskit-aer, with postselection.
 
 A circuit is run segment by segment: the gates between two measurements are one qiskit-aer
 statevector job, and a measurement into a postselected (``post_*``) bit projects its qubit on
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hardware_circuit import BASES, POST_PREFIX
+from .circuit import BASES, POST_PREFIX
 
 
 @dataclass

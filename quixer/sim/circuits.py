@@ -1,8 +1,8 @@
 """Quixer's circuits as data and maths: gates, plans, the torch butterfly simulation, the autograd
 Functions every simulator shares, the QSVT polynomial and the Pauli measurement.
 
-Nothing here chooses where or how circuits run: :mod:`quixer.simulators` does (torch ops, the
-fused CPU kernel of :mod:`quixer.native`, the Triton kernels of :mod:`quixer.triton_kernels`).
+Nothing here chooses where or how circuits run: :mod:`quixer.sim.simulators` does (torch ops, the
+fused CPU kernel of :mod:`quixer.sim.native`, the Triton kernels of :mod:`quixer.sim.triton_kernels`).
 All of them use the real state layout of :class:`CircuitPlan`, so the autograd Functions below
 only need a simulator's four primitives (``circuits``, ``circuits_adjoint``, ``lcu_power``,
 ``lcu_power_adjoint``).

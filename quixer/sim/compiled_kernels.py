@@ -6,7 +6,7 @@ each gate costs (warp shuffles and barriers above all). All of these can be read
 kernel: registers and stack from the cubin (``cuobjdump``), instructions per gate from the gate loop
 of the PTX and of the SASS (``nvdisasm``); the triton wheel ships both tools.
 
-The kernels are compiled from the arguments the real launchers of :mod:`quixer.triton_kernels`
+The kernels are compiled from the arguments the real launchers of :mod:`quixer.sim.triton_kernels`
 pass, on CPU tensors with the launch recorded instead of run, and specialised as Triton's JIT does at
 a launch (integers equal to 1 become constants, 16-byte alignment is assumed where it holds): the
 layouts the compiler picks depend on that specialisation.
@@ -48,9 +48,9 @@ class Launch:
 
 @contextlib.contextmanager
 def _recording(launches: list):
-    """Launchers of :mod:`quixer.triton_kernels` that accept CPU tensors and record instead of launching."""
+    """Launchers of :mod:`quixer.sim.triton_kernels` that accept CPU tensors and record instead of launching."""
     if triton_kernels.INTERPRETED:
-        raise RuntimeError("quixer.triton_kernels was imported under TRITON_INTERPRET=1: its kernels cannot compile")
+        raise RuntimeError("quixer.sim.triton_kernels was imported under TRITON_INTERPRET=1: its kernels cannot compile")
     saved = triton_kernels.INTERPRETED, triton_kernels._execute
     triton_kernels.INTERPRETED = True  # supports() takes CPU tensors
     triton_kernels._execute = lambda kernel, grid, args, meta: launches.append((kernel, grid, args, meta))
@@ -84,7 +84,7 @@ def paper_launches(dtype: torch.dtype, n_qubits: int = 6, n_layers: int = 4, bat
 def eval_launch(dtype: torch.dtype, n_qubits: int = 6, n_layers: int = 4, batch: int = 16384, window: int = 31,
                 vocab: int = 512, degree: int = 3) -> Launch:
     """The eval launch at the paper's size: the whole QSVT state of ``batch`` sequences of ``window`` tokens
-    from per-vocabulary tables, in one :func:`quixer.triton_kernels.qsvt_eval` launch."""
+    from per-vocabulary tables, in one :func:`quixer.sim.triton_kernels.qsvt_eval` launch."""
     plan = CircuitPlan(ansatz14_gates(n_qubits, n_layers), n_qubits)
     rows, gates = 2 ** (n_qubits + 1), len(plan.gates)
     recorded: list = []

@@ -113,7 +113,7 @@ class TrainingSnapshot:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        from .distributed import rng_state
+        from ..common import rng_state
 
         self.model, self.optimizer = model, optimizer
         self.tensors = [t.detach().clone() for t in self._model_tensors()]
@@ -126,7 +126,7 @@ class TrainingSnapshot:
 
     @torch.no_grad()
     def restore(self) -> None:
-        from .distributed import set_rng_state
+        from ..common import set_rng_state
 
         for tensor, saved in zip(self._model_tensors(), self.tensors):
             tensor.copy_(saved)
@@ -178,7 +178,7 @@ def capture_eval(model: torch.nn.Module, example: torch.Tensor, warmup: int = 2
 
     Why: an eval batch is a few launches (per-vocabulary tables, the eval kernel, measurement, head);
     replayed as one graph at large batches the GPU never waits for the host. A Quixer-like model's eval
-    tables are built inside the graph (:meth:`quixer.simulators.EvalCache.rebuilt_per_call`), so each
+    tables are built inside the graph (:meth:`quixer.sim.simulators.EvalCache.rebuilt_per_call`), so each
     replay reads the parameters' current values, with no staleness check (a host read-back) needed;
     they cost about a vocabulary's worth of circuits, little beside a batch of 16 k sequences.
 

@@ -1,6 +1,6 @@
 """The fused CPU circuit kernels (``statevector_kernel.cpp``): built on first use, loaded with ctypes.
 
-Why a native kernel: on a CPU the torch butterfly simulation in :mod:`quixer.circuits` makes a
+Why a native kernel: on a CPU the torch butterfly simulation in :mod:`quixer.sim.circuits` makes a
 pass over the whole batch of states for every gate, so a training step is bound by memory
 traffic and op overhead. The kernel runs all gates of a circuit on a tile of instances held in
 L1 cache (see the C++ file's header). It is optional: where no C++ compiler is found, the build
@@ -10,7 +10,7 @@ that both agree).
 The library is compiled with ``$CXX`` (default ``g++``) into ``$QUIXER_KERNEL_CACHE`` (default
 ``~/.cache/quixer/kernels``), under a name that hashes the source, the compiler and the CPU's
 flags, so an edited source or another machine gets its own build; the write is atomic, so
-concurrent first uses (several DDP ranks) are safe. ``python -m quixer.native`` builds it ahead
+concurrent first uses (several DDP ranks) are safe. ``python -m quixer.sim.native`` builds it ahead
 of time and prints where it is.
 """
 from __future__ import annotations
@@ -332,11 +332,11 @@ def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tenso
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m quixer.native``: build the kernel now; prints its path (exit 1 if it cannot)."""
+    """``python -m quixer.sim.native``: build the kernel now; prints its path (exit 1 if it cannot)."""
     try:
         print(build())
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        print(f"quixer.native: {exc}", file=sys.stderr)
+        print(f"quixer.sim.native: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,17 +1,17 @@
 """How a Quixer model's circuits are simulated: one :class:`Simulator` per kind of device.
 
 A simulator implements the circuit primitives on the real state layout of
-:class:`quixer.circuits.CircuitPlan` (states ``[..., R, N]``, ``R = 2^(n+1)`` rows, instances
+:class:`quixer.sim.circuits.CircuitPlan` (states ``[..., R, N]``, ``R = 2^(n+1)`` rows, instances
 last) and the eval-mode QSVT state with its per-vocabulary cache; everything else (autograd, the
 polynomial, normalisation, measurement) is shared. Subclasses:
 
 - :class:`TorchSimulator`: torch ops ("butterflies" over whole rows); runs anywhere.
-- :class:`NativeSimulator`: the fused C++/OpenMP kernel of :mod:`quixer.native` (CPU).
-- :class:`TritonSimulator`: the fused Triton kernels of :mod:`quixer.triton_kernels` (CUDA; CPU
+- :class:`NativeSimulator`: the fused C++/OpenMP kernel of :mod:`quixer.sim.native` (CPU).
+- :class:`TritonSimulator`: the fused Triton kernels of :mod:`quixer.sim.triton_kernels` (CUDA; CPU
   only under ``TRITON_INTERPRET=1``, for tests).
 
 :func:`select` picks the fastest one that runs on a device: Triton on CUDA, the native kernel on
-a CPU, torch otherwise. ``QUIXER_NATIVE=0`` / :func:`quixer.native.set_enabled` and
+a CPU, torch otherwise. ``QUIXER_NATIVE=0`` / :func:`quixer.sim.native.set_enabled` and
 ``QUIXER_TRITON=0`` switch the kernels off; :meth:`quixer.model.Quixer.use_simulator` pins one.
 
 The Triton kernels compile on their first launch, on a GPU and a Triton release that CI never
@@ -266,7 +266,7 @@ class TorchSimulator(Simulator):
 
 
 class _FusedKernels(Simulator):
-    """Primitives from a kernel module with the functions of :mod:`quixer.native` (``forward``,
+    """Primitives from a kernel module with the functions of :mod:`quixer.sim.native` (``forward``,
     ``adjoint``, ``lcu_power``, ``lcu_power_adjoint``), each circuit's gates fused in one pass."""
 
     @staticmethod
@@ -311,7 +311,7 @@ class NativeSimulator(_FusedKernels):
         return device.type == "cpu" and native.available()
 
     def _eval_tables(self, model) -> tuple:
-        """The cached inputs of :func:`quixer.native.qsvt_eval`: per-vocabulary gate coefficients
+        """The cached inputs of :func:`quixer.sim.native.qsvt_eval`: per-vocabulary gate coefficients
         (``[V, G]``) and first columns ``U_v |0>`` (real rows ``[V, 2 dim]``), the feed-forward
         unitary transposed (real part rows, then imaginary), the LCU weights (real and imaginary
         parts) and the polynomial divided by its L1 norm."""
@@ -331,7 +331,7 @@ class NativeSimulator(_FusedKernels):
         return self.cache.get("native_eval_tables", build)
 
     def _qsvt_eval(self, model, x: torch.Tensor, measure: bool) -> tuple:
-        """One :func:`quixer.native.qsvt_eval` call: per sequence, ``M |0>`` is the LCU sum of cached
+        """One :func:`quixer.sim.native.qsvt_eval` call: per sequence, ``M |0>`` is the LCU sum of cached
         first columns ``U_v |0>`` and each further power applies the token circuits with cached
         per-vocabulary gate coefficients (cheaper on a CPU than summing ``B * W`` cached ``4^n``
         unitaries, and the cache is small and quick to build)."""
@@ -360,7 +360,7 @@ def _triton_setting() -> str:
 
 
 def triton_kernels():
-    """:mod:`quixer.triton_kernels`, or None where ``QUIXER_TRITON=0`` or it cannot be imported
+    """:mod:`quixer.sim.triton_kernels`, or None where ``QUIXER_TRITON=0`` or it cannot be imported
     (logged once; with ``QUIXER_TRITON=1`` the import error is raised instead)."""
     setting = _triton_setting()
     if setting == "off":
@@ -456,7 +456,7 @@ KERNEL_GUARD = KernelGuard()
 
 
 class EvalTables(NamedTuple):
-    """Per-vocabulary eval inputs of :func:`quixer.triton_kernels.qsvt_eval`: the token plan, the gate
+    """Per-vocabulary eval inputs of :func:`quixer.sim.triton_kernels.qsvt_eval`: the token plan, the gate
     coefficients ``[V, G, 2]``, the first columns ``U_v |0>`` as real rows ``[V, R]``, the packed gate
     words, the complex LCU weights and their real and imaginary parts, and the polynomial divided by
     its L1 norm."""
@@ -485,7 +485,7 @@ class EvalTables(NamedTuple):
 class TritonSimulator(_FusedKernels):
     """The fused Triton GPU kernels: a tile of instances on chip for all gates, the LCU summed in the
     same pass, adjoint backward. In eval, one launch per batch computes the QSVT state from cached
-    per-vocabulary tables (:meth:`_eval_tables`; :func:`quixer.triton_kernels.qsvt_eval`).
+    per-vocabulary tables (:meth:`_eval_tables`; :func:`quixer.sim.triton_kernels.qsvt_eval`).
 
     This class is the pinned simulator: a kernel that fails raises. :func:`select` chooses
     :class:`GuardedTritonSimulator` by itself, which falls back to torch ops (:class:`KernelGuard`).
@@ -525,7 +525,7 @@ class TritonSimulator(_FusedKernels):
         return module is not None and (device.type == "cuda" or (device.type == "cpu" and module.INTERPRETED))
 
     def _eval_tables(self, model) -> "EvalTables":
-        """The eval kernel's per-vocabulary inputs (:func:`quixer.triton_kernels.qsvt_eval`), cached."""
+        """The eval kernel's per-vocabulary inputs (:func:`quixer.sim.triton_kernels.qsvt_eval`), cached."""
         def build():
             plan, kernels = model.token_plan(), self.kernels()
             vocab = self._vocab_coefficients(model)
@@ -542,7 +542,7 @@ class TritonSimulator(_FusedKernels):
         return self.cache.get("triton_eval_tables", build)
 
     def _eval_state(self, model, x):
-        """One eval kernel launch per batch (:func:`quixer.triton_kernels.qsvt_eval`) through the guard;
+        """One eval kernel launch per batch (:func:`quixer.sim.triton_kernels.qsvt_eval`) through the guard;
         its fallback computes the same from the same tables with torch ops."""
         tables = self._eval_tables(model)
         ids = x.contiguous()

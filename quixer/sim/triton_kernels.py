@@ -1,4 +1,4 @@
-"""Fused GPU circuit kernels in Triton: the GPU counterpart of :mod:`quixer.native`, same functions.
+"""Fused GPU circuit kernels in Triton: the GPU counterpart of :mod:`quixer.sim.native`, same functions.
 
 Why: on a GPU the torch butterfly simulation launches a few small kernels per gate (thousands per
 training step), so a step costs the same at batch 32 as at 1,024. Here one program keeps a tile
@@ -22,7 +22,7 @@ Built for the hardware, because the kernels are bound by registers and warp shuf
 - :data:`TILES` sets lanes per program and warps per kernel and dtype such that nothing spills and
   at least 4 programs fit on an sm_90 multiprocessor; ``tests/test_triton.py`` compiles for sm_90
   and checks registers, spills and shuffles, barriers and instructions per gate
-  (:mod:`quixer.compiled_kernels`; ``bench/kernel_metadata.py`` prints them).
+  (:mod:`quixer.sim.compiled_kernels`; ``bench/kernel_metadata.py`` prints them).
 
 Eval (:func:`qsvt_eval`) is one launch per batch, one sequence per program: ``M |0>`` is the LCU sum
 of cached first columns ``U_v |0>``; each further power copies the state to a tile of positions, runs
@@ -446,7 +446,7 @@ def _qsvt_eval_kernel(ids, out, table, first, words, lcu_re, lcu_im, poly, n_lan
 INTERPRETED = isinstance(_forward_kernel, InterpretedFunction)
 
 # --------------------------------------------------------------------------------------------
-# Launchers: the signatures of quixer.native's forward, adjoint, lcu_power and lcu_power_adjoint
+# Launchers: the signatures of quixer.sim.native's forward, adjoint, lcu_power and lcu_power_adjoint
 # --------------------------------------------------------------------------------------------
 
 def supports(tensor: torch.Tensor) -> bool:
@@ -541,7 +541,7 @@ def _run(kernel, tile: Tile, programs: int, tensors: tuple, wiring: tuple, lcu: 
 
 
 def _execute(kernel, grid: tuple, args: tuple, meta: dict) -> None:
-    """The launch itself (:mod:`quixer.compiled_kernels` records these arguments instead)."""
+    """The launch itself (:mod:`quixer.sim.compiled_kernels` records these arguments instead)."""
     kernel[grid](*args, **meta)
 
 
