@@ -205,23 +205,26 @@ class Quixer(nn.Module):
     # ---- forward ------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids ``[B, n_tokens]`` -> logits ``[B, V]`` and postselection probabilities ``[B]``.
-
-        Embedding, dropout and a Linear give each token's circuit angles; the LCU of the token
-        circuits and the QSVT polynomial give the state; it is normalised (the squared norm is the
-        postselection probability), passed through the feed-forward circuit and measured; a small
-        head maps the Pauli expectations to logits. In eval mode without autograd the simulator
-        computes the features from cached per-vocabulary data.
-        """
+        """Token ids ``[B, W]`` -> logits ``[B, V]`` and postselection probabilities ``[B]``, in the
+        official order: embed, angles, LCU, polynomial, normalise, feed-forward, measure, head."""
         self._check_tokens(x)
         simulator = self.simulator()
         if self._cached_eval():
-            features, postselection = simulator.eval_features(self, x)
+            features, postselection = self._cached_eval_features(x, simulator)
         else:
-            state, postselection = postselect(self._qsvt_state(x, simulator))
-            state = self._apply_feedforward(state, simulator)
-            features = pauli_expectations(state, self.n_qubits)
-        return self.output_feedforward(features), postselection
+            angles = self.token_angles(x)  # embedding, dropout, Linear: [B, W, 4 n k]
+            state = self._qsvt_state(angles, simulator)  # sum_k c_k M^k |0> / ||c||_1, M = LCU of W circuits: [B, 2^n]
+            state, postselection = postselect(state)  # normalised; <psi|psi>: [B]
+            state = simulator.apply_circuit(self._feedforward_plan, self.quantum_feedforward_parameters, state)
+            features = pauli_expectations(state, self.n_qubits)  # <X>, <Y>, <Z> of every qubit: [B, 3 n]
+        return self.output_feedforward(features), postselection  # Linear, ReLU, Linear: [B, V]
+
+    def _cached_eval_features(self, x: torch.Tensor, simulator: Simulator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eval fast path (eval mode, no autograd): the same state, feed-forward and measurement
+        from per-vocabulary data the simulator caches (each token's unitary or gate coefficients,
+        the feed-forward unitary), fused into one kernel call on the CPU and GPU kernels. The cache
+        is rebuilt whenever a parameter named in :attr:`CIRCUIT_PARAMETERS` changes."""
+        return simulator.eval_features(self, x)
 
     def qsvt_state(self, x: torch.Tensor) -> torch.Tensor:
         """The unnormalised LCU + QSVT state ``sum_k c_k M^k |0> / ||c||_1``, complex ``[B, 2^n]``.
@@ -233,7 +236,7 @@ class Quixer(nn.Module):
         simulator = self.simulator()
         if self._cached_eval():
             return simulator.eval_state(self, x)
-        return self._qsvt_state(x, simulator)
+        return self._qsvt_state(self.token_angles(x), simulator)
 
     def _cached_eval(self) -> bool:
         return not self.training and not torch.is_grad_enabled()
@@ -244,21 +247,14 @@ class Quixer(nn.Module):
         if x.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be an integer tensor, got {x.dtype}")
 
-    def _qsvt_state(self, x: torch.Tensor, simulator: Simulator) -> torch.Tensor:
-        """Every (sequence, position) has its own circuit (dropout on the angles); each power of
-        ``M`` runs all ``B * W`` circuits on their sequence's state and sums them with the LCU weights."""
-        angles = self.token_angles(x).reshape(x.shape[0] * self.n_tokens, -1)
+    def _qsvt_state(self, angles: torch.Tensor, simulator: Simulator) -> torch.Tensor:
+        """Every (sequence, position) has its own circuit (angles ``[B, W, P]``); each power of ``M``
+        runs all ``B * W`` circuits on their sequence's state and sums them with the LCU weights."""
+        batch = angles.shape[0]
+        angles = angles.reshape(batch * self.n_tokens, -1)
         apply_m = simulator.lcu_operator(self.token_plan(), angles, self.lcu_weights())
-        psi = zero_states(self.n_qubits, x.shape[0], angles.dtype, angles.device)
+        psi = zero_states(self.n_qubits, batch, angles.dtype, angles.device)
         return to_complex(polynomial(self.qsvt_polynomial_coefficients, psi, apply_m))
-
-    def _apply_feedforward(self, state: torch.Tensor, simulator: Simulator) -> torch.Tensor:
-        """The feed-forward circuit applied to each state ``[B, 2^n]`` (the batch as instances)."""
-        batch, n = state.shape[0], self.n_qubits
-        real = torch.stack((state.real.t(), state.imag.t())).reshape(2, *[2] * n, batch)
-        angles = self.quantum_feedforward_parameters.expand(batch, -1)  # shared: gradients sum over B
-        out = simulator.run_circuits(self._feedforward_plan, angles, real).reshape(2, 2**n, batch)
-        return torch.complex(out[0].t(), out[1].t())
 
     def train(self, mode: bool = True) -> "Quixer":
         if mode:

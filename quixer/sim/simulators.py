@@ -165,6 +165,14 @@ class Simulator(ABC):
             return CircuitFunction.apply(states, angles, plan, coefficients, self)
         return self.circuits(plan, coefficients, states)
 
+    def apply_circuit(self, plan: CircuitPlan, angles: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """One circuit (angles ``[P]``, shared by the batch: their gradients sum over it) applied to
+        each complex state of ``state [B, 2^n]`` (differentiable); returns ``[B, 2^n]``."""
+        batch, n = state.shape[0], plan.n_qubits
+        rows = torch.stack((state.real.t(), state.imag.t())).reshape(2, *[2] * n, batch)
+        out = self.run_circuits(plan, angles.expand(batch, -1), rows).reshape(2, 2**n, batch)
+        return torch.complex(out[0].t(), out[1].t())
+
     def basis_images(self, plan: CircuitPlan, angles: torch.Tensor) -> torch.Tensor:
         """Images of the basis states: real ``[2^n (s), 2 (re/im), 2^n (r), N]`` holding ``U_i[r, s]``."""
         dim, n_inst = 2**plan.n_qubits, angles.shape[0]
