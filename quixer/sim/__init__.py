@@ -1,4 +1,4 @@
-"""Statevector simulation of the Quixer circuits, reached from :mod:`quixer.model` only.
+"""Statevector simulation of the Quixer circuits, under :mod:`quixer.model` and the training step.
 
 - ``circuits``         gates, circuit plans, adjoint-backward autograd functions, polynomial and Pauli measurement
 - ``simulators``       one simulator per device (torch ops, fused CPU kernel, guarded Triton), the eval cache

@@ -290,7 +290,7 @@ def qsvt_eval(ids: torch.Tensor, cos_v: torch.Tensor, sin_v: torch.Tensor, first
     ``first``'s dtype). Returns ``(state, features, postselection)``: the state as real
     ``[B, 2^(n+1)]`` (real parts, then imaginary parts) and, with ``feedforward`` (real
     ``[2 * 2^n, 2^n]``: the real then the imaginary part of ``F^T`` for a unitary ``F``), the
-    state normalised, through ``F``, measured as :func:`quixer.model.pauli_expectations` does
+    state normalised, through ``F``, measured as :func:`quixer.sim.circuits.pauli_expectations` does
     (``[B, 3n]``), and ``<psi|psi>`` (``[B]``); without it those two are None.
     """
     B, W = ids.shape
