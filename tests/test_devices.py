@@ -232,6 +232,7 @@ def test_eval_tables_rebuilt_per_call_see_every_write():
 
 # ---- the Triton kernels' guard -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_interpreted_kernel_guard_cases():
     """tests/interpreted_guard_cases.py: working kernels are kept, a kernel that Triton rejects falls
     back to the torch simulation with one warning, a pinned Triton simulator raises."""

@@ -544,6 +544,7 @@ def _run_in_terminal(argv: list[str]) -> tuple[int, str]:
     return proc.wait(timeout=300), out.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_a_normal_run_in_a_terminal_prints_no_warning(tokens, tmp_path):
     """In a terminal the progress bar shows the loss every 25 steps: no torch warning per step
     (reading a tensor that requires grad as a number), no warning at all on a normal run."""

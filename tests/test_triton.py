@@ -60,6 +60,7 @@ INSTRUCTION_BUDGET = {("lcu_power", "float32"): 28, ("lcu_power_adjoint", "float
                       ("qsvt_eval", "float32"): 20, ("qsvt_eval", "float64"): 30}
 
 
+@pytest.mark.slow  # compiles the kernels for sm_90
 @pytest.mark.skipif(INTERPRETER_ON, reason="this process runs Triton's interpreter, not its compiler")
 @pytest.mark.parametrize("name,dtype", sorted(INSTRUCTION_BUDGET))
 def test_kernels_compiled_for_sm90_fit_the_hardware(sm90, name, dtype):
@@ -78,6 +79,7 @@ def test_kernels_compiled_for_sm90_fit_the_hardware(sm90, name, dtype):
     assert found["compile_s"] < 60, found
 
 
+@pytest.mark.slow  # compiles the kernels for sm_90
 @pytest.mark.skipif(INTERPRETER_ON, reason="this process runs Triton's interpreter, not its compiler")
 def test_kernels_address_states_with_int64_offsets_on_a_flat_grid(sm90):
     """Offsets into the state tiles are int64 (no wrap past 2^31 elements), and the grid is one axis
@@ -96,6 +98,7 @@ def test_kernels_address_states_with_int64_offsets_on_a_flat_grid(sm90):
         triton_kernels._tiles("forward", torch.float32, 6, 2**16, 2**21, cpu)
 
 
+@pytest.mark.slow  # compiles the kernels for sm_90
 @pytest.mark.skipif(INTERPRETER_ON, reason="this process runs Triton's interpreter, not its compiler")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_eval_kernel_halves_the_gate_work_of_a_sequence(sm90, dtype):
