@@ -10,8 +10,8 @@ Neural models (trained by the same loop as Quixer, same flags, metrics and run f
 Reference predictors (no gradient training; fitted on train, chosen on val, scored on the same
 test targets as the trained models):
   uniform, unigram, ngram   (interpolated Kneser-Ney, order chosen on validation).
-  token_ceiling, raw_bases  the task's ceiling, from the bases behind the tokens: the best any
-                            model of the tokens can do (exact inference under a base-level prior),
+  token_ceiling, raw_bases  the task's ceiling, from the bases behind the tokens: the best prediction
+                            from the tokens under a base model of order <= k (exact inference),
                             and a next-base model reading the raw bases. They need the k-mer ids
                             of stage 3 (kmer_ids.pt) or raw k-mer tokens.
 

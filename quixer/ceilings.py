@@ -1,4 +1,4 @@
-"""Ceiling references: what the raw bases allow, and the best any model of the tokens can do.
+"""Ceiling references: what the raw bases allow, and the best prediction from the tokens alone.
 
 Consecutive k-mers overlap by k-1 bases, so the next token is one of at most 4 candidates (the
 last input k-mer's last k-1 bases followed by each base), and where candidates share a token,
@@ -8,9 +8,9 @@ train, chosen on val and scored on the same targets with the same scores (:mod:`
 
 ``raw_bases``      a next-base model that reads the raw bases behind the window's W-1 input
                    k-mers (W-1+k-1 of them): interpolated modified Kneser-Ney
-                   (:class:`quixer.reference.KneserNeyModel` over the 4 bases), trained on every
+                   (:class:`quixer.kneser_ney.KneserNeyModel` over the 4 bases), trained on every
                    base of the train streams, its discounts chosen on the next base of the
-                   validation windows (:meth:`~quixer.reference.KneserNeyModel.tune_discounts`),
+                   validation windows (:meth:`~quixer.kneser_ney.KneserNeyModel.tune_discounts`),
                    its order on the validation tokens. Its next-base distribution is pushed
                    through the k-mer -> token map. It reads more than the tokens say, so it is a
                    reference level, not a bound on token models; on raw k-mer tokens (the
@@ -31,7 +31,9 @@ train, chosen on val and scored on the same targets with the same scores (:mod:`
                                     of alpha_{W-1}(x) step(x' b)       (x' = x's last k-1 bases)
 
                    normalised per step. Each token holds few k-mers, so the alphas are kept as
-                   flat (row, k-mer) lists, never as dense state vectors.
+                   flat (row, k-mer) lists, never as dense state vectors. Exact only under its
+                   prior: the base model sees at most k bases, so a model of the tokens that finds
+                   longer-range structure can pass it (the report pairs every row against it).
 
 The k-mer behind every window position comes from ``kmer_ids.pt`` (stage 3, with the map
 ``kmer_tokens`` of ``cluster_centers.pt``), or, in raw k-mer token directories (the token ids

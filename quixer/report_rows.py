@@ -14,8 +14,9 @@ training went, and, against Quixer, the paired difference on the very same targe
 sits beside the uniform / unigram / n-gram references and against the task's ceiling
 (:mod:`quixer.ceilings`): each row's share of the achievable gain, (model - unigram) /
 (ceiling - unigram), where the ceiling is ``token_ceiling`` on quantised tokens and
-``raw_bases`` on raw k-mers (there the tokens are the k-mers, so the next-base model is the best
-any model of them can do).
+``raw_bases`` on raw k-mers, and each row minus that ceiling, paired: the ceilings are exact
+inference under a base model of bounded order, estimates that a model reading longer context
+can pass.
 
 Two tracks (``raw_runs``: the same windows as raw k-mer tokens) are reported side by side, and
 for each run present in both, raw minus quantised with a paired interval, valid only where both
@@ -373,6 +374,23 @@ def _add_quixer_differences(rows: list[dict], scored: list, estimates: list) -> 
             row[f"quixer_{metric}_difference"] = {"mean": diff.point, "ci95": diff.interval()}
 
 
+def _add_ceiling_differences(rows: list[dict], scored: list, estimates: list) -> None:
+    """Every row minus its track's ceiling on the same targets, paired. The ceiling is exact only
+    under its base model of bounded order, so a model that finds longer-range structure can pass
+    it; this difference says which do, with its interval."""
+    for i, row in enumerate(rows):
+        ceiling = CEILING[row.get("track", "quantized")]
+        if row["model"] in ("uniform", GAIN_SHARE_FROM, ceiling) or estimates[i] is None:
+            continue
+        j = next((k for k, r in enumerate(rows) if r["model"] == ceiling and estimates[k] is not None
+                  and scored[k][0].key == scored[i][0].key), None)
+        if j is None:
+            continue
+        for metric in ("top1", "perplexity"):
+            diff = estimates[i][metric] - estimates[j][metric]
+            row[f"ceiling_{metric}_difference"] = {"mean": diff.point, "ci95": diff.interval()}
+
+
 def pairing(a: list[TargetScores], b: list[TargetScores]) -> str | None:
     """How two sets of scores (one per seed) can be paired target by target: "positions" when every
     file records the same scored positions (``positions_key``), "length and groups" for files
@@ -470,5 +488,6 @@ def collect_rows(runs_dir: str | os.PathLike | None, raw_runs: str | os.PathLike
     scored = [e.scores() for e in finished]
     estimates = _add_intervals(rows, scored)
     _add_quixer_differences(rows, scored, estimates)
+    _add_ceiling_differences(rows, scored, estimates)
     add_gain_shares(rows)
     return Report(rows, finished, _diverged_records(entries), track_differences(rows, finished, scored))

@@ -191,6 +191,15 @@ def test_report_files_and_numbers(runs_dir, tmp_path, capsys):
         assert row["gain_share_loss"] == pytest.approx(
             (row["test_loss"] - uni["test_loss"]) / (ceiling["test_loss"] - uni["test_loss"]))
     assert raw["gain_share_top1"] > 1 and "gain_share_top1" not in ceiling and "gain_share_loss" not in uni
+    # each row minus the ceiling, paired: raw_bases passes it (it reads the base the tokens hide), clearly
+    for row in (q, by_run["ngram"], raw):
+        d = row["ceiling_top1_difference"]
+        assert d["mean"] == pytest.approx(row["test_top1"] - ceiling["test_top1"])
+        assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+        assert row["ceiling_perplexity_difference"]["mean"] == pytest.approx(
+            row["test_perplexity"] - ceiling["test_perplexity"])
+    assert raw["ceiling_top1_difference"]["ci95"][0] > 0
+    assert "ceiling_top1_difference" not in ceiling and "ceiling_top1_difference" not in uni
 
     md = (out / "results.md").read_text()
     assert f"| quixer | quixer | {100 * q['gain_share_top1']:.1f} | {100 * q['gain_share_loss']:.1f} |" in md
