@@ -161,6 +161,23 @@ def test_lstm_and_fnet_defaults_and_output_dirs(tokens, tmp_path, monkeypatch):
                                         "--output_dir", str(tmp_path / "bad"), *common])
 
 
+def test_config_json_is_pinned(tokens, tmp_path):
+    """config.json of a classical run: the same keys, values and bytes as every run directory so far
+    (the preset's sizes and the model's own rate and dropout filled in, --max_order recorded too)."""
+    out = tmp_path / "lstm"
+    train_classical_baselines.main(["--model", "lstm", "--data_dir", str(tokens), "--output_dir", str(out),
+                                    "--epochs", "1", "--max_train_batches", "2", "--device", "cpu"])
+    expected = {
+        "ansatz_layers": 4, "batch_size": 32, "cuda_graph": False, "data_dir": str(tokens), "device": "cpu",
+        "dropout": 0.3, "embedding_dim": 64, "epoch_size": None, "epochs": 1, "eval_batch_size": 256,
+        "eval_targets": 100000, "hidden_dim": 96, "lr": 0.002, "lr_schedule": "plateau", "max_grad_norm": 5.0,
+        "max_order": 12, "max_train_batches": 2, "model": "lstm", "num_heads": 1, "num_layers": 2,
+        "output_dir": str(out), "patience": 3, "preset": "default", "protocol": "project", "qubits": 6,
+        "seed": 42, "selection_targets": 0, "tensorboard": None, "weight_decay": 0.0001,
+    }
+    assert (out / "config.json").read_text() == json.dumps(expected, indent=2) + "\n"
+
+
 def test_reference_models_dispatch(tokens, tmp_path):
     for name in ("uniform", "ngram"):
         train_classical_baselines.main(["--model", name, "--data_dir", str(tokens),

@@ -199,6 +199,22 @@ def test_cuda_graph_refuses_layerwise_training(tokens, tmp_path):
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
 
 
+def test_config_json_is_pinned(tokens, tmp_path):
+    """config.json of a Quixer run: the same keys, values and bytes as every run directory so far
+    (written by the flags in sorted order; resume and --config read it back)."""
+    out = tmp_path / "run"
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2))
+    expected = {
+        "ansatz_layers": 2, "batch_size": 32, "cuda_graph": False, "data_dir": str(tokens), "degree": 2,
+        "device": "cpu", "dropout": 0.1, "embedding_dim": 16, "epoch_size": None, "epochs": 1,
+        "eval_batch_size": 256, "eval_targets": 100000, "init_strategy": "small_gaussian", "lr": 0.01,
+        "lr_schedule": "plateau", "max_grad_norm": 5.0, "max_train_batches": 2, "output_dir": str(out),
+        "patience": 3, "protocol": "project", "qubits": 2, "seed": 7, "selection_targets": 0,
+        "task": "autoregressive", "tensorboard": None, "use_layerwise_training": False, "weight_decay": 0.0001,
+    }
+    assert (out / "config.json").read_text() == json.dumps(expected, indent=2) + "\n"
+
+
 def test_output_dir_guard(tokens, tmp_path):
     out = tmp_path / "run"
     train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2))
