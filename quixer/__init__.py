@@ -29,7 +29,8 @@ Modules (one obvious place for each idea):
 - ``baselines``    LSTM / Transformer / FNet and the Quixer ablation (its quantum block replaced by pooling)
 - ``reference``    the uniform / unigram / n-gram (Kneser-Ney) reference predictors
 - ``ceilings``     the task's ceiling from the bases behind the tokens: token_ceiling (exact inference), raw_bases
-- ``training``     the one training loop: metrics, checkpoints, resume, early stopping; the trainer entry points
+- ``training``     the one training loop: its TrainConfig, metrics, checkpoints, resume, early stopping
+- ``flags``        the trainers' flags (--config, --protocol) and the configurations built once from them
 - ``live_curves``  optional TensorBoard event files of a training run (``--tensorboard``)
 - ``distributed``  the DDP context and the checkpointed RNG state
 - ``tuning``       the Optuna hyperparameter search (tune_quixer_hybrid.py)
@@ -71,10 +72,13 @@ _EXPORTS = {
     "load_token_data": "data",
     # models
     "Quixer": "model",
+    "QuixerConfig": "model",
+    "ClassicalConfig": "baselines",
     "build_classical_model": "baselines",
     # stage 4: training, references, tuning, report
-    "train_quixer": "training",
-    "train_classical": "training",
+    "TrainConfig": "training",
+    "train_quixer": "flags",
+    "train_classical": "flags",
     "train_model": "training",
     "run_reference": "reference",
     "tune_quixer": "tuning",

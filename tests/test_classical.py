@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import train_classical_baselines
-from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model, resolve_classical_args
+from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model
 from quixer.common import UserError
+from quixer.flags import resolve_classical_args
 from tests.token_fixtures import make_token_dir
 
 RESULT_KEYS = {"model", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1", "test_top5",
