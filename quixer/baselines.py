@@ -273,9 +273,10 @@ class ClassicalConfig:
     """A neural baseline of train_classical_baselines.py: its flags, under the flags' own names,
     after the preset filled the unset ones (``--model lstm --preset paper96`` holds 96, 96, 2, ...).
 
-    Built once from the command line; :meth:`build_model` makes the model for a vocabulary and
-    window length. ``max_order`` is the script's flag for the reference predictors: unused by a
-    neural model, recorded in config.json all the same.
+    Built once from the command line and carried by the checkpoints (``model_config``);
+    :meth:`build_model` makes the model for a vocabulary and window length. ``max_order`` is the
+    script's flag for the reference predictors: unused by a neural model, recorded in config.json
+    all the same.
     """
 
     model: str

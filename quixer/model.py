@@ -80,8 +80,8 @@ QUIXER_TASKS = ("autoregressive",)
 class QuixerConfig:
     """A Quixer of the trainer: its flags, under the flags' own names (``--qubits`` is ``qubits``).
 
-    Built once from the command line; the data gives the rest (window length, vocabulary), see
-    :meth:`Quixer.from_config`.
+    Built once from the command line and carried by the checkpoints (``model_config``); the
+    data gives the rest (window length, vocabulary), see :meth:`Quixer.from_config`.
     """
 
     qubits: int = 6

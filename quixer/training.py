@@ -13,7 +13,7 @@ eager one up to float rounding. Layerwise training is a generic hook: any model 
 
 The loop reads no flags: it takes a :class:`TrainConfig` and a model family's configuration (a
 small frozen dataclass, such as :class:`quixer.model.QuixerConfig`) with a builder, all made once
-from the command line by :mod:`quixer.flags`.
+from the command line by :mod:`quixer.flags`; the checkpoints carry the model's configuration.
 """
 from __future__ import annotations
 
@@ -391,7 +391,7 @@ class Run:
     """One training run, set up: its configurations, data and targets, model, optimiser, schedule and state."""
 
     train: TrainConfig
-    model_config: Any  # the model family's configuration (a dataclass)
+    model_config: Any  # the model family's configuration (a dataclass), carried by the checkpoints
     dist: DistContext
     out: Path
     config: dict  # config.json: run_config(train, model_config)
@@ -430,10 +430,11 @@ def train_model(
     """Train, validate each epoch, checkpoint, test the best checkpoint; return results.json's dict.
     ``score_test=False`` (the tuner) never touches the test split: results hold validation only.
 
-    ``model_config`` (a dataclass) is written to config.json with ``train``.
-    ``build_model(data, model_config, train)`` is called right after seeding, so initial weights
-    depend on ``train.seed`` only. ``epoch_callback(epoch, record)`` runs after each epoch's
-    checkpoint is written (the tuner reports to Optuna and may raise ``optuna.TrialPruned`` there).
+    ``model_config`` (a dataclass) is written to config.json with ``train`` and carried by the
+    checkpoints. ``build_model(data, model_config, train)`` is called right after seeding, so
+    initial weights depend on ``train.seed`` only. ``epoch_callback(epoch, record)`` runs after
+    each epoch's checkpoint is written (the tuner reports to Optuna and may raise
+    ``optuna.TrialPruned`` there).
     """
     if train.cuda_graph and layerwise:
         raise UserError("--cuda_graph cannot be combined with --use_layerwise_training (its frozen entries are "
@@ -691,11 +692,13 @@ def _checkpoint(run: Run, record: dict, improved: bool, val: dict, val_scores: T
         atomic_torch_save(run.out / "best.pt", {
             "model": run.model.state_dict(), "epoch": run.state.epoch, "val": val,
             "active_layers": record.get("active_layers"), "config": run.config,
+            "model_config": asdict(run.model_config),
         })
     atomic_torch_save(run.out / "last.pt", {
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "lr_scheduler": run.lr_scheduler.state_dict(), "state": asdict(run.state), "rng": ranks_rng,
         "data": _data_summary(run.data), "config": run.config, "model_name": run.model_name,
+        "model_config": asdict(run.model_config),
     })
 
 

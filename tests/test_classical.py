@@ -179,6 +179,25 @@ def test_config_json_is_pinned(tokens, tmp_path):
     assert (out / "config.json").read_text() == json.dumps(expected, indent=2) + "\n"
 
 
+def test_checkpoint_model_config_rebuilds_the_model(tokens, tmp_path):
+    """best.pt carries the resolved ClassicalConfig (the preset's sizes filled in): it alone, with the
+    data's vocabulary and window, rebuilds a model that loads the weights strictly."""
+    from quixer.baselines import ClassicalConfig
+    from quixer.data import load_token_data
+
+    out = tmp_path / "tf"
+    train_classical_baselines.main(["--model", "transformer", "--preset", "paper96", "--num_heads", "2",
+                                    "--data_dir", str(tokens), "--output_dir", str(out), "--epochs", "1",
+                                    "--max_train_batches", "2", "--device", "cpu"])
+    best = torch.load(out / "best.pt", weights_only=True)
+    cfg = ClassicalConfig(**best["model_config"])
+    assert (cfg.model, cfg.embedding_dim, cfg.hidden_dim, cfg.num_layers, cfg.num_heads, cfg.dropout) == \
+        ("transformer", 96, 384, 1, 2, 0.1)
+    assert {k: best["config"][k] for k in best["model_config"]} == best["model_config"]  # no renaming
+    data = load_token_data(tokens)
+    cfg.build_model(data.vocab_size, data.n_input_tokens).load_state_dict(best["model"], strict=True)
+
+
 def test_reference_models_dispatch(tokens, tmp_path):
     for name in ("uniform", "ngram"):
         train_classical_baselines.main(["--model", name, "--data_dir", str(tokens),

@@ -24,7 +24,7 @@ import train_quixer_hybrid
 from quixer.common import UserError, seed_everything
 from quixer.data import load_token_data
 from quixer.flags import parse_args, quixer_configs, quixer_parser, train_quixer
-from quixer.model import QuixerConfig
+from quixer.model import Quixer, QuixerConfig
 from quixer.training import active_layers_at, build_quixer, run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,6 +209,39 @@ def test_config_json_is_pinned(tokens, tmp_path):
         "task": "autoregressive", "tensorboard": None, "use_layerwise_training": False, "weight_decay": 0.0001,
     }
     assert (out / "config.json").read_text() == json.dumps(expected, indent=2) + "\n"
+
+
+def test_checkpoints_carry_the_model_config(tokens, tmp_path):
+    """best.pt and last.pt hold the QuixerConfig the run was built from, under the flags' names: it
+    alone (with the data's window and vocabulary) rebuilds a model that loads the weights strictly."""
+    out = tmp_path / "run"
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, "--dropout", 0.2))
+    best, last = (torch.load(out / name, weights_only=True) for name in ("best.pt", "last.pt"))
+    assert set(best) == {"model", "epoch", "val", "active_layers", "config", "model_config"}
+    assert set(last) == {"model", "optimizer", "lr_scheduler", "state", "rng", "data", "config", "model_name",
+                         "model_config"}
+    cfg = QuixerConfig(**best["model_config"])
+    assert cfg == QuixerConfig(**last["model_config"]) == QuixerConfig(qubits=2, degree=2, ansatz_layers=2,
+                                                                      embedding_dim=16, dropout=0.2)
+    assert {k: best["config"][k] for k in best["model_config"]} == best["model_config"]  # no renaming
+    data = load_token_data(tokens)
+    model = Quixer.from_config(cfg, n_tokens=data.n_input_tokens, vocabulary_size=data.vocab_size)
+    model.load_state_dict(best["model"], strict=True)
+    assert model.dropout.p == 0.2 and (model.n_qubits, model.degree, model.n_ansatz_layers) == (2, 2, 2)
+
+
+def test_a_checkpoint_without_model_config_still_resumes(tokens, tmp_path):
+    """Runs written before checkpoints carried the model's configuration resume as before."""
+    out = tmp_path / "run"
+    argv = tiny(tokens, out, "--epochs", 2, "--max_train_batches", 2)
+    run_interrupted(argv, after_epoch=1)
+    for name in ("best.pt", "last.pt"):  # as the earlier trainer wrote them
+        ckpt = torch.load(out / name, weights_only=True)
+        del ckpt["model_config"]
+        torch.save(ckpt, out / name)
+    train_quixer_hybrid.main(argv + ["--resume"])
+    assert json.loads((out / "results.json").read_text())["epochs_run"] == 2 and len(read_metrics(out)) == 2
+    assert QuixerConfig(**torch.load(out / "last.pt", weights_only=True)["model_config"]).qubits == 2
 
 
 def test_configs_are_the_flags_under_their_own_names():
