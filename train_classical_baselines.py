@@ -41,7 +41,7 @@ import sys
 from typing import Sequence
 
 from quixer.common import run_cli, setup_logging
-from quixer.training import classical_parser, parse_args, train_classical
+from quixer.flags import classical_parser, parse_args, train_classical
 
 
 def build_parser() -> argparse.ArgumentParser:

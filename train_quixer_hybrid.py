@@ -21,7 +21,7 @@ import sys
 from typing import Sequence
 
 from quixer.common import run_cli, setup_logging
-from quixer.training import parse_args, quixer_parser, train_quixer
+from quixer.flags import parse_args, quixer_parser, train_quixer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

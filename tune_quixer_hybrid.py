@@ -32,7 +32,7 @@ import sys
 from typing import Sequence
 
 from quixer.common import run_cli, setup_logging
-from quixer.training import DEFAULT_QUIXER_DATA_DIR, add_quixer_model_args, add_training_args
+from quixer.flags import DEFAULT_QUIXER_DATA_DIR, add_quixer_model_args, add_training_args
 from quixer.tuning import tune_quixer
 
 

@@ -16,8 +16,9 @@ import json
 
 import torch
 
-from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model, resolve_classical_args
+from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model
 from quixer.common import UserError, resolve_device, run_cli, setup_logging
+from quixer.flags import resolve_classical_args
 from quixer.devices import time_training_step
 
 

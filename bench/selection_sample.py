@@ -26,9 +26,9 @@ import torch
 from quixer.common import load_torch_file, setup_logging
 from quixer.data import load_token_data
 from quixer.distributed import DistContext
-from quixer.training import (build_quixer, classical_parser, evaluate, parse_args, quixer_parser, train_classical,
-                             train_quixer)
-from quixer.baselines import build_classical_model, resolve_classical_args
+from quixer.flags import (classical_configs, classical_parser, parse_args, quixer_configs, quixer_parser,
+                          train_classical, train_quixer)
+from quixer.training import build_quixer, evaluate
 from quixer.streams import eval_targets
 
 SIZES = (1000, 2000, 5000, 10_000, 20_000, 50_000)
@@ -44,11 +44,9 @@ def _trainer_args(model: str, tokens: Path, out: Path, extra: list[str]) -> argp
 
 def _build(model: str, args: argparse.Namespace, data) -> torch.nn.Module:
     if model == "quixer":
-        return build_quixer(data, args)
-    resolve_classical_args(args)
-    return build_classical_model(model, data.vocab_size, data.n_input_tokens, embedding_dim=args.embedding_dim,
-                                 hidden_dim=args.hidden_dim, num_layers=args.num_layers, num_heads=args.num_heads,
-                                 dropout=args.dropout, qubits=args.qubits, ansatz_layers=args.ansatz_layers)
+        train, cfg = quixer_configs(args)
+        return build_quixer(data, cfg, train)
+    return classical_configs(args)[1].build_model(data.vocab_size, data.n_input_tokens)
 
 
 def per_epoch_val_nll(model: str, tokens: Path, extra: list[str], eval_n: int) -> tuple[np.ndarray, dict]:
@@ -58,7 +56,7 @@ def per_epoch_val_nll(model: str, tokens: Path, extra: list[str], eval_n: int) -
     rows, seconds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         args = _trainer_args(model, tokens, Path(tmp) / "run", extra)
-        net = _build(model, argparse.Namespace(**vars(args)), data)
+        net = _build(model, args, data)
         dist = DistContext(device=torch.device("cpu"))
 
         def score(epoch: int, record: dict) -> None:

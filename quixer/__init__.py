@@ -24,7 +24,8 @@ Modules (one obvious place for each idea):
 - ``kneser_ney``   interpolated modified Kneser-Ney: count tables, discounts tuned on validation, order choice
 - ``reference``    the uniform / unigram / n-gram reference predictors and the ceilings, run as one stage
 - ``ceilings``     the task's ceiling from the bases behind the tokens: token_ceiling (exact inference), raw_bases
-- ``training``     the one training loop: metrics, checkpoints, resume, early stopping; the trainer entry points
+- ``training``     the one training loop: its TrainConfig, metrics, checkpoints, resume, early stopping
+- ``flags``        the trainers' flags (--config, --protocol) and the configurations built once from them
 - ``live_curves``  optional TensorBoard event files of a training run (``--tensorboard``)
 - ``distributed``  the DDP context (torchrun): process group, ranks, gathered metrics
 - ``tuning``       the Optuna hyperparameter search (tune_quixer_hybrid.py)
@@ -64,10 +65,13 @@ _EXPORTS = {
     "load_token_data": "data",
     # models
     "Quixer": "model",
+    "QuixerConfig": "model",
+    "ClassicalConfig": "baselines",
     "build_classical_model": "baselines",
     # stage 4: training, references, tuning, report
-    "train_quixer": "training",
-    "train_classical": "training",
+    "TrainConfig": "training",
+    "train_quixer": "flags",
+    "train_classical": "flags",
     "train_model": "training",
     "run_reference": "reference",
     "tune_quixer": "tuning",

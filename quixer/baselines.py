@@ -10,13 +10,15 @@ pooling (:class:`QuixerAblation`, a 1,777-number block against the quantum block
 paper (arXiv:2406.04305): embedding 96 or 128, LSTM 2 layers (hidden = embedding),
 Transformer 1 layer 1 head (feed-forward 4x), FNet 2 layers (feed-forward 4x). The
 ``default`` preset sizes them for a 512-token vocabulary: LSTM about 220k parameters,
-Transformer about 530k, FNet about 400k.
+Transformer about 530k, FNet about 400k. A trained baseline is described by its
+:class:`ClassicalConfig` (the script's flags with the preset filled in), which builds it.
 
 The uniform / unigram / n-gram reference predictors live in :mod:`quixer.reference`.
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -260,37 +262,52 @@ class MatchedQuixerAblation(_PooledAngles):
         return self.output_feedforward(torch.tanh(self.feature_scale * mixed + self.feature_offset))
 
 
-def add_classical_model_args(parser: argparse.ArgumentParser) -> None:
-    """Size flags of the neural baselines; unset flags come from ``--preset``."""
-    g = parser.add_argument_group("classical model size (unset flags come from --preset)")
-    g.add_argument("--preset", choices=PRESETS, default="default",
-                   help="size preset: default (LSTM ~220k, Transformer ~530k, FNet ~400k parameters at "
-                        "vocab 512), paper96 / paper128 (the Quixer paper's baselines) (default: %(default)s)")
-    g.add_argument("--embedding_dim", type=int, default=None, help="token embedding width")
-    g.add_argument("--hidden_dim", type=int, default=None,
-                   help="LSTM hidden size / feed-forward width of Transformer and FNet")
-    g.add_argument("--num_layers", type=int, default=None, help="LSTM / Transformer / FNet layers")
-    g.add_argument("--num_heads", type=int, default=None, help="Transformer attention heads")
-    g.add_argument("--qubits", type=int, default=6,
-                   help="quixer_ablation: the Quixer qubits it mirrors (3 n features) (default: %(default)s)")
-    g.add_argument("--ansatz_layers", type=int, default=4,
-                   help="quixer_ablation: the Quixer ansatz layers it mirrors (angle map width 4 n L) "
-                        "(default: %(default)s)")
+def classical_defaults(model: str, preset: str) -> dict[str, Any]:
+    """What ``preset`` sizes ``model`` at, and the model's own training defaults (lr, dropout):
+    the values the trainer fills in for the flags a command line leaves unset."""
+    return {**_SIZES[preset][model], **_TRAINING_DEFAULTS[model]}
 
 
-def resolve_classical_args(args: argparse.Namespace) -> None:
-    """Fill unset size / lr / dropout flags from the preset and the model's training defaults."""
-    if args.model not in NEURAL_MODELS:
-        return
-    for key, value in _SIZES[args.preset][args.model].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    for key, value in _TRAINING_DEFAULTS[args.model].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    for key in _SIZE_KEYS + ("qubits", "ansatz_layers"):
-        if getattr(args, key, 1) < 1:
-            raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
+@dataclass(frozen=True)
+class ClassicalConfig:
+    """A neural baseline of train_classical_baselines.py: its flags, under the flags' own names,
+    after the preset filled the unset ones (``--model lstm --preset paper96`` holds 96, 96, 2, ...).
+
+    Built once from the command line and carried by the checkpoints (``model_config``);
+    :meth:`build_model` makes the model for a vocabulary and window length. ``max_order`` is the
+    script's flag for the reference predictors: unused by a neural model, recorded in config.json
+    all the same.
+    """
+
+    model: str
+    preset: str
+    embedding_dim: int
+    hidden_dim: int
+    num_layers: int
+    num_heads: int
+    dropout: float
+    qubits: int = 6
+    ansatz_layers: int = 4
+    max_order: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in NEURAL_MODELS:
+            raise UserError(f"unknown classical model {self.model!r}: choose one of {', '.join(NEURAL_MODELS)}")
+        if self.preset not in PRESETS:
+            raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        for key in _SIZE_KEYS + ("qubits", "ansatz_layers"):
+            if getattr(self, key) < 1:
+                raise UserError(f"--{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def build_model(self, vocab_size: int, n_tokens: int) -> nn.Module:
+        """:func:`build_classical_model` of this configuration."""
+        return build_classical_model(
+            self.model, vocab_size, n_tokens, embedding_dim=self.embedding_dim, hidden_dim=self.hidden_dim,
+            num_layers=self.num_layers, num_heads=self.num_heads, dropout=self.dropout, qubits=self.qubits,
+            ansatz_layers=self.ansatz_layers,
+        )
 
 
 def build_classical_model(

@@ -13,12 +13,14 @@ The maths is that of the official implementation (github.com/CQCL/Quixer,
 ``quixer/quixer_model.py``, torchquantum): same gate order, same parameter names (see
 :data:`OFFICIAL_PARAMETER_NAMES`), qubit 0 the most significant bit of a basis index.
 
-This module is the model: parameters, :meth:`Quixer.forward` in the official order,
-initialisation, layerwise training and official checkpoints. How the circuits are simulated
-lives elsewhere: gates, plans, the autograd Functions, the polynomial and the measurement in
-:mod:`quixer.sim.circuits`; the simulator chosen per device in :mod:`quixer.sim.simulators` (torch ops,
-the fused CPU kernel of :mod:`quixer.sim.native`, the Triton GPU kernels of
-:mod:`quixer.sim.triton_kernels`), which also owns the eval-mode cache of per-vocabulary data.
+This module is the model: its configuration (:class:`QuixerConfig`, the trainer's flags, which
+:meth:`Quixer.from_config` maps onto the official constructor's names), parameters,
+:meth:`Quixer.forward` in the official order, initialisation, layerwise training and official
+checkpoints. How the circuits are simulated lives in :mod:`quixer.sim`: gates, plans, the
+autograd Functions, the polynomial and the measurement in :mod:`quixer.sim.circuits`; the
+simulator chosen per device in :mod:`quixer.sim.simulators` (torch ops, the fused CPU kernel of
+:mod:`quixer.sim.native`, the Triton GPU kernels of :mod:`quixer.sim.triton_kernels`), which
+also owns the eval-mode cache of per-vocabulary data.
 
 Differences from the official code, on purpose: the returned postselection probability is
 per sequence and squared (``<psi|psi>``; the official code returns the batch mean of the
@@ -28,11 +30,13 @@ numbers but its one-layer circuit reads the first ``4 n``) is not kept.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import UserError
 from .sim import native
 from .sim.circuits import (
     CircuitPlan,
@@ -69,6 +73,37 @@ _LEGACY_PREFIXES = {
     "qff_params": "quantum_feedforward_parameters",
 }
 _IGNORED_OFFICIAL_PREFIXES = ("torchquantum_device.", "q_device.")
+INIT_STRATEGIES = ("small_gaussian", "uniform", "xavier", "centroid")
+QUIXER_TASKS = ("autoregressive",)
+
+
+@dataclass(frozen=True)
+class QuixerConfig:
+    """A Quixer of the trainer: its flags, under the flags' own names (``--qubits`` is ``qubits``).
+
+    Built once from the command line and carried by the checkpoints (``model_config``); the
+    data gives the rest (window length, vocabulary), see :meth:`Quixer.from_config`.
+    """
+
+    qubits: int = 6
+    degree: int = 3
+    ansatz_layers: int = 4
+    embedding_dim: int = 512
+    dropout: float = 0.1
+    init_strategy: str = "small_gaussian"
+    use_layerwise_training: bool = False
+    task: str = "autoregressive"
+
+    def __post_init__(self) -> None:
+        if self.task not in QUIXER_TASKS:
+            raise UserError(f"--task {self.task!r} is not supported: the only task is 'autoregressive'")
+        for key in ("qubits", "degree", "ansatz_layers", "embedding_dim"):
+            if getattr(self, key) < 1:
+                raise UserError(f"--{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.init_strategy not in INIT_STRATEGIES:
+            raise UserError(f"--init_strategy must be one of {', '.join(INIT_STRATEGIES)}, got {self.init_strategy!r}")
 
 
 class Dropout(nn.Dropout):
@@ -94,7 +129,7 @@ class Dropout(nn.Dropout):
 class Quixer(nn.Module):
     """Quixer next-token model: ``forward(x [B, n_tokens]) -> (logits [B, V], p_postselect [B])``."""
 
-    INIT_STRATEGIES = ("small_gaussian", "uniform", "xavier", "centroid")
+    INIT_STRATEGIES = INIT_STRATEGIES
     # Every parameter the circuits are built from, by name: the per-vocabulary eval cache
     # (quixer.sim.simulators.EvalCache) is rebuilt when any of them changes, and the quantum block of
     # the parameter accounting is its last three. A subclass that adds a circuit parameter lists
@@ -148,6 +183,16 @@ class Quixer(nn.Module):
         self._simulator_device: torch.device | None = None
         self._pinned_simulator: str | None = None
         self.initialize("small_gaussian")
+
+    @classmethod
+    def from_config(cls, config: QuixerConfig, n_tokens: int, vocabulary_size: int,
+                    dtype: torch.dtype = torch.complex64) -> "Quixer":
+        """The model of ``config`` for windows of ``n_tokens`` inputs over ``vocabulary_size`` tokens
+        (the one place where the flag names meet the official constructor's), initialised as the
+        constructor does: ``config.init_strategy`` is applied by the caller (it may need centroids)."""
+        return cls(n_qubits=config.qubits, n_tokens=n_tokens, qsvt_polynomial_degree=config.degree,
+                   n_ansatz_layers=config.ansatz_layers, vocabulary_size=vocabulary_size,
+                   embedding_dimension=config.embedding_dim, dropout=config.dropout, dtype=dtype)
 
     # ---- simulation ----------------------------------------------------------------------
 

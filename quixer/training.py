@@ -10,20 +10,22 @@ the convergence rule, provenance). ``--cuda_graph`` (one GPU) replays every full
 captured step (:mod:`quixer.sim.cuda_graphs`) with the capture's warm-up undone, so the run is the
 eager one up to float rounding. Layerwise training is a generic hook: any model with
 ``set_active_layers(k)``, ``frozen_masks()`` and ``n_ansatz_layers`` can use it.
+
+The loop reads no flags: it takes a :class:`TrainConfig` and a model family's configuration (a
+small frozen dataclass, such as :class:`quixer.model.QuixerConfig`) with a builder, all made once
+from the command line by :mod:`quixer.flags`; the checkpoints carry the model's configuration.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,21 +54,15 @@ from .provenance import now, provenance
 from .scoring import TargetScores, format_perplexity, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
 
+if TYPE_CHECKING:
+    from .baselines import ClassicalConfig
+    from .model import QuixerConfig
+
 log = logging.getLogger("quixer")
 
 ADAM_EPS = 1e-10  # as the official Quixer code
 DEFAULT_QUIXER_DATA_DIR = "quantized_embeddings_autoregressive"
 LR_SCHEDULES = ("plateau", "cosine")
-# Named training protocols: defaults for the flags a command line (or --config) leaves unset.
-# "project" keeps every flag's own default. "official" is the CQCL/Quixer run.py protocol: 30
-# epochs of a cosine schedule to zero, Adam with weight decay 1e-4, batch 32, clipping at norm 5,
-# no early stopping (each model keeps its own official rate: 0.002, the Transformer 0.001), and
-# per-epoch model selection on a fixed 10,000-target sample of validation (docs/protocol.md).
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "project": {},
-    "official": dict(epochs=30, lr_schedule="cosine", patience=0, weight_decay=1e-4, max_grad_norm=5.0,
-                     batch_size=32, selection_targets=10_000),
-}
 # A run has converged when early stopping fired, or when it ran its whole budget and each of its
 # last two epochs lowered the selection validation loss by less than this fraction.
 CONVERGENCE_TOLERANCE = 1e-3
@@ -78,10 +74,12 @@ _IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "
 DIVERGED_FILE = "diverged.json"  # written instead of results.json when the loss became non-finite
 # Flags added after runs were written: a config.json without them ran with these values.
 _LEGACY_VALUES = {"protocol": "project", "selection_targets": 0, "tensorboard": None, "cuda_graph": False}
-# Flags that are never part of a run's config.json.
-_NOT_CONFIG = frozenset({"config", "resume", "verbose", "command"})
+# TrainConfig fields that are not part of a run's config.json: what to do, and how it was asked for.
+_NOT_RECORDED = frozenset({"resume", "command"})
 
 EpochCallback = Callable[[int, dict], None]
+# build_model(data, model_config, train) -> the model for this data, initialised from train.seed
+ModelBuilder = Callable[[TokenData, Any, "TrainConfig"], nn.Module]
 
 
 class TrainingDiverged(UserError):
@@ -89,161 +87,71 @@ class TrainingDiverged(UserError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Command-line flags (one block shared by every trainer and the tuner)
+# The configuration of a run (built once from the flags by quixer.flags)
 
 
-def add_training_args(
-    parser: argparse.ArgumentParser,
-    *,
-    data_dir: str = DEFAULT_QUIXER_DATA_DIR,
-    output_dir: str | None = "runs/quixer",
-    lr: float | None = 0.002,
-    run_flags: bool = True,
-) -> None:
-    """Data, optimisation and run flags. ``run_flags=False`` leaves out the per-run flags
-    (--epochs, --output_dir, --resume, --patience, --config) for the tuner, which sets them."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--data_dir", default=data_dir,
-                   help="token directory with {train,val,test}.pt (stage-3 output or classical-benchmark "
-                        "tokens) (default: %(default)s)")
-    g.add_argument("--epoch_size", type=int, default=None,
-                   help="training windows per epoch, drawn at every offset of the train transcripts "
-                        "(default: the number of train windows in --data_dir)")
-    g.add_argument("--eval_targets", type=int, default=DEFAULT_EVAL_TARGETS,
-                   help="scored validation / test positions: every position, or a fixed sample of this many "
-                        "where there are more, the same for every model; 0 = all (default: %(default)s)")
-    g.add_argument("--max_train_batches", type=int, default=None,
-                   help="cap on training batches per epoch, for quick runs (default: all)")
-    g.add_argument("--selection_targets", type=int, default=0,
-                   help="validation targets scored after each epoch to pick the best epoch: a fixed seeded sample "
-                        "of the --eval_targets ones (the same for every model and seed); the best checkpoint is "
-                        "then scored once on all of them; 0 = all every epoch (default: %(default)s)")
-    g = parser.add_argument_group("optimisation")
-    if run_flags:
-        g.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
-                       help="named defaults for the flags not given: project (each flag's own default) or official "
-                            "(the CQCL/Quixer protocol: --epochs 30 --lr_schedule cosine --patience 0 "
-                            "--weight_decay 1e-4 --batch_size 32 --max_grad_norm 5 --selection_targets 10000) "
-                            "(default: project)")
-    if run_flags:
-        g.add_argument("--epochs", type=int, default=50,
-                       help="most training epochs; early stopping (--patience) usually ends a run first "
-                            "(default: %(default)s)")
-    g.add_argument("--batch_size", type=int, default=32,
-                   help="windows per optimizer step and process (default: %(default)s)")
-    g.add_argument("--eval_batch_size", type=int, default=256,
-                   help="windows per evaluation batch (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=lr,
-                   help="initial learning rate (default: %s)" % (lr if lr is not None else "the model's own default"))
-    g.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="plateau",
-                   help="plateau: halve the learning rate after each epoch that lowers the best validation loss "
-                        "by less than 0.01 %%; "
-                        "cosine: the official schedule, to zero over all steps of --epochs (default: %(default)s)")
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="Adam weight decay (default: %(default)s)")
-    g.add_argument("--max_grad_norm", type=float, default=5.0,
-                   help="gradient clipping norm, 0 = no clipping (default: %(default)s)")
-    if run_flags:
-        g.add_argument("--patience", type=int, default=3,
-                       help="stop after this many epochs in a row without a lower validation loss, 0 = never "
-                            "(default: %(default)s)")
-    g = parser.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=42, help="seed of weights, shuffling and dropout (default: %(default)s)")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: with a GPU, whichever of CPU and GPU runs a few training steps of this model at "
-                        "this batch size faster (measured at the start; one process), else the CPU "
-                        "(default: %(default)s)")
-    g.add_argument("--cuda_graph", action="store_true",
-                   help="on a GPU, replay every full training batch from one captured CUDA graph (the last, partial "
-                        "batch runs eagerly; dropout draws fresh masks): the eager run's trajectory up to float "
-                        "rounding, without hundreds of kernel launches per step; a no-op on the CPU; not with "
-                        "--use_layerwise_training or torchrun")
-    if run_flags:
-        g.add_argument("--output_dir", default=output_dir,
-                       help="run directory: config, metrics, checkpoints, results (default: %s)"
-                            % (output_dir or "runs/<model>, runs/<model>_<preset> for a paper preset"))
-        g.add_argument("--resume", action="store_true",
-                       help="continue the unfinished run in --output_dir from its last checkpoint (same flags "
-                            "and data required), or extend a run to a larger --epochs")
-        g.add_argument("--config", default=None,
-                       help="JSON object of flag values (e.g. the tuner's best_config.json or a run's "
-                            "config.json); flags given on the command line override it")
-    if run_flags:
-        g.add_argument("--tensorboard", default=None, metavar="DIR",
-                       help="also write TensorBoard event files (per-epoch metrics, the training loss every 25 "
-                            "steps) under DIR/<output_dir name>; needs the optional tensorboard package "
-                            "(default: none)")
-    g.add_argument("--verbose", action="store_true", help="debug logging")
+@dataclass(frozen=True)
+class TrainConfig:
+    """Data, optimisation and run settings of one training run, under the flags' own names.
+
+    The defaults are those of train_quixer_hybrid.py's flags. ``resume`` and ``command`` (the
+    command line, for provenance) say how the run was asked for; every other field, with the
+    model's configuration, is the run's config.json (:func:`run_config`).
+    """
+
+    data_dir: str = DEFAULT_QUIXER_DATA_DIR
+    epoch_size: int | None = None
+    eval_targets: int | None = DEFAULT_EVAL_TARGETS
+    max_train_batches: int | None = None
+    selection_targets: int | None = 0
+    protocol: str = "project"
+    epochs: int = 50
+    batch_size: int = 32
+    eval_batch_size: int | None = 256
+    lr: float = 0.002
+    lr_schedule: str = "plateau"
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 5.0
+    patience: int = 3
+    seed: int = 42
+    device: str = "auto"
+    cuda_graph: bool = False
+    output_dir: str = "runs/quixer"
+    resume: bool = False
+    tensorboard: str | None = None
+    command: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """One clear line for impossible values before any work is done."""
+        checks = [
+            ("epochs", lambda v: v >= 1, ">= 1"),
+            ("batch_size", lambda v: v >= 1, ">= 1"),
+            ("eval_batch_size", lambda v: v is None or v >= 1, ">= 1"),
+            ("lr", lambda v: v > 0 and math.isfinite(v), "> 0"),
+            ("weight_decay", lambda v: v >= 0, ">= 0"),
+            ("max_grad_norm", lambda v: v >= 0, ">= 0"),
+            ("patience", lambda v: v >= 0, ">= 0"),
+            ("epoch_size", lambda v: v is None or v >= 1, ">= 1"),
+            ("eval_targets", lambda v: v is None or v >= 0, ">= 0"),
+            ("selection_targets", lambda v: v is None or v >= 0, ">= 0"),
+            ("max_train_batches", lambda v: v is None or v >= 1, ">= 1"),
+            ("lr_schedule", lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
+        ]
+        for key, ok, what in checks:
+            value = getattr(self, key)
+            if value is not None and not ok(value):
+                raise UserError(f"--{key} must be {what}, got {value}")
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv``. Unset flags come, in this order, from ``--config FILE``, from the named
-    ``--protocol`` (given, or recorded in the config file) and from the flags' own defaults."""
-    args = parser.parse_args(argv)
-    path = getattr(args, "config", None)
-    cfg = _read_config_values(parser, path) if path else {}
-    if hasattr(args, "protocol"):
-        protocol = args.protocol or cfg.get("protocol") or "project"
-        parser.set_defaults(**PROTOCOLS[protocol])
-        cfg["protocol"] = protocol
-    if cfg:
-        parser.set_defaults(**cfg)
-        args = parser.parse_args(argv)
-        if hasattr(args, "protocol"):
-            args.protocol = args.protocol or cfg["protocol"]
-    args.command = [parser.prog, *(sys.argv[1:] if argv is None else map(str, argv))]  # provenance only
-    return args
-
-
-def _read_config_values(parser: argparse.ArgumentParser, path: str) -> dict:
-    """The flag values of a ``--config`` JSON file, checked against the parser's flags."""
-    cfg = read_json(path)
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a JSON object of flag values")
-    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    unknown = sorted(set(cfg) - set(actions))
-    if unknown:
-        raise UserError(f"{path}: unknown flag(s) {', '.join(unknown)} for this script")
-    values = {}
-    for key, value in cfg.items():
-        if key in _NOT_CONFIG:
-            continue
-        action = actions[key]
-        if value is not None and action.type in (int, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (action.type is int and value != int(value)):
-                raise UserError(f"{path}: {key} must be {action.type.__name__}, got {value!r}")
-            value = action.type(value)
-        if action.nargs == 0 and not isinstance(value, bool):  # store_true flags
-            raise UserError(f"{path}: {key} must be true or false, got {value!r}")
-        if action.choices is not None and value not in action.choices:
-            raise UserError(f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
-        values[key] = value
-    return values
-
-
-def validate_training_args(args: argparse.Namespace) -> None:
-    """One clear line for impossible values before any work is done."""
-    checks = [
-        ("epochs", lambda v: v >= 1, ">= 1"),
-        ("batch_size", lambda v: v >= 1, ">= 1"),
-        ("eval_batch_size", lambda v: v is None or v >= 1, ">= 1"),
-        ("lr", lambda v: v > 0 and math.isfinite(v), "> 0"),
-        ("weight_decay", lambda v: v >= 0, ">= 0"),
-        ("max_grad_norm", lambda v: v >= 0, ">= 0"),
-        ("patience", lambda v: v >= 0, ">= 0"),
-        ("epoch_size", lambda v: v is None or v >= 1, ">= 1"),
-        ("eval_targets", lambda v: v is None or v >= 0, ">= 0"),
-        ("selection_targets", lambda v: v is None or v >= 0, ">= 0"),
-        ("max_train_batches", lambda v: v is None or v >= 1, ">= 1"),
-        ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ]
-    for key, ok, what in checks:
-        if hasattr(args, key) and getattr(args, key) is not None and not ok(getattr(args, key)):
-            raise UserError(f"--{key} must be {what}, got {getattr(args, key)}")
-
-
-def run_config(args: argparse.Namespace) -> dict:
-    """The flag values that define a run (written to config.json)."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONFIG}
+def run_config(train: TrainConfig, model_config: Any) -> dict:
+    """The values that define a run (its config.json): the training and model configurations'
+    fields under their flag names, in sorted order."""
+    values = {f.name: getattr(train, f.name) for f in fields(train) if f.name not in _NOT_RECORDED}
+    model_values = asdict(model_config)
+    shared = sorted(set(values) & set(model_values))
+    if shared:
+        raise ValueError(f"the model configuration repeats training fields: {', '.join(shared)}")
+    return dict(sorted({**values, **model_values}.items()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,12 +390,13 @@ class RunState:
 
 @dataclass
 class Run:
-    """One training run, set up: data and targets, model, optimiser, schedule and state."""
+    """One training run, set up: its configurations, data and targets, model, optimiser, schedule and state."""
 
-    args: argparse.Namespace
+    train: TrainConfig
+    model_config: Any  # the model family's configuration (a dataclass), carried by the checkpoints
     dist: DistContext
     out: Path
-    config: dict
+    config: dict  # config.json: run_config(train, model_config)
     model_name: str
     data: TokenData
     schedule: TrainSchedule
@@ -507,14 +416,15 @@ class Run:
 
     @property
     def eval_batch_size(self) -> int:
-        return self.args.eval_batch_size or self.args.batch_size
+        return self.train.eval_batch_size or self.train.batch_size
 
 
 def train_model(
-    args: argparse.Namespace,
+    train: TrainConfig,
+    model_config: Any,
+    build_model: ModelBuilder,
     *,
     model_name: str,
-    build_model: Callable[[TokenData, argparse.Namespace], nn.Module],
     layerwise: bool = False,
     epoch_callback: EpochCallback | None = None,
     score_test: bool = True,
@@ -522,27 +432,29 @@ def train_model(
     """Train, validate each epoch, checkpoint, test the best checkpoint; return results.json's dict.
     ``score_test=False`` (the tuner) never touches the test split: results hold validation only.
 
-    ``build_model(data, args)`` is called right after seeding, so initial weights depend on
-    ``--seed`` only. ``epoch_callback(epoch, record)`` runs after each epoch's checkpoint is
-    written (the tuner reports to Optuna and may raise ``optuna.TrialPruned`` there).
+    ``model_config`` (a dataclass) is written to config.json with ``train`` and carried by the
+    checkpoints. ``build_model(data, model_config, train)`` is called right after seeding, so
+    initial weights depend on ``train.seed`` only. ``epoch_callback(epoch, record)`` runs after
+    each epoch's checkpoint is written (the tuner reports to Optuna and may raise
+    ``optuna.TrialPruned`` there).
     """
-    validate_training_args(args)
-    if getattr(args, "cuda_graph", False) and layerwise:
+    if train.cuda_graph and layerwise:
         raise UserError("--cuda_graph cannot be combined with --use_layerwise_training (its frozen entries are "
                         "restored by indexing on the host, which a captured step cannot do)")
-    dist = init_distributed(args.device)
+    dist = init_distributed(train.device)
     try:
-        out = Path(args.output_dir)
-        config = run_config(args)
-        fingerprint = data_fingerprint(args.data_dir) if Path(args.data_dir).is_dir() else None
-        mode = prepare_run_dir(out, config, args.resume, fingerprint)
+        out = Path(train.output_dir)
+        config = run_config(train, model_config)
+        fingerprint = data_fingerprint(train.data_dir) if Path(train.data_dir).is_dir() else None
+        mode = prepare_run_dir(out, config, train.resume, fingerprint)
         if mode == "done":
             log.info("%s: run already finished; results.json kept", out)
             return read_json(out / "results.json")
         created = not out.exists()
         try:
-            return _train(args, dist, out, config, mode, model_name, build_model, layerwise, epoch_callback,
-                          score_test)
+            run = _setup(train, model_config, build_model, dist, out, config, model_name, layerwise)
+            run.epoch_callback = epoch_callback
+            return _train(run, mode, score_test)
         except TrainingDiverged as exc:
             if dist.is_main:
                 atomic_write_json(out / DIVERGED_FILE, {"message": str(exc), "stop_reason": "diverged"})
@@ -555,13 +467,11 @@ def train_model(
         dist.close()
 
 
-def _train(args, dist: DistContext, out: Path, config: dict, mode: str, model_name: str, build_model, layerwise: bool,
-           epoch_callback: EpochCallback | None, score_test: bool) -> dict:
-    """Set up (resuming or extending per ``mode``), run the epochs, score the best checkpoint."""
-    run = _setup(args, dist, out, config, model_name, build_model, layerwise)
-    run.epoch_callback = epoch_callback
-    if getattr(args, "tensorboard", None) and dist.is_main:
-        run.curves = LiveCurves(args.tensorboard, out.name)
+def _train(run: Run, mode: str, score_test: bool) -> dict:
+    """Run the epochs (resuming or extending per ``mode``) and score the best checkpoint, with
+    --tensorboard's event files open meanwhile."""
+    if run.train.tensorboard and run.dist.is_main:
+        run.curves = LiveCurves(run.train.tensorboard, run.out.name)
     try:
         return _run_to_end(run, mode, score_test)
     finally:
@@ -571,10 +481,10 @@ def _train(args, dist: DistContext, out: Path, config: dict, mode: str, model_na
 
 def _run_to_end(run: Run, mode: str, score_test: bool) -> dict:
     """Resume or extend as ``mode`` says, train the remaining epochs, score the best checkpoint."""
-    args, dist, out = run.args, run.dist, run.out
+    dist, out = run.dist, run.out
     if mode in ("resume", "extend"):
         _resume(run)
-        if run.state.stop_reason == "max_epochs" and run.state.epoch < args.epochs:
+        if run.state.stop_reason == "max_epochs" and run.state.epoch < run.train.epochs:
             _extend(run)  # also an extension that was interrupted before its first new epoch
     run.state.started = run.state.started or now()
     if dist.is_main:
@@ -588,72 +498,86 @@ def _extend(run: Run) -> None:
     """Continue a run that reached its old --epochs up to the new one. A cosine schedule is
     re-laid over the new length: the rate returns to that curve's value at the current step and
     decays to zero at the new --epochs (a plateau schedule simply continues)."""
-    state, args = run.state, run.args
+    state, train = run.state, run.train
     old_epochs = state.epoch
     state.stop_reason = ""
     state.extended_from.append(old_epochs)
-    if args.lr_schedule == "cosine":
+    if train.lr_schedule == "cosine":
         sched = run.lr_scheduler
-        sched.T_max = args.epochs * run.steps
+        sched.T_max = train.epochs * run.steps
         t = sched.last_epoch
         for group, base in zip(run.optimizer.param_groups, sched.base_lrs):
             _set_lr(group, sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * t / sched.T_max)) / 2)
         sched._last_lr = [float(g["lr"]) for g in run.optimizer.param_groups]
-    log.info("%s: extending the run from %d to %d epochs", run.out, old_epochs, args.epochs)
+    log.info("%s: extending the run from %d to %d epochs", run.out, old_epochs, train.epochs)
 
 
-def _setup(args, dist: DistContext, out: Path, config: dict, model_name: str, build_model, layerwise: bool) -> Run:
-    data = load_token_data(args.data_dir)
-    log.info("data %s: %s windows, %s tokens in streams, window %d, vocabulary %d (%s)", data.data_dir,
-             "/".join(str(int(data.splits[s].shape[0])) for s in data.splits),
-             "/".join(str(len(data.streams(s))) for s in data.splits), data.window_size, data.vocab_size,
-             data.vocab_source)
-    if args.device == "auto" and dist.device.type == "cuda" and not dist.enabled:
-        # a GPU is not always faster (a small model at a small batch is launch-bound): measure
-        dist.device, seconds = fastest_device(lambda: build_model(data, args), data.n_input_tokens,
-                                              data.vocab_size, args.batch_size)
-        log.info("--device auto: %s (seconds per training step: %s)", dist.device,
-                 ", ".join(f"{k} {v:.4f}" for k, v in seconds.items()))
-    if dist.device.type == "cuda":
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    seed_everything(args.seed)
-    model = build_model(data, args).to(dist.device)
+def _setup(train: TrainConfig, model_config: Any, build_model: ModelBuilder, dist: DistContext, out: Path,
+           config: dict, model_name: str, layerwise: bool) -> Run:
+    data = _load_data(train, dist, lambda d: build_model(d, model_config, train))
+    seed_everything(train.seed)
+    model = build_model(data, model_config, train).to(dist.device)
     if dist.enabled:  # different dropout masks per process (restored per rank on resume)
-        torch.manual_seed(args.seed + 7919 * dist.rank)
-    epoch_size = args.epoch_size or int(data.splits["train"].shape[0])
-    schedule = TrainSchedule(data.streams("train"), data.window_size, epoch_size, args.seed)
-    targets = {s: eval_targets(data.streams(s), data.window_size, args.eval_targets) for s in ("val", "test")}
-    targets["selection"] = targets["val"].sample(args.selection_targets)
-    steps = steps_per_epoch(epoch_size, args.batch_size, dist.world_size, args.max_train_batches)
-    params = [p for p in model.parameters() if p.requires_grad]
-    graphed = _captures_steps(args, dist)
-    optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay, eps=ADAM_EPS, capturable=graphed)
-    if args.lr_schedule == "cosine":
-        lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps)
-    else:
-        lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0, threshold=1e-4)
-    if graphed:  # after the schedule is set up: its base rates stay floats
-        capturable_optimizer(optimizer, True)
+        torch.manual_seed(train.seed + 7919 * dist.rank)
+    epoch_size = train.epoch_size or int(data.splits["train"].shape[0])
+    schedule = TrainSchedule(data.streams("train"), data.window_size, epoch_size, train.seed)
+    targets = {s: eval_targets(data.streams(s), data.window_size, train.eval_targets) for s in ("val", "test")}
+    targets["selection"] = targets["val"].sample(train.selection_targets)
+    steps = steps_per_epoch(epoch_size, train.batch_size, dist.world_size, train.max_train_batches)
+    graphed = _captures_steps(train, dist)
+    optimizer, lr_scheduler = _optimizer(train, model, steps, graphed)
     step_model = model
     if dist.enabled:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     log.info("%s: %d trainable parameters on %s (%d process%s); %d windows per epoch, %d val / %d test targets, "
              "%d val targets per epoch for model selection", model_name, count_parameters(model), dist.device,
-             dist.world_size, "es" if dist.enabled else "", min(epoch_size, steps * args.batch_size * dist.world_size),
+             dist.world_size, "es" if dist.enabled else "", min(epoch_size, steps * train.batch_size * dist.world_size),
              len(targets["val"]), len(targets["test"]), len(targets["selection"]))
     dist.barrier()  # every rank has read config.json before rank 0 writes it
     if dist.is_main:  # written once the run is set up: a refused or failed set-up leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", config)
-    return Run(args, dist, out, config, model_name, data, schedule, targets, model, step_model, optimizer,
-               lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0, graphed=graphed)
+    return Run(train, model_config, dist, out, config, model_name, data, schedule, targets, model, step_model,
+               optimizer, lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0, graphed=graphed)
 
 
-def _captures_steps(args, dist: DistContext) -> bool:
+def _load_data(train: TrainConfig, dist: DistContext, build: Callable[[TokenData], nn.Module]) -> TokenData:
+    """The run's tokens; with --device auto and a GPU, the device that trains ``build(data)`` faster."""
+    data = load_token_data(train.data_dir)
+    log.info("data %s: %s windows, %s tokens in streams, window %d, vocabulary %d (%s)", data.data_dir,
+             "/".join(str(int(data.splits[s].shape[0])) for s in data.splits),
+             "/".join(str(len(data.streams(s))) for s in data.splits), data.window_size, data.vocab_size,
+             data.vocab_source)
+    if train.device == "auto" and dist.device.type == "cuda" and not dist.enabled:
+        # a GPU is not always faster (a small model at a small batch is launch-bound): measure
+        dist.device, seconds = fastest_device(lambda: build(data), data.n_input_tokens, data.vocab_size,
+                                              train.batch_size)
+        log.info("--device auto: %s (seconds per training step: %s)", dist.device,
+                 ", ".join(f"{k} {v:.4f}" for k, v in seconds.items()))
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return data
+
+
+def _optimizer(train: TrainConfig, model: nn.Module, steps: int, graphed: bool) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam as the official code, and the learning-rate schedule of --lr_schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, eps=ADAM_EPS,
+                                 capturable=graphed)
+    if train.lr_schedule == "cosine":
+        lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs * steps)
+    else:
+        lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0, threshold=1e-4)
+    if graphed:  # after the schedule is set up: its base rates stay floats
+        capturable_optimizer(optimizer, True)
+    return optimizer, lr_scheduler
+
+
+def _captures_steps(train: TrainConfig, dist: DistContext) -> bool:
     """Whether --cuda_graph applies: on a GPU, in one process (a log line on a CPU, where it is a no-op)."""
-    if not getattr(args, "cuda_graph", False):
+    if not train.cuda_graph:
         return False
     if dist.enabled:
         raise UserError("--cuda_graph is not supported under torchrun (DistributedDataParallel); drop one of them")
@@ -687,23 +611,24 @@ def _resume(run: Run) -> None:
 
 def _run_epoch(run: Run) -> None:
     """Train one epoch, validate, update the schedule and the stopping state, checkpoint."""
-    args, state = run.args, run.state
+    train, state = run.train, run.state
     epoch = state.epoch
     t_epoch = time.perf_counter()
     record: dict[str, Any] = {"epoch": epoch + 1, "lr": float(run.optimizer.param_groups[0]["lr"])}
     frozen = _activate_layers(run, record)
     replayed = run.captured.replayed if run.captured is not None else 0
-    train_loss, n_seen, step_s = _train_steps(run, frozen, desc=f"epoch {epoch + 1}/{args.epochs}")
+    train_loss, n_seen, step_s = _train_steps(run, frozen, desc=f"epoch {epoch + 1}/{train.epochs}")
     if run.captured is not None:  # --cuda_graph on a GPU: how many of the epoch's steps were replays
         record["replayed_steps"] = run.captured.replayed - replayed
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower --lr "
-                               f"(now {args.lr}) or --max_grad_norm")
+                               f"(now {train.lr}) or --max_grad_norm")
     val_scores = evaluate(run.model, run.data, "val", run.targets["selection"], run.eval_batch_size, run.dist,
                           desc="validation")
     val = val_scores.metrics()
     if not math.isfinite(val["loss"]):
-        raise TrainingDiverged(f"validation loss became {val['loss']} in epoch {epoch + 1}; lower --lr (now {args.lr})")
+        raise TrainingDiverged(f"validation loss became {val['loss']} in epoch {epoch + 1}; "
+                               f"lower --lr (now {train.lr})")
     epoch_s = time.perf_counter() - t_epoch
     state.train_seconds += epoch_s
     state.step_seconds += step_s
@@ -714,7 +639,7 @@ def _run_epoch(run: Run) -> None:
         record["postselection"] = record.pop("val_postselection")
     improved = _update_stopping(run, val["loss"])
     log.info("epoch %d/%d: train loss %.4f, val loss %.4f (perplexity %s, top-1 %.2f %%, top-5 %.2f %%)%s, %.1f s%s",
-             epoch + 1, args.epochs, train_loss, val["loss"], format_perplexity(val["perplexity"]), 100 * val["top1"],
+             epoch + 1, train.epochs, train_loss, val["loss"], format_perplexity(val["perplexity"]), 100 * val["top1"],
              100 * val["top5"],
              f", postselection {val['postselection']:.3f}" if "postselection" in val else "", epoch_s,
              f"; stop: {state.stop_reason}" if state.stop_reason else "")
@@ -729,7 +654,7 @@ def _activate_layers(run: Run, record: dict) -> "FrozenEntries | None":
     """Layerwise training: switch on this epoch's layers; a newly active layer resets patience."""
     if not run.n_layers:
         return None
-    k = active_layers_at(run.state.epoch, run.args.epochs, run.n_layers)
+    k = active_layers_at(run.state.epoch, run.train.epochs, run.n_layers)
     if k != run.state.active_layers:
         run.state.bad_epochs = 0
         run.state.active_layers = k
@@ -740,19 +665,19 @@ def _activate_layers(run: Run, record: dict) -> "FrozenEntries | None":
 
 def _update_stopping(run: Run, val_loss: float) -> bool:
     """Best loss, patience, the plateau schedule and the stop reason after one epoch."""
-    state, args = run.state, run.args
+    state, train = run.state, run.train
     improved = val_loss < state.best_val_loss
     if improved:
         state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch + 1, 0
     else:
         state.bad_epochs += 1
-    if args.lr_schedule == "plateau":
+    if train.lr_schedule == "plateau":
         run.lr_scheduler.step(val_loss)
         _keep_lr_tensors(run)
     state.epoch += 1
-    if args.patience and state.bad_epochs >= args.patience:
+    if train.patience and state.bad_epochs >= train.patience:
         state.stop_reason = "early_stop"
-    elif state.epoch >= args.epochs:
+    elif state.epoch >= train.epochs:
         state.stop_reason = "max_epochs"
     return improved
 
@@ -769,29 +694,31 @@ def _checkpoint(run: Run, record: dict, improved: bool, val: dict, val_scores: T
         atomic_torch_save(run.out / "best.pt", {
             "model": run.model.state_dict(), "epoch": run.state.epoch, "val": val,
             "active_layers": record.get("active_layers"), "config": run.config,
+            "model_config": asdict(run.model_config),
         })
     atomic_torch_save(run.out / "last.pt", {
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "lr_scheduler": run.lr_scheduler.state_dict(), "state": asdict(run.state), "rng": ranks_rng,
         "data": _data_summary(run.data), "config": run.config, "model_name": run.model_name,
+        "model_config": asdict(run.model_config),
     })
 
 
 def _train_steps(run: Run, frozen: "FrozenEntries | None", desc: str) -> tuple[float, int, float]:
     """One epoch of optimizer steps; returns (mean loss over all processes, windows seen by all
     processes, seconds spent)."""
-    args, dist = run.args, run.dist
+    train, dist = run.train, run.dist
     run.step_model.train()
     sums = torch.zeros(2, dtype=torch.float64, device=dist.device)
     step = _steps(run, frozen)
     t0 = time.perf_counter()
     batches = train_batches(run.data.streams("train"), run.schedule.epoch(run.state.epoch), run.data.window_size,
-                            args.batch_size, rank=dist.rank, world_size=dist.world_size, limit=args.max_train_batches)
+                            train.batch_size, rank=dist.rank, world_size=dist.world_size, limit=train.max_train_batches)
     bar = _progress(batches, dist, desc, total=run.steps)
     for i, (x, y) in enumerate(bar):
         x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
         loss = step(x, y)
-        if args.lr_schedule == "cosine":
+        if train.lr_schedule == "cosine":
             run.lr_scheduler.step()
             _keep_lr_tensors(run)
         sums[0] += loss.double() * len(y)
@@ -812,7 +739,7 @@ def make_step(run: Run, frozen: "FrozenEntries | None") -> Callable[[torch.Tenso
     step on one batch; returns the detached loss. The one step of every run: eager, or with --cuda_graph
     captured as it is (so nothing in it reads a value back to the host)."""
     params = [p for p in run.model.parameters() if p.requires_grad]
-    max_norm = run.args.max_grad_norm
+    max_norm = run.train.max_grad_norm
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits, _ = split_output(run.step_model(x))
@@ -837,7 +764,7 @@ def _steps(run: Run, frozen: "FrozenEntries | None") -> Callable[[torch.Tensor, 
     if not run.graphed:
         return make_step(run, frozen)
     if run.captured is None:
-        run.captured = CapturedSteps(make_step(run, frozen), run.model, run.optimizer, run.args.batch_size)
+        run.captured = CapturedSteps(make_step(run, frozen), run.model, run.optimizer, run.train.batch_size)
         run.lr_tensors = [group["lr"] for group in run.optimizer.param_groups]
     return run.captured
 
@@ -933,7 +860,7 @@ def _results(run: Run, best: dict, scores: dict[str, TargetScores], eval_seconds
     """results.json: the scores of the best checkpoint, how the run went and how it was made."""
     state, dist = run.state, run.dist
     results: dict[str, Any] = {
-        "model": run.model_name, "seed": run.args.seed, "data_dir": str(run.args.data_dir),
+        "model": run.model_name, "seed": run.train.seed, "data_dir": str(run.train.data_dir),
         "data_fingerprint": run.data.fingerprint,
         "parameters": count_parameters(run.model), "parameter_breakdown": parameter_breakdown(run.model),
     }
@@ -953,49 +880,20 @@ def _results(run: Run, best: dict, scores: dict[str, TargetScores], eval_seconds
         epochs_run=state.epoch, best_epoch=best["epoch"], stop_reason=state.stop_reason,
         converged=is_converged(state.stop_reason, _selection_losses(run.out / "metrics.jsonl")),
         converged_rule=CONVERGENCE_RULE, extended_from=state.extended_from,
-        protocol=getattr(run.args, "protocol", None) or "project", lr_schedule=run.args.lr_schedule,
-        selection_targets=len(run.targets["selection"]), max_epochs=run.args.epochs,
+        protocol=run.train.protocol, lr_schedule=run.train.lr_schedule,
+        selection_targets=len(run.targets["selection"]), max_epochs=run.train.epochs,
         epoch_size=run.schedule.epoch_size, vocabulary_size=run.data.vocab_size, window_size=run.data.window_size,
         windows={s: int(t.shape[0]) for s, t in run.data.splits.items()},
         world_size=dist.world_size, device=str(dist.device), peak_rss_mb=peak_rss_mb(),
         torch_version=torch.__version__,
-        provenance=provenance(state.started, command=getattr(run.args, "command", None), device=str(dist.device),
+        provenance=provenance(state.started, command=list(run.train.command or ()) or None, device=str(dist.device),
                               simulator=_simulator_name(run.model)),
     )
     return results
 
 
 # ----------------------------------------------------------------------------------------------
-# Quixer: flags and model construction (shared by train_quixer_hybrid.py and the tuner)
-
-QUIXER_TASKS = ("autoregressive",)
-
-
-def add_quixer_model_args(parser: argparse.ArgumentParser, title: str = "Quixer model") -> None:
-    from .model import Quixer
-
-    g = parser.add_argument_group(title)
-    g.add_argument("--task", default="autoregressive",
-                   help="prediction task; only 'autoregressive' (next token of each window) (default: %(default)s)")
-    g.add_argument("--qubits", type=int, default=6, help="qubits of the token register (default: %(default)s)")
-    g.add_argument("--degree", type=int, default=3, help="QSVT polynomial degree (default: %(default)s)")
-    g.add_argument("--ansatz_layers", type=int, default=4, help="layers of each token's PQC ansatz (default: %(default)s)")
-    g.add_argument("--embedding_dim", type=int, default=512, help="classical token embedding width (default: %(default)s)")
-    g.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default: %(default)s)")
-    g.add_argument("--init_strategy", choices=Quixer.INIT_STRATEGIES, default="small_gaussian",
-                   help="parameter initialisation; centroid uses the stage-3 cluster centres in --data_dir "
-                        "(default: %(default)s)")
-    g.add_argument("--use_layerwise_training", action="store_true",
-                   help="switch the ansatz layers on one at a time over the epochs (layer l from epoch "
-                        "floor(l * epochs / ansatz_layers)); inactive layers are not updated")
-
-
-def validate_quixer_args(args: argparse.Namespace) -> None:
-    if args.task not in QUIXER_TASKS:
-        raise UserError(f"--task {args.task!r} is not supported: the only task is 'autoregressive'")
-    for key in ("qubits", "degree", "ansatz_layers", "embedding_dim"):
-        if getattr(args, key) < 1:
-            raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
+# The model families: Quixer (train_quixer_hybrid.py and the tuner) and the classical baselines
 
 
 def quixer_memory_bytes(qubits: int, n_tokens: int, vocab: int, degree: int, batch: int, eval_batch: int) -> int:
@@ -1009,102 +907,32 @@ def quixer_memory_bytes(qubits: int, n_tokens: int, vocab: int, degree: int, bat
     return max(train, evaluation)
 
 
-def _check_quixer_fits(data: TokenData, args: argparse.Namespace) -> None:
+def _check_quixer_fits(data: TokenData, cfg: QuixerConfig, train: TrainConfig) -> None:
     """One line instead of an allocation failure for a model too large for this machine."""
-    need = quixer_memory_bytes(args.qubits, data.n_input_tokens, data.vocab_size, args.degree, args.batch_size,
-                               getattr(args, "eval_batch_size", None) or args.batch_size)
+    need = quixer_memory_bytes(cfg.qubits, data.n_input_tokens, data.vocab_size, cfg.degree, train.batch_size,
+                               train.eval_batch_size or train.batch_size)
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if torch.cuda.is_available() and args.device != "cpu":
+    if torch.cuda.is_available() and train.device != "cpu":
         have = max(have, torch.cuda.get_device_properties(0).total_memory)
     if need > have:
-        raise UserError(f"a Quixer of {args.qubits} qubits would need about {need / 2**30:.3g} GiB at batch "
-                        f"{args.batch_size} (this machine has {have / 2**30:.0f} GiB); use fewer --qubits")
+        raise UserError(f"a Quixer of {cfg.qubits} qubits would need about {need / 2**30:.3g} GiB at batch "
+                        f"{train.batch_size} (this machine has {have / 2**30:.0f} GiB); use fewer --qubits")
 
 
-def build_quixer(data: TokenData, args: argparse.Namespace) -> nn.Module:
-    """The Quixer model for this data, initialised with ``--init_strategy`` from ``--seed``."""
+def build_quixer(data: TokenData, cfg: QuixerConfig, train: TrainConfig) -> nn.Module:
+    """The Quixer of ``cfg`` for this data, initialised with ``cfg.init_strategy`` from ``train.seed``."""
     from .model import Quixer
 
-    _check_quixer_fits(data, args)
-    centroids = load_cluster_centers(data.data_dir) if args.init_strategy == "centroid" else None
+    _check_quixer_fits(data, cfg, train)
+    centroids = load_cluster_centers(data.data_dir) if cfg.init_strategy == "centroid" else None
     try:
-        model = Quixer(
-            n_qubits=args.qubits, n_tokens=data.n_input_tokens, qsvt_polynomial_degree=args.degree,
-            n_ansatz_layers=args.ansatz_layers, vocabulary_size=data.vocab_size,
-            embedding_dimension=args.embedding_dim, dropout=args.dropout,
-        )
-        model.initialize(args.init_strategy, centroids=centroids, generator=torch.Generator().manual_seed(args.seed))
+        model = Quixer.from_config(cfg, n_tokens=data.n_input_tokens, vocabulary_size=data.vocab_size)
+        model.initialize(cfg.init_strategy, centroids=centroids, generator=torch.Generator().manual_seed(train.seed))
     except ValueError as exc:  # sizes the model rejects, centroids of the wrong shape
         raise UserError(f"cannot build Quixer: {exc}") from None
     return model
 
 
-def quixer_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """The complete flag set of train_quixer_hybrid.py."""
-    parser = argparse.ArgumentParser(
-        description=description or "Train the Quixer quantum transformer on next-token prediction.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_training_args(parser, data_dir=DEFAULT_QUIXER_DATA_DIR, output_dir="runs/quixer", lr=0.002)
-    add_quixer_model_args(parser)
-    return parser
-
-
-def train_quixer(args: argparse.Namespace, epoch_callback: EpochCallback | None = None, score_test: bool = True) -> dict:
-    validate_quixer_args(args)
-    return train_model(args, model_name="quixer", build_model=build_quixer, layerwise=args.use_layerwise_training,
-                       epoch_callback=epoch_callback, score_test=score_test)
-
-
-# ----------------------------------------------------------------------------------------------
-# Classical baselines (train_classical_baselines.py)
-
-
-def classical_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """The complete flag set of train_classical_baselines.py."""
-    from .baselines import NEURAL_MODELS, add_classical_model_args
-    from .reference import DEFAULT_MAX_ORDER, REFERENCE_MODELS
-
-    parser = argparse.ArgumentParser(description=description or "Classical baselines and references.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=NEURAL_MODELS + REFERENCE_MODELS, default="lstm",
-                        help="baseline to run (default: %(default)s)")
-    add_training_args(parser, data_dir=DEFAULT_QUIXER_DATA_DIR, output_dir=None, lr=None)
-    parser.add_argument("--dropout", type=float, default=None,
-                        help="dropout rate (default: the model's own: LSTM 0.3, Transformer / FNet 0.1)")
-    add_classical_model_args(parser)
-    g = parser.add_argument_group("reference models")
-    g.add_argument("--max_order", type=int, default=DEFAULT_MAX_ORDER,
-                   help="ngram, raw_bases, token_ceiling: largest order tried on validation (token_ceiling "
-                        "stops at k; default: %(default)s)")
-    return parser
-
-
-def default_classical_output_dir(args: argparse.Namespace) -> str:
-    from .baselines import NEURAL_MODELS
-
-    suffix = f"_{args.preset}" if args.model in NEURAL_MODELS and args.preset != "default" else ""
-    return f"runs/{args.model}{suffix}"
-
-
-def train_classical(args: argparse.Namespace, epoch_callback: EpochCallback | None = None) -> dict:
-    """A neural baseline through :func:`train_model`, or a reference predictor through
-    :func:`quixer.reference.run_reference` (no gradient training)."""
-    from .baselines import build_classical_model, resolve_classical_args
-    from .reference import REFERENCE_MODELS, run_reference
-
-    if args.output_dir is None:
-        args.output_dir = default_classical_output_dir(args)
-    if args.model in REFERENCE_MODELS:
-        return run_reference(args.model, args.data_dir, args.output_dir, max_order=args.max_order,
-                             eval_targets_count=args.eval_targets, command=getattr(args, "command", None))
-    resolve_classical_args(args)
-
-    def build(data: TokenData, a: argparse.Namespace) -> nn.Module:
-        return build_classical_model(
-            a.model, data.vocab_size, data.n_input_tokens, embedding_dim=a.embedding_dim, hidden_dim=a.hidden_dim,
-            num_layers=a.num_layers, num_heads=a.num_heads, dropout=a.dropout, qubits=a.qubits,
-            ansatz_layers=a.ansatz_layers,
-        )
-
-    return train_model(args, model_name=args.model, build_model=build, epoch_callback=epoch_callback)
+def build_classical(data: TokenData, cfg: ClassicalConfig, train: TrainConfig) -> nn.Module:
+    """The neural baseline of ``cfg`` for this data (initialised from the seeded global generator)."""
+    return cfg.build_model(data.vocab_size, data.n_input_tokens)

@@ -1,6 +1,6 @@
 """Optuna hyperparameter search over the Quixer flags (tune_quixer_hybrid.py).
 
-Every trial is an ordinary :func:`quixer.training.train_quixer` run under
+Every trial is an ordinary :func:`quixer.flags.train_quixer` run under
 ``<output_dir>/trials/trial_NNNN/``; the validation loss of each epoch is reported to Optuna
 so the median pruner can stop poor trials early. The study lives in an Optuna storage
 (default sqlite in ``output_dir``) so rerunning the same command continues it, and the best
@@ -20,7 +20,8 @@ from typing import Any
 from .common import UserError, atomic_write_json, read_json
 from .data import data_fingerprint, load_token_data
 from .provenance import now, provenance
-from .training import TrainingDiverged, train_quixer
+from .flags import train_quixer
+from .training import TrainingDiverged
 
 log = logging.getLogger("quixer")
 

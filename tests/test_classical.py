@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import train_classical_baselines
-from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model, resolve_classical_args
+from quixer.baselines import NEURAL_MODELS, PRESETS, build_classical_model
 from quixer.common import UserError
+from quixer.flags import resolve_classical_args
 from tests.token_fixtures import make_token_dir
 
 RESULT_KEYS = {"model", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1", "test_top5",
@@ -159,6 +160,42 @@ def test_lstm_and_fnet_defaults_and_output_dirs(tokens, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not divisible"):
         train_classical_baselines.main(["--model", "transformer", "--embedding_dim", "30", "--num_heads", "4",
                                         "--output_dir", str(tmp_path / "bad"), *common])
+
+
+def test_config_json_is_pinned(tokens, tmp_path):
+    """config.json of a classical run: the same keys, values and bytes as every run directory so far
+    (the preset's sizes and the model's own rate and dropout filled in, --max_order recorded too)."""
+    out = tmp_path / "lstm"
+    train_classical_baselines.main(["--model", "lstm", "--data_dir", str(tokens), "--output_dir", str(out),
+                                    "--epochs", "1", "--max_train_batches", "2", "--device", "cpu"])
+    expected = {
+        "ansatz_layers": 4, "batch_size": 32, "cuda_graph": False, "data_dir": str(tokens), "device": "cpu",
+        "dropout": 0.3, "embedding_dim": 64, "epoch_size": None, "epochs": 1, "eval_batch_size": 256,
+        "eval_targets": 100000, "hidden_dim": 96, "lr": 0.002, "lr_schedule": "plateau", "max_grad_norm": 5.0,
+        "max_order": 12, "max_train_batches": 2, "model": "lstm", "num_heads": 1, "num_layers": 2,
+        "output_dir": str(out), "patience": 3, "preset": "default", "protocol": "project", "qubits": 6,
+        "seed": 42, "selection_targets": 0, "tensorboard": None, "weight_decay": 0.0001,
+    }
+    assert (out / "config.json").read_text() == json.dumps(expected, indent=2) + "\n"
+
+
+def test_checkpoint_model_config_rebuilds_the_model(tokens, tmp_path):
+    """best.pt carries the resolved ClassicalConfig (the preset's sizes filled in): it alone, with the
+    data's vocabulary and window, rebuilds a model that loads the weights strictly."""
+    from quixer.baselines import ClassicalConfig
+    from quixer.data import load_token_data
+
+    out = tmp_path / "tf"
+    train_classical_baselines.main(["--model", "transformer", "--preset", "paper96", "--num_heads", "2",
+                                    "--data_dir", str(tokens), "--output_dir", str(out), "--epochs", "1",
+                                    "--max_train_batches", "2", "--device", "cpu"])
+    best = torch.load(out / "best.pt", weights_only=True)
+    cfg = ClassicalConfig(**best["model_config"])
+    assert (cfg.model, cfg.embedding_dim, cfg.hidden_dim, cfg.num_layers, cfg.num_heads, cfg.dropout) == \
+        ("transformer", 96, 384, 1, 2, 0.1)
+    assert {k: best["config"][k] for k in best["model_config"]} == best["model_config"]  # no renaming
+    data = load_token_data(tokens)
+    cfg.build_model(data.vocab_size, data.n_input_tokens).load_state_dict(best["model"], strict=True)
 
 
 def test_reference_models_dispatch(tokens, tmp_path):

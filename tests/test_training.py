@@ -6,6 +6,7 @@ unbroken run, layerwise freezing against the initial weights, DDP with two CPU p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,14 +23,9 @@ from tests.token_fixtures import make_token_dir
 import train_quixer_hybrid
 from quixer.common import UserError, seed_everything
 from quixer.data import load_token_data
-from quixer.training import (
-    active_layers_at,
-    build_quixer,
-    parse_args,
-    quixer_parser,
-    run_config,
-    train_quixer,
-)
+from quixer.flags import parse_args, quixer_configs, quixer_parser, train_quixer
+from quixer.model import Quixer, QuixerConfig
+from quixer.training import active_layers_at, build_quixer, run_config
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"model", "seed", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1",
@@ -94,8 +90,8 @@ def stream_targets(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tens
 def independent_eval(run: Path, data_dir: Path, split: str) -> dict:
     """Plain-torch metrics of best.pt on every target of one split (no code shared with
     quixer.training.evaluate)."""
-    args = parse_args(quixer_parser(), ["--config", str(run / "config.json")])
-    model = build_quixer(load_token_data(data_dir), args)
+    train, cfg = quixer_configs(parse_args(quixer_parser(), ["--config", str(run / "config.json")]))
+    model = build_quixer(load_token_data(data_dir), cfg, train)
     model.load_state_dict(torch.load(run / "best.pt", weights_only=True)["model"])
     model.eval()
     x, y = stream_targets(data_dir, split)
@@ -146,7 +142,7 @@ def test_quixer_run_writes_consistent_files(tokens, tmp_path):
     for key in ("loss", "top1", "top5"):
         assert math.isclose(results[f"val_{key}"], val_ref[key], rel_tol=1e-5, abs_tol=1e-6), key
     config = json.loads((out / "config.json").read_text())
-    assert config == json.loads(json.dumps(run_config(parse_args(quixer_parser(), tiny(tokens, out, "--epochs", 3)))))
+    assert config == json.loads(json.dumps(run_config(*quixer_configs(parse_args(quixer_parser(), tiny(tokens, out, "--epochs", 3))))))
 
 
 def test_resume_reproduces_unbroken_run(tokens, tmp_path):
@@ -199,6 +195,86 @@ def test_cuda_graph_refuses_layerwise_training(tokens, tmp_path):
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
 
 
+def test_config_json_is_pinned(tokens, tmp_path):
+    """config.json of a Quixer run: the same keys, values and bytes as every run directory so far
+    (written by the flags in sorted order; resume and --config read it back)."""
+    out = tmp_path / "run"
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2))
+    expected = {
+        "ansatz_layers": 2, "batch_size": 32, "cuda_graph": False, "data_dir": str(tokens), "degree": 2,
+        "device": "cpu", "dropout": 0.1, "embedding_dim": 16, "epoch_size": None, "epochs": 1,
+        "eval_batch_size": 256, "eval_targets": 100000, "init_strategy": "small_gaussian", "lr": 0.01,
+        "lr_schedule": "plateau", "max_grad_norm": 5.0, "max_train_batches": 2, "output_dir": str(out),
+        "patience": 3, "protocol": "project", "qubits": 2, "seed": 7, "selection_targets": 0,
+        "task": "autoregressive", "tensorboard": None, "use_layerwise_training": False, "weight_decay": 0.0001,
+    }
+    assert (out / "config.json").read_text() == json.dumps(expected, indent=2) + "\n"
+
+
+def test_checkpoints_carry_the_model_config(tokens, tmp_path):
+    """best.pt and last.pt hold the QuixerConfig the run was built from, under the flags' names: it
+    alone (with the data's window and vocabulary) rebuilds a model that loads the weights strictly."""
+    out = tmp_path / "run"
+    train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2, "--dropout", 0.2))
+    best, last = (torch.load(out / name, weights_only=True) for name in ("best.pt", "last.pt"))
+    assert set(best) == {"model", "epoch", "val", "active_layers", "config", "model_config"}
+    assert set(last) == {"model", "optimizer", "lr_scheduler", "state", "rng", "data", "config", "model_name",
+                         "model_config"}
+    cfg = QuixerConfig(**best["model_config"])
+    assert cfg == QuixerConfig(**last["model_config"]) == QuixerConfig(qubits=2, degree=2, ansatz_layers=2,
+                                                                      embedding_dim=16, dropout=0.2)
+    assert {k: best["config"][k] for k in best["model_config"]} == best["model_config"]  # no renaming
+    data = load_token_data(tokens)
+    model = Quixer.from_config(cfg, n_tokens=data.n_input_tokens, vocabulary_size=data.vocab_size)
+    model.load_state_dict(best["model"], strict=True)
+    assert model.dropout.p == 0.2 and (model.n_qubits, model.degree, model.n_ansatz_layers) == (2, 2, 2)
+
+
+def test_a_checkpoint_without_model_config_still_resumes(tokens, tmp_path):
+    """Runs written before checkpoints carried the model's configuration resume as before."""
+    out = tmp_path / "run"
+    argv = tiny(tokens, out, "--epochs", 2, "--max_train_batches", 2)
+    run_interrupted(argv, after_epoch=1)
+    for name in ("best.pt", "last.pt"):  # as the earlier trainer wrote them
+        ckpt = torch.load(out / name, weights_only=True)
+        del ckpt["model_config"]
+        torch.save(ckpt, out / name)
+    train_quixer_hybrid.main(argv + ["--resume"])
+    assert json.loads((out / "results.json").read_text())["epochs_run"] == 2 and len(read_metrics(out)) == 2
+    assert QuixerConfig(**torch.load(out / "last.pt", weights_only=True)["model_config"]).qubits == 2
+
+
+def test_configs_are_the_flags_under_their_own_names():
+    """Every field of the configurations is a flag of the same name (none renamed on the way); the
+    configurations validate themselves with the flags' one-line messages; the loop reads no flags."""
+    import ast
+
+    from quixer.baselines import ClassicalConfig
+    from quixer.flags import classical_parser
+    from quixer.training import TrainConfig
+
+    def dests(parser):
+        return {a.dest for a in parser._actions}
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"command"}
+    assert train_fields | {f.name for f in dataclasses.fields(QuixerConfig)} <= dests(quixer_parser())
+    assert train_fields | {f.name for f in dataclasses.fields(ClassicalConfig)} <= dests(classical_parser())
+    with pytest.raises(UserError, match=r"^--lr must be > 0, got 0$"):
+        TrainConfig(lr=0)
+    with pytest.raises(UserError, match=r"^--qubits must be >= 1, got 0$"):
+        QuixerConfig(qubits=0)
+    with pytest.raises(UserError, match=r"^--dropout must be in \[0, 1\), got 1.5$"):
+        QuixerConfig(dropout=1.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().lr = 0.1  # type: ignore[misc]
+    for module in ("training", "model", "baselines"):
+        tree = ast.parse((REPO / "quixer" / f"{module}.py").read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "argparse" not in imported and "flags" not in imported, module
+
+
 def test_output_dir_guard(tokens, tmp_path):
     out = tmp_path / "run"
     train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1, "--max_train_batches", 2))
@@ -231,7 +307,8 @@ def test_layerwise_training_leaves_inactive_layers_untouched(tokens, tmp_path):
     run_interrupted(argv, after_epoch=1)  # epoch 1 trains layer 1 only
     args = parse_args(quixer_parser(), argv)
     seed_everything(args.seed)
-    init = build_quixer(load_token_data(tokens), args).state_dict()
+    train, cfg = quixer_configs(args)
+    init = build_quixer(load_token_data(tokens), cfg, train).state_dict()
     after1 = torch.load(out / "last.pt", weights_only=True)["model"]
     per_layer = 4 * args.qubits
     for name in ("embedding_to_angles.weight", "embedding_to_angles.bias"):
@@ -354,7 +431,7 @@ def test_official_protocol_fills_unset_flags_only(tokens, tmp_path):
     args = parse_args(quixer_parser(), ["--config", str(cfg), "--protocol", "project", "--epochs", "2"])
     assert (args.protocol, args.epochs, args.lr_schedule) == ("project", 2, "plateau")
     import train_classical_baselines
-    from quixer.baselines import resolve_classical_args
+    from quixer.flags import resolve_classical_args
 
     args = parse_args(train_classical_baselines.build_parser(), ["--model", "transformer", "--protocol", "official"])
     resolve_classical_args(args)
