@@ -106,6 +106,17 @@ class QuixerConfig:
             raise UserError(f"--init_strategy must be one of {', '.join(INIT_STRATEGIES)}, got {self.init_strategy!r}")
 
 
+def quixer_memory_bytes(qubits: int, n_tokens: int, vocab: int, degree: int, batch: int, eval_batch: int) -> int:
+    """A rough upper bound of the largest allocations of a Quixer run, to refuse sizes that cannot
+    fit before anything is allocated: training keeps a 2^n statevector (real and imaginary float32)
+    per circuit, one circuit per (window, position), for every polynomial power and its adjoint;
+    evaluation may tabulate a 2^n x 2^n unitary per vocabulary entry and per batch row."""
+    dim = 2 ** qubits
+    train = 8 * batch * n_tokens * dim * (degree + 2) * 3
+    evaluation = 8 * (vocab + 2 * eval_batch) * dim * dim
+    return max(train, evaluation)
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose CPU mask comes from the fused kernel library (:mod:`quixer.sim.native`).
 

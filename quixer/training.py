@@ -896,19 +896,10 @@ def _results(run: Run, best: dict, scores: dict[str, TargetScores], eval_seconds
 # The model families: Quixer (train_quixer_hybrid.py and the tuner) and the classical baselines
 
 
-def quixer_memory_bytes(qubits: int, n_tokens: int, vocab: int, degree: int, batch: int, eval_batch: int) -> int:
-    """A rough upper bound of the largest allocations of a Quixer run, to refuse sizes that cannot
-    fit before anything is allocated: training keeps a 2^n statevector (real and imaginary float32)
-    per circuit, one circuit per (window, position), for every polynomial power and its adjoint;
-    evaluation may tabulate a 2^n x 2^n unitary per vocabulary entry and per batch row."""
-    dim = 2 ** qubits
-    train = 8 * batch * n_tokens * dim * (degree + 2) * 3
-    evaluation = 8 * (vocab + 2 * eval_batch) * dim * dim
-    return max(train, evaluation)
-
-
 def _check_quixer_fits(data: TokenData, cfg: QuixerConfig, train: TrainConfig) -> None:
     """One line instead of an allocation failure for a model too large for this machine."""
+    from .model import quixer_memory_bytes
+
     need = quixer_memory_bytes(cfg.qubits, data.n_input_tokens, data.vocab_size, cfg.degree, train.batch_size,
                                train.eval_batch_size or train.batch_size)
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
