@@ -45,6 +45,9 @@ def setup_logging(verbose: bool = False) -> None:
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
     """Run a stage's ``main(argv)``; a :class:`UserError` exits 2 with ``error: <message>`` on one
     line (line breaks inside a message, e.g. quoted from a library, are folded)."""
+    from .interrupts import unwind_on_interrupt
+
+    unwind_on_interrupt()  # start-up is over: a Ctrl-C now unwinds, so atomic writes clean up
     try:
         code = main(argv)
     except UserError as exc:

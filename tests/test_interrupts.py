@@ -22,3 +22,51 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(script, tmp_path):
         pytest.skip("the script started up before the signal arrived")
     assert proc.returncode == 130, err
     assert err.strip() == "error: interrupted" and out == ""
+
+
+SWALLOWING_IMPORT = """
+import sys, time
+from quixer.interrupts import exit_on_interrupt
+exit_on_interrupt()
+print("ready", flush=True)
+try:  # a library's bare except around an import (dill has one): it must not swallow the Ctrl-C
+    time.sleep(30)
+except:  # noqa: E722
+    pass
+print("swallowed", flush=True)
+"""
+
+
+def test_ctrl_c_during_start_up_is_not_swallowed_by_a_bare_except(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", SWALLOWING_IMPORT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.strip(), out) == (130, "error: interrupted", "")
+
+
+UNWINDING_MAIN = """
+import sys, time
+from quixer.interrupts import exit_on_interrupt
+exit_on_interrupt()
+from quixer.common import run_cli
+
+def main(argv):
+    print("ready", flush=True)
+    try:
+        time.sleep(30)
+    finally:
+        print("cleaned up", flush=True)
+
+run_cli(main, [])
+"""
+
+
+def test_ctrl_c_once_the_stage_runs_unwinds_through_finally_blocks(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", UNWINDING_MAIN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.strip(), out) == (130, "error: interrupted", "cleaned up\n")
