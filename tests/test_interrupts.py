@@ -53,8 +53,8 @@ exit_on_interrupt()
 from quixer.common import run_cli
 
 def main(argv):
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)  # inside the try: a Ctrl-C right after it must find the finally block
         time.sleep(30)
     finally:
         print("cleaned up", flush=True)
