@@ -205,6 +205,7 @@ def test_identity_tokens_raw_bases_is_the_base_model_and_the_ceiling_agrees(kmer
     assert raw["test_top1"] > 0.3 and raw["vocab_size"] == 4096
 
 
+@pytest.mark.slow
 def test_stage3_tokens_carry_kmer_ids_and_both_ceilings_run(stage3_tokens, tmp_path):
     obj = torch.load(stage3_tokens / KMER_IDS_FILE)
     centres = torch.load(stage3_tokens / "cluster_centers.pt")["kmer_tokens"]
@@ -234,6 +235,7 @@ def test_stage3_tokens_carry_kmer_ids_and_both_ceilings_run(stage3_tokens, tmp_p
     assert again == res["token_ceiling"]
 
 
+@pytest.mark.slow
 def test_without_kmer_ids_one_clear_error_and_stage3_adds_them(stage3_tokens, tmp_path):
     old = make_token_dir(tmp_path / "old", with_centers=True)  # token files only, as before kmer_ids.pt
     with pytest.raises(UserError, match="no kmer_ids.pt .* rerun quantize_lambeq_embeddings.py"):

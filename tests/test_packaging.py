@@ -82,6 +82,7 @@ def test_scripts_and_tests_are_not_installed(tmp_path):
             assert not Path(place).is_relative_to(REPO) or Path(place).is_relative_to(REPO / ".venv"), (name, place)
 
 
+@pytest.mark.slow
 def test_wheel_holds_the_package_and_kernel_source_and_runs_from_anywhere(tmp_path):
     """Build a wheel from a copy of the project (the checkout stays clean), install it into a
     plain directory and use it there: the kernel source must come along as package data."""
@@ -134,6 +135,7 @@ def test_pyproject_dependencies_are_the_pins_as_lower_bounds():
     assert project["requires-python"] == ">=3.11"
 
 
+@pytest.mark.slow
 def test_benchmark_imports_the_installed_package_from_anywhere(tmp_path):
     """bench/bench_quixer.py (model against the naive simulator) run from another directory."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_quixer.py"), "--steps", "1", "--warmup", "0",

@@ -26,6 +26,7 @@ TINY_SPACE = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow
 def test_study_resumes_and_best_config_round_trips(tmp_path):
     tokens = make_token_dir(tmp_path / "tokens", sizes=(320, 96, 96), with_centers=True)
     space = tmp_path / "space.json"
