@@ -24,6 +24,17 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(script, tmp_path):
     assert err.strip() == "error: interrupted" and out == ""
 
 
+def interrupt_when_ready(code: str) -> tuple[int, str, str]:
+    """Run ``code`` in a fresh interpreter, send Ctrl-C once it prints ``ready``; (status, stderr,
+    the rest of stdout)."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, err, out
+
+
 SWALLOWING_IMPORT = """
 import sys, time
 from quixer.interrupts import exit_on_interrupt
@@ -38,12 +49,8 @@ print("swallowed", flush=True)
 
 
 def test_ctrl_c_during_start_up_is_not_swallowed_by_a_bare_except(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", SWALLOWING_IMPORT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
-    assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert (proc.returncode, err.strip(), out) == (130, "error: interrupted", "")
+    returncode, err, out = interrupt_when_ready(SWALLOWING_IMPORT)
+    assert (returncode, err.strip(), out) == (130, "error: interrupted", "")
 
 
 UNWINDING_MAIN = """
@@ -64,9 +71,5 @@ run_cli(main, [])
 
 
 def test_ctrl_c_once_the_stage_runs_unwinds_through_finally_blocks(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", UNWINDING_MAIN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
-    assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert (proc.returncode, err.strip(), out) == (130, "error: interrupted", "cleaned up\n")
+    returncode, err, out = interrupt_when_ready(UNWINDING_MAIN)
+    assert (returncode, err.strip(), out) == (130, "error: interrupted", "cleaned up\n")
