@@ -8,8 +8,9 @@
 #   bash bench/campaign_chrX.sh status    finished / running / pending runs and the wall time so far
 #   bash bench/campaign_chrX.sh references  the references (ceilings included) with this checkout's
 #                                         code on the campaign's own tokens (a minute or two)
-#   bash bench/campaign_chrX.sh publish   copy finished runs' results into docs/benchmark_chrX/ and
-#                                         write its report (results.md, results.json, plots)
+#   bash bench/campaign_chrX.sh publish   copy finished runs' results into docs/benchmark_chrX/, write
+#                                         its report (results.md, results.json, plots) and the
+#                                         README's table (bench/campaign_readme.py)
 #   bash bench/campaign_chrX.sh stop      stop the background campaign (resumable)
 #
 # Phases: bench/campaign_chrX.phases (name, commit, run_pipeline.sh flags), run in order. Work
@@ -17,8 +18,9 @@
 # out/ (the pipeline's --out), logs/, wall.log (start and end of every invocation),
 # heartbeat.log (a time stamp a minute while it runs: the wall time so far). Published
 # runs are copied back into out/ by `start`, so a fresh machine skips them. CAMPAIGN_FASTA,
-# CAMPAIGN_PHASES and CAMPAIGN_PUBLISH override the input, the phase list and where runs are
-# published (the tests run a tiny campaign that way).
+# CAMPAIGN_PHASES, CAMPAIGN_PUBLISH and CAMPAIGN_README override the input, the phase list, where
+# runs are published and the file whose table publish rewrites (the tests run a tiny campaign
+# that way).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 root="${CAMPAIGN_DIR:-$(dirname "$repo")/campaign_chrX}"
@@ -26,6 +28,7 @@ py="${PYTHON:-$repo/.venv/bin/python}"
 fasta="${CAMPAIGN_FASTA:-$(dirname "$repo")/shared/data/grch38_chrX_refseq_rna.fasta.gz}"
 phases="${CAMPAIGN_PHASES:-$repo/bench/campaign_chrX.phases}"
 published="${CAMPAIGN_PUBLISH:-$repo/docs/benchmark_chrX}"
+readme="${CAMPAIGN_README:-$repo/README.md}"
 out="$root/out"
 
 phase_lines() { grep -v '^\s*#' "$phases" | grep -v '^\s*$'; }
@@ -121,6 +124,7 @@ case "${1:-}" in
     raw=(); [ -d "$published/runs_raw" ] && raw=(--raw_runs "$published/runs_raw")
     "$py" "$repo/report_results.py" "$published/runs" "${raw[@]}" --output_dir "$published" \
       --title "chrX, official protocol (campaign in progress: see status.txt)" > /dev/null
+    "$py" "$repo/bench/campaign_readme.py" "$readme" "$published"
     echo "published $(find "$published/runs" -name results.json | wc -l) finished runs to $published" >&2 ;;
   stop)
     if [ -f "$root/driver.pid" ]; then kill -- -"$(cat "$root/driver.pid")" 2>/dev/null || true; rm -f "$root/driver.pid"; fi

@@ -251,3 +251,27 @@ def markdown_report(report: Report, title: str | None = None, links: list[str] |
     if links:
         lines += [""] + links
     return "\n".join(lines) + "\n"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """The report's headline in one table (the README's results section): per row its seeds, test
+    top-1 and perplexity with intervals, its paired difference from its track's ceiling, how many
+    seeds converged and its training compute summed over seeds."""
+    tracks = len({r.get("track", "quantized") for r in rows}) > 1
+    lines = []
+    for r in rows:
+        seeds = r.get("seeds") or []
+        reasons = r.get("stop_reasons") or []
+        compute = None if not seeds or _finite(r.get("train_seconds")) is None else r["train_seconds"] * len(seeds)
+        lines.append([model_label(r)] + ([r.get("track", "quantized")] if tracks else []) + [
+            str(len(seeds)) if seeds else "–",
+            _pct(r.get("test_top1")) + _ci(r.get("test_top1_ci95")),
+            _num(r.get("test_perplexity")) + _ci(r.get("test_perplexity_ci95"), 1.0),
+            _difference(r.get("ceiling_top1_difference"), 100),
+            f"{r.get('converged', 0)} of {len(reasons)}" if reasons else "–",
+            _duration(compute) if reasons else "–"])
+    header = ["Model"] + (["Track"] if tracks else []) + [
+        "Seeds", "Test top-1 [95 % CI]", "Test perplexity [95 % CI]", "Δ top-1 vs ceiling, points [95 % CI]", "Converged",
+        "Training compute"]
+    align = ["---"] * (1 + tracks) + ["---:"] * 6
+    return "\n".join(_table(header, align, lines)) + "\n"

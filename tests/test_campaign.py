@@ -1,6 +1,6 @@
 """The campaign driver (bench/campaign_chrX.sh) on a tiny campaign: a phase pinned at a commit
 runs in the background from its own worktree, status says what finished, publish copies the
-finished runs, and a fresh campaign directory (another machine) finds them finished."""
+finished runs and writes the README's table, and a fresh campaign directory (another machine) finds them finished."""
 from __future__ import annotations
 
 import json
@@ -41,7 +41,9 @@ def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
     phases = tmp_path / "phases"
     phases.write_text(f"# test\ntiny {commit} --protocol official --epochs 1 --seeds 1 --models lstm --eval_targets 2000\n")
     env = dict(os.environ, CAMPAIGN_DIR=str(tmp_path / "c1"), CAMPAIGN_FASTA=str(fasta), CAMPAIGN_PHASES=str(phases),
-               CAMPAIGN_PUBLISH=str(tmp_path / "published"), OMP_NUM_THREADS="1", PYTHON=sys.executable)
+               CAMPAIGN_PUBLISH=str(tmp_path / "published"), CAMPAIGN_README=str(tmp_path / "README.md"),
+               OMP_NUM_THREADS="1", PYTHON=sys.executable)
+    (tmp_path / "README.md").write_text("# x\n<!-- chrX table: start -->\n<!-- chrX table: end -->\n")
     try:
         assert _campaign("start", env).returncode == 0
         _wait_for(tmp_path / "c1" / "wall.log", "end tiny")
@@ -61,6 +63,9 @@ def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
         results = json.loads((run / "results.json").read_text())
         assert results["protocol"] == "official" and results["provenance"]["git_commit"] == commit
         assert status.stdout.splitlines()[0] == (published / "status.txt").read_text().splitlines()[0]
+        readme = (tmp_path / "README.md").read_text()  # publish wrote the table into the README
+        converged = int(results["converged"])
+        assert "| lstm | 1 | " in readme and f"| {converged} of 1 |" in readme and "1 finished, 0 running" in readme
         # another machine: a fresh campaign directory restores the published run and skips it
         env2 = dict(env, CAMPAIGN_DIR=str(tmp_path / "c2"))
         assert _campaign("start", env2).returncode == 0

@@ -482,3 +482,38 @@ def test_plot_styles_one_colour_per_model_grey_references():
     epochs, mean, lo, hi = seed_band(seeds, "val_loss")
     assert epochs.tolist() == [1, 2] and mean.tolist() == [4.0, 2.0]
     assert lo.tolist() == [3.0, 2.0] and hi.tolist() == [5.0, 2.0]
+
+
+def test_campaign_readme_table_between_markers(runs_dir, tmp_path):
+    """bench/campaign_readme.py writes the summary of a published report between the README's two
+    markers (numbers as in results.json, compute summed over seeds) and touches nothing else; a
+    README without the markers is a one-line error and stays as it was."""
+    from report_results import main
+
+    published = tmp_path / "published"
+    assert main([str(runs_dir), "--output_dir", str(published)]) == 0
+    (published / "status.txt").write_text("quantized quixer seed 1 finished\n2 finished, 0 running of 2 runs\n")
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nText before.\n", "\nText after.\n"
+    readme.write_text(before + "<!-- chrX table: start -->\nold table\n<!-- chrX table: end -->" + after)
+    script = [sys.executable, str(ROOT / "bench" / "campaign_readme.py"), str(readme), str(published)]
+    for _ in range(2):  # a second publish replaces the block, it does not stack
+        assert subprocess.run(script, capture_output=True, text=True).returncode == 0
+    text = readme.read_text()
+    assert text.startswith(before + "<!-- chrX table: start -->\n| Model |") and text.endswith("<!-- chrX table: end -->" + after)
+    assert "old table" not in text and text.count("| Model |") == 1
+    assert "Campaign status at this publish: 2 finished, 0 running of 2 runs." in text
+    quixer = next(r for r in json.loads((published / "results.json").read_text())["rows"] if r["model"] == "quixer")
+    lo, hi = quixer["test_top1_ci95"]
+    d = quixer["ceiling_top1_difference"]
+    assert (f"| quixer | 2 | {100 * quixer['test_top1']:.2f} % [{100 * lo:.2f}, {100 * hi:.2f}] | "
+            f"{quixer['test_perplexity']:.2f} [{quixer['test_perplexity_ci95'][0]:.2f}, "
+            f"{quixer['test_perplexity_ci95'][1]:.2f}] | {100 * d['mean']:.2f} [{100 * d['ci95'][0]:.2f}, "
+            f"{100 * d['ci95'][1]:.2f}] | 1 of 2 | 4.2 min |") in text  # 2 seeds x 125 s
+    assert "| uniform (reference) | – | 0." in text and text.count(" | – | – |") == len(REFERENCE_MODELS)
+
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("no markers\n")
+    bad = subprocess.run([*script[:2], str(unmarked), str(published)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "chrX table: start" in bad.stderr
+    assert unmarked.read_text() == "no markers\n"
