@@ -452,7 +452,7 @@ def train_model(
             return read_json(out / "results.json")
         created = not out.exists()
         try:
-            run = _setup(train, model_config, build_model, dist, out, config, model_name, layerwise)
+            run = _setup(train, model_config, build_model, dist, out, config, model_name, layerwise, fingerprint)
             run.epoch_callback = epoch_callback
             return _train(run, mode, score_test)
         except TrainingDiverged as exc:
@@ -513,8 +513,8 @@ def _extend(run: Run) -> None:
 
 
 def _setup(train: TrainConfig, model_config: Any, build_model: ModelBuilder, dist: DistContext, out: Path,
-           config: dict, model_name: str, layerwise: bool) -> Run:
-    data = _load_data(train, dist, lambda d: build_model(d, model_config, train))
+           config: dict, model_name: str, layerwise: bool, fingerprint: str | None) -> Run:
+    data = _load_data(train, dist, lambda d: build_model(d, model_config, train), fingerprint)
     seed_everything(train.seed)
     model = build_model(data, model_config, train).to(dist.device)
     if dist.enabled:  # different dropout masks per process (restored per rank on resume)
@@ -542,9 +542,11 @@ def _setup(train: TrainConfig, model_config: Any, build_model: ModelBuilder, dis
                optimizer, lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0, graphed=graphed)
 
 
-def _load_data(train: TrainConfig, dist: DistContext, build: Callable[[TokenData], nn.Module]) -> TokenData:
-    """The run's tokens; with --device auto and a GPU, the device that trains ``build(data)`` faster."""
-    data = load_token_data(train.data_dir)
+def _load_data(train: TrainConfig, dist: DistContext, build: Callable[[TokenData], nn.Module],
+               fingerprint: str | None) -> TokenData:
+    """The run's tokens (``fingerprint``: their :func:`data_fingerprint`, already computed to check the
+    run directory); with --device auto and a GPU, the device that trains ``build(data)`` faster."""
+    data = load_token_data(train.data_dir, fingerprint=fingerprint)
     log.info("data %s: %s windows, %s tokens in streams, window %d, vocabulary %d (%s)", data.data_dir,
              "/".join(str(int(data.splits[s].shape[0])) for s in data.splits),
              "/".join(str(len(data.streams(s))) for s in data.splits), data.window_size, data.vocab_size,
