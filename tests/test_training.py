@@ -567,6 +567,30 @@ def test_a_trainer_start_hashes_the_data_once(tokens, tmp_path, monkeypatch):
     assert torch.load(out / "last.pt", weights_only=True)["data"]["fingerprint"] == expected
 
 
+def test_resume_and_extension_read_last_pt_once(tokens, tmp_path, monkeypatch):
+    """last.pt holds the model and the optimizer: the checks of the run directory and the resume
+    share one read of it, whether the run resumes, extends an unfinished run or a finished one."""
+    real, reads = torch.load, []
+
+    def counted(f, *args, **kwargs):
+        reads.append(Path(f).name)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    out = tmp_path / "run"
+    argv = lambda epochs, *extra: tiny(tokens, out, "--epochs", epochs, "--max_train_batches", 2, *extra)  # noqa: E731
+    run_interrupted(argv(3), after_epoch=1)
+    for epochs, interrupt in ((3, 2), (4, None), (5, None)):  # resume; extend unfinished; extend finished
+        reads.clear()
+        if interrupt:
+            run_interrupted(argv(epochs, "--resume"), after_epoch=interrupt)
+        else:
+            train_quixer_hybrid.main(argv(epochs, "--resume"))
+        assert reads.count("last.pt") == 1, (epochs, reads)
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3, 4, 5]
+    assert json.loads((out / "results.json").read_text())["extended_from"] == [4]
+
+
 def test_early_stopped_run_is_not_extended(tokens, tmp_path):
     out = tmp_path / "run"
     train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 6, "--patience", 1, "--lr", 0.2, "--max_train_batches", 8))
