@@ -106,6 +106,7 @@ class TokenData:
     def __post_init__(self) -> None:
         self.window_size = int(next(iter(self.splits.values())).shape[1])
         self._streams: dict[str, TokenStreams] = {}
+        self._fingerprint: str | None = None
 
     @property
     def n_input_tokens(self) -> int:
@@ -114,7 +115,7 @@ class TokenData:
     @property
     def fingerprint(self) -> str:
         """:func:`data_fingerprint` of this directory (computed once)."""
-        if not hasattr(self, "_fingerprint"):
+        if self._fingerprint is None:
             self._fingerprint = data_fingerprint(self.data_dir, tuple(self.splits))
         return self._fingerprint
 
@@ -137,8 +138,13 @@ def data_fingerprint(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> 
     return digest.hexdigest()
 
 
-def load_token_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> TokenData:
-    """Load and cross-check the splits of a stage-3 or classical-benchmark token directory."""
+def load_token_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS, *,
+                    fingerprint: str | None = None) -> TokenData:
+    """Load and cross-check the splits of a stage-3 or classical-benchmark token directory.
+
+    ``fingerprint``: :func:`data_fingerprint` of these ``splits``, where the caller has just
+    computed it (the trainer checks its run directory with it first), so the files are hashed once.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(
@@ -174,8 +180,10 @@ def load_token_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> T
                  data_dir, CLUSTER_CENTERS_FILE, vocab_size)
     if max_id >= vocab_size:
         raise UserError(f"{data_dir}: token id {max_id} out of range for a vocabulary of {vocab_size} ({source})")
-    return TokenData(data_dir=data_dir, splits=loaded, vocab_size=vocab_size, vocab_source=source, vocab=vocab,
+    data = TokenData(data_dir=data_dir, splits=loaded, vocab_size=vocab_size, vocab_source=source, vocab=vocab,
                      sources=sources)
+    data._fingerprint = fingerprint
+    return data
 
 
 def _shard(items: np.ndarray, rank: int, world_size: int, pad: bool) -> np.ndarray:

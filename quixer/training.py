@@ -17,6 +17,7 @@ from the command line by :mod:`quixer.flags`; the checkpoints carry the model's 
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -254,8 +255,9 @@ def _describe_diff(old: dict, new: dict, ignore: frozenset = frozenset()) -> str
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
 
 
-def prepare_run_dir(out: Path, config: dict, resume: bool, fingerprint: str | None = None) -> str:
-    """Decide, without writing, what to do with ``out``: 'fresh', 'resume', 'extend' or 'done'.
+def prepare_run_dir(out: Path, config: dict, resume: bool, fingerprint: str | None = None) -> tuple[str, dict | None]:
+    """Decide, without writing, what to do with ``out``: 'fresh', 'resume', 'extend' or 'done';
+    for 'resume' and 'extend' also return last.pt's contents, read once for the checks and the resume.
 
     A directory holding another run (other flags, or other data by ``fingerprint``) is refused.
     The same run finished is 'done' (a rerun does nothing); unfinished, it continues only with
@@ -270,26 +272,27 @@ def prepare_run_dir(out: Path, config: dict, resume: bool, fingerprint: str | No
             raise UserError(f"{out}: holds {describe_directory(out)}, not a training run; choose another --output_dir")
         if resume:
             log.info("%s: no run to resume, starting a fresh one", out)
-        return "fresh"
+        return "fresh", None
     old, new = read_json(cfg_path), json.loads(json.dumps(config))
     diff = _describe_diff(old, new, ignore=frozenset({"epochs"}))
     if diff:
         raise UserError(f"{out} holds a different run ({diff}); choose another --output_dir")
-    _check_run_data(out, fingerprint)
+    last = functools.cache(lambda: load_torch_file(out / "last.pt"))
+    _check_run_data(out, fingerprint, last)
     if (out / DIVERGED_FILE).exists():
         why = read_json(out / DIVERGED_FILE).get("message", "")
         raise UserError(f"{out}: this run diverged ({why}); start another --output_dir with a lower --lr")
     finished = _finished_epochs(out)
     if new.get("epochs") != old.get("epochs"):
-        return _extension_mode(out, old.get("epochs"), new.get("epochs"), resume)
+        return _extension_mode(out, old.get("epochs"), new.get("epochs"), resume, last), last()
     if finished is not None and finished == new.get("epochs"):
-        return "done"
+        return "done", None
     if not resume:
         raise UserError(f"{out} holds this run, unfinished; pass --resume to continue it or choose another --output_dir")
-    return "resume" if (out / "last.pt").exists() else "fresh"
+    return ("resume", last()) if (out / "last.pt").exists() else ("fresh", None)
 
 
-def _extension_mode(out: Path, old_epochs: int, new_epochs: int, resume: bool) -> str:
+def _extension_mode(out: Path, old_epochs: int, new_epochs: int, resume: bool, last: Callable[[], dict]) -> str:
     """A run asked for with another --epochs: only more epochs, with --resume, from last.pt."""
     if new_epochs < old_epochs:
         raise UserError(f"{out} holds this run with --epochs {old_epochs}; it cannot be shortened to {new_epochs} "
@@ -298,7 +301,7 @@ def _extension_mode(out: Path, old_epochs: int, new_epochs: int, resume: bool) -
         raise UserError(f"{out} holds this run with --epochs {old_epochs}; pass --resume to extend it to {new_epochs}")
     if not (out / "last.pt").exists():
         raise UserError(f"{out}: no last.pt to extend the run from (choose another --output_dir)")
-    state = load_torch_file(out / "last.pt").get("state") or {}
+    state = last().get("state") or {}
     if state.get("stop_reason") == "early_stop":
         raise UserError(f"{out}: the run stopped early at epoch {state.get('epoch')} (no lower validation loss for "
                         "--patience epochs); more epochs would not train it further")
@@ -314,15 +317,16 @@ def _finished_epochs(out: Path) -> int | None:
     return int(results.get("max_epochs") or results.get("epochs_run") or 0) if isinstance(results, dict) else None
 
 
-def _check_run_data(out: Path, fingerprint: str | None) -> None:
-    """One line, and nothing touched, when ``out`` was trained on other data than ``fingerprint``."""
+def _check_run_data(out: Path, fingerprint: str | None, last: Callable[[], dict]) -> None:
+    """One line, and nothing touched, when ``out`` was trained on other data than ``fingerprint``
+    (``last()``: last.pt's contents)."""
     if fingerprint is None:
         return
     recorded = None
     if (out / "results.json").exists():
         recorded = read_json(out / "results.json").get("data_fingerprint")
     elif (out / "last.pt").exists():
-        recorded = (load_torch_file(out / "last.pt").get("data") or {}).get("fingerprint")
+        recorded = (last().get("data") or {}).get("fingerprint")
     if recorded is not None and recorded != fingerprint:
         raise UserError(f"{out} was trained on other data (data fingerprint {recorded[:12]}, --data_dir has "
                         f"{fingerprint[:12]}); choose another --output_dir or the run's own --data_dir")
@@ -446,15 +450,15 @@ def train_model(
         out = Path(train.output_dir)
         config = run_config(train, model_config)
         fingerprint = data_fingerprint(train.data_dir) if Path(train.data_dir).is_dir() else None
-        mode = prepare_run_dir(out, config, train.resume, fingerprint)
+        mode, last = prepare_run_dir(out, config, train.resume, fingerprint)
         if mode == "done":
             log.info("%s: run already finished; results.json kept", out)
             return read_json(out / "results.json")
         created = not out.exists()
         try:
-            run = _setup(train, model_config, build_model, dist, out, config, model_name, layerwise)
+            run = _setup(train, model_config, build_model, dist, out, config, model_name, layerwise, fingerprint)
             run.epoch_callback = epoch_callback
-            return _train(run, mode, score_test)
+            return _train(run, mode, score_test, last)
         except TrainingDiverged as exc:
             if dist.is_main:
                 atomic_write_json(out / DIVERGED_FILE, {"message": str(exc), "stop_reason": "diverged"})
@@ -467,23 +471,23 @@ def train_model(
         dist.close()
 
 
-def _train(run: Run, mode: str, score_test: bool) -> dict:
-    """Run the epochs (resuming or extending per ``mode``) and score the best checkpoint, with
-    --tensorboard's event files open meanwhile."""
+def _train(run: Run, mode: str, score_test: bool, last: dict | None) -> dict:
+    """Run the epochs (resuming or extending per ``mode`` from ``last``, last.pt's contents) and score
+    the best checkpoint, with --tensorboard's event files open meanwhile."""
     if run.train.tensorboard and run.dist.is_main:
         run.curves = LiveCurves(run.train.tensorboard, run.out.name)
     try:
-        return _run_to_end(run, mode, score_test)
+        return _run_to_end(run, mode, score_test, last)
     finally:
         if run.curves is not None:
             run.curves.close()
 
 
-def _run_to_end(run: Run, mode: str, score_test: bool) -> dict:
-    """Resume or extend as ``mode`` says, train the remaining epochs, score the best checkpoint."""
+def _run_to_end(run: Run, mode: str, score_test: bool, last: dict | None) -> dict:
+    """Resume or extend from ``last`` as ``mode`` says, train the remaining epochs, score the best checkpoint."""
     dist, out = run.dist, run.out
     if mode in ("resume", "extend"):
-        _resume(run)
+        _resume(run, last)
         if run.state.stop_reason == "max_epochs" and run.state.epoch < run.train.epochs:
             _extend(run)  # also an extension that was interrupted before its first new epoch
     run.state.started = run.state.started or now()
@@ -513,8 +517,8 @@ def _extend(run: Run) -> None:
 
 
 def _setup(train: TrainConfig, model_config: Any, build_model: ModelBuilder, dist: DistContext, out: Path,
-           config: dict, model_name: str, layerwise: bool) -> Run:
-    data = _load_data(train, dist, lambda d: build_model(d, model_config, train))
+           config: dict, model_name: str, layerwise: bool, fingerprint: str | None) -> Run:
+    data = _load_data(train, dist, lambda d: build_model(d, model_config, train), fingerprint)
     seed_everything(train.seed)
     model = build_model(data, model_config, train).to(dist.device)
     if dist.enabled:  # different dropout masks per process (restored per rank on resume)
@@ -542,9 +546,11 @@ def _setup(train: TrainConfig, model_config: Any, build_model: ModelBuilder, dis
                optimizer, lr_scheduler, steps, layerwise_layer_count(model) if layerwise else 0, graphed=graphed)
 
 
-def _load_data(train: TrainConfig, dist: DistContext, build: Callable[[TokenData], nn.Module]) -> TokenData:
-    """The run's tokens; with --device auto and a GPU, the device that trains ``build(data)`` faster."""
-    data = load_token_data(train.data_dir)
+def _load_data(train: TrainConfig, dist: DistContext, build: Callable[[TokenData], nn.Module],
+               fingerprint: str | None) -> TokenData:
+    """The run's tokens (``fingerprint``: their :func:`data_fingerprint`, already computed to check the
+    run directory); with --device auto and a GPU, the device that trains ``build(data)`` faster."""
+    data = load_token_data(train.data_dir, fingerprint=fingerprint)
     log.info("data %s: %s windows, %s tokens in streams, window %d, vocabulary %d (%s)", data.data_dir,
              "/".join(str(int(data.splits[s].shape[0])) for s in data.splits),
              "/".join(str(len(data.streams(s))) for s in data.splits), data.window_size, data.vocab_size,
@@ -587,8 +593,8 @@ def _captures_steps(train: TrainConfig, dist: DistContext) -> bool:
     return True
 
 
-def _resume(run: Run) -> None:
-    ckpt = load_torch_file(run.out / "last.pt")
+def _resume(run: Run, ckpt: dict) -> None:
+    """Continue from ``ckpt``, last.pt's contents (read by :func:`prepare_run_dir`)."""
     saved, now_data = dict(ckpt.get("data") or {}), _data_summary(run.data)
     if "fingerprint" not in saved:  # checkpoints written before data fingerprints: compare the rest
         now_data.pop("fingerprint")

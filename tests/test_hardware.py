@@ -304,3 +304,44 @@ def test_model_folder_and_other_data(trained, tmp_path):
     torch.save(obj, other / "test.pt")
     with pytest.raises(UserError, match="not the tokens .* was trained on"):
         load_quixer_run(folder, data_dir=other)
+
+
+def test_a_checkpoint_with_model_config_is_built_from_it(trained, tmp_path):
+    """best.pt written since checkpoints carry ``model_config`` is built from it (the run's own
+    dropout, 0.1; the shape path uses 0); the same checkpoint without it, from the tensors' shapes:
+    the same model, logits and estimate. A model_config that is no QuixerConfig is one line."""
+    import shutil
+
+    from quixer.data import load_token_data
+
+    tokens, run = trained
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    best = torch.load(old / "best.pt", weights_only=True)
+    assert best["model_config"]["dropout"] == 0.1
+    del best["model_config"]  # as written before checkpoints carried it
+    torch.save(best, old / "best.pt")
+    new_run, old_run = load_quixer_run(run), load_quixer_run(old)
+    assert new_run.model.dropout.p == 0.1 and old_run.model.dropout.p == 0.0
+    assert not new_run.model.training and not old_run.model.training
+    a, b = new_run.model.state_dict(), old_run.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    x = load_token_data(tokens).splits["test"][:, :-1]
+    with torch.no_grad():
+        (logits_a, post_a), (logits_b, post_b) = new_run.model(x), old_run.model(x)
+    assert logits_a.dtype == torch.float64 and torch.equal(logits_a, logits_b) and torch.equal(post_a, post_b)
+
+    reports = []
+    for source in (run, old):
+        out = tmp_path / f"hw_{source.name}"
+        assert estimate_quixer_hardware.main(["--run_dir", str(source), "--output_dir", str(out), "--shots", "50",
+                                              "--seed", "1", "--max_windows", "60", "--gate_sets"]) == 0
+        report = json.loads((out / HARDWARE_JSON).read_text())
+        del report["run_dir"], report["signature"]["checkpoint_sha256"]  # the copy's path, the edited file
+        del report["circuit"]["verification"]["simulation_seconds"]
+        reports.append(report)
+    assert reports[0] == reports[1]
+    best["model_config"] = {"qubits": 0}
+    torch.save(best, old / "best.pt")
+    with pytest.raises(UserError, match=r"best\.pt: its model_config is not a Quixer configuration \(--qubits must "):
+        load_quixer_run(old)

@@ -542,6 +542,55 @@ def test_resume_extends_a_finished_run(tokens, tmp_path):
     assert json.loads((out / "results.json").read_text()) == results
 
 
+def test_a_trainer_start_hashes_the_data_once(tokens, tmp_path, monkeypatch):
+    """The fingerprint that checks the run directory is the one the checkpoints and results.json
+    record: the token files are hashed once per start, fresh or resumed."""
+    import quixer.data
+    import quixer.training
+
+    real, calls = quixer.data.data_fingerprint, []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    for module in (quixer.data, quixer.training):
+        monkeypatch.setattr(module, "data_fingerprint", counted)
+    out = tmp_path / "run"
+    argv = tiny(tokens, out, "--epochs", 2, "--max_train_batches", 2)
+    run_interrupted(argv, after_epoch=1)
+    assert calls == [(str(tokens),)]
+    train_quixer_hybrid.main(argv + ["--resume"])
+    assert calls == [(str(tokens),)] * 2
+    expected = real(tokens)
+    assert json.loads((out / "results.json").read_text())["data_fingerprint"] == expected
+    assert torch.load(out / "last.pt", weights_only=True)["data"]["fingerprint"] == expected
+
+
+def test_resume_and_extension_read_last_pt_once(tokens, tmp_path, monkeypatch):
+    """last.pt holds the model and the optimizer: the checks of the run directory and the resume
+    share one read of it, whether the run resumes, extends an unfinished run or a finished one."""
+    real, reads = torch.load, []
+
+    def counted(f, *args, **kwargs):
+        reads.append(Path(f).name)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    out = tmp_path / "run"
+    argv = lambda epochs, *extra: tiny(tokens, out, "--epochs", epochs, "--max_train_batches", 2, *extra)  # noqa: E731
+    run_interrupted(argv(3), after_epoch=1)
+    for epochs, interrupt in ((3, 2), (4, None), (5, None)):  # resume; extend unfinished; extend finished
+        reads.clear()
+        if interrupt:
+            run_interrupted(argv(epochs, "--resume"), after_epoch=interrupt)
+        else:
+            train_quixer_hybrid.main(argv(epochs, "--resume"))
+        assert reads.count("last.pt") == 1, (epochs, reads)
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3, 4, 5]
+    assert json.loads((out / "results.json").read_text())["extended_from"] == [4]
+
+
 def test_early_stopped_run_is_not_extended(tokens, tmp_path):
     out = tmp_path / "run"
     train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 6, "--patience", 1, "--lr", 0.2, "--max_train_batches", 8))

@@ -21,13 +21,16 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from ..common import (UserError, atomic_path, atomic_write_json, atomic_write_text, load_torch_file, read_json,
                      sha256_file)
+
+if TYPE_CHECKING:
+    from ..model import QuixerConfig
 
 log = logging.getLogger("quixer")
 
@@ -100,8 +103,8 @@ def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | No
                     run_seed: int | None = None) -> QuixerRun:
     """The best checkpoint of a Quixer run as a complex128 model in eval mode.
 
-    Sizes come from the checkpoint's tensors and are checked against ``config.json``; the data
-    directory must hold the tokens the run was trained on.
+    Built from the checkpoint's configuration (:func:`_checkpoint_config`), checked against
+    ``config.json``; the data directory must hold the tokens the run was trained on.
     """
     from ..model import Quixer
 
@@ -119,19 +122,11 @@ def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     state = best.get("model") if isinstance(best, dict) else None
     if not isinstance(state, dict) or "lcu_coefficients" not in state:
         raise UserError(f"{best_path}: not a Quixer checkpoint (no lcu_coefficients)")
-    try:
-        n = state["quantum_feedforward_parameters"].shape[0] // 4
-        vocab, embed = state["embedding.weight"].shape
-        degree = state["qsvt_polynomial_coefficients"].shape[0] - 1
-        layers = state["embedding_to_angles.weight"].shape[0] // (4 * n)
-        n_tokens = state["lcu_coefficients"].shape[0]
-    except (KeyError, IndexError, ZeroDivisionError, ValueError) as exc:
-        raise UserError(f"{best_path}: incomplete Quixer checkpoint ({exc})") from None
-    for key, value in (("qubits", n), ("degree", degree), ("ansatz_layers", layers), ("embedding_dim", embed)):
-        if key in config and config[key] != value:
-            raise UserError(f"{run_dir}: config.json says {key}={config[key]} but best.pt has {value}")
-    model = Quixer(n_qubits=n, n_tokens=n_tokens, qsvt_polynomial_degree=degree, n_ansatz_layers=layers,
-                   vocabulary_size=vocab, embedding_dimension=embed, dropout=0.0, dtype=torch.complex128)
+    cfg, n_tokens, vocab = _checkpoint_config(best_path, best, state)
+    for key in ("qubits", "degree", "ansatz_layers", "embedding_dim"):
+        if key in config and config[key] != getattr(cfg, key):
+            raise UserError(f"{run_dir}: config.json says {key}={config[key]} but best.pt has {getattr(cfg, key)}")
+    model = Quixer.from_config(cfg, n_tokens=n_tokens, vocabulary_size=vocab, dtype=torch.complex128)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -142,6 +137,28 @@ def load_quixer_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     found = _find_data_dir(run_dir, config.get("data_dir"), data_dir)
     _check_same_data(run_dir, found)
     return QuixerRun(run_dir, config, model, found, sha256_file(best_path))
+
+
+def _checkpoint_config(best_path: Path, best: dict, state: dict) -> tuple["QuixerConfig", int, int]:
+    """The QuixerConfig of a best.pt, and the sizes the data gave it (input tokens, vocabulary) from
+    its tensors. The configuration is the checkpoint's ``model_config`` where it carries one; older
+    checkpoints' sizes are read off the tensors (dropout 0: the model is only evaluated)."""
+    from ..model import QuixerConfig
+
+    try:
+        vocab, embed = state["embedding.weight"].shape
+        n_tokens = state["lcu_coefficients"].shape[0]
+        if best.get("model_config") is not None:
+            return QuixerConfig(**best["model_config"]), n_tokens, vocab
+        n = state["quantum_feedforward_parameters"].shape[0] // 4
+        degree = state["qsvt_polynomial_coefficients"].shape[0] - 1
+        layers = state["embedding_to_angles.weight"].shape[0] // (4 * n)
+    except (KeyError, IndexError, ZeroDivisionError, ValueError) as exc:
+        raise UserError(f"{best_path}: incomplete Quixer checkpoint ({exc})") from None
+    except (TypeError, UserError) as exc:  # a model_config of other fields or values
+        raise UserError(f"{best_path}: its model_config is not a Quixer configuration ({exc})") from None
+    cfg = QuixerConfig(qubits=n, degree=degree, ansatz_layers=layers, embedding_dim=embed, dropout=0.0)
+    return cfg, n_tokens, vocab
 
 
 def _test_windows(run: QuixerRun, max_windows: int, seed: int
