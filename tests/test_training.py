@@ -6,6 +6,7 @@ unbroken run, layerwise freezing against the initial weights, DDP with two CPU p
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -25,7 +26,7 @@ from quixer.common import UserError, seed_everything
 from quixer.data import load_token_data
 from quixer.flags import parse_args, quixer_configs, quixer_parser, train_quixer
 from quixer.model import Quixer, QuixerConfig
-from quixer.training import active_layers_at, build_quixer, run_config
+from quixer.training import TrainConfig, active_layers_at, build_quixer, run_config
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"model", "seed", "parameters", "parameter_breakdown", "test_loss", "test_perplexity", "test_top1",
@@ -680,3 +681,83 @@ def test_a_normal_run_in_a_terminal_prints_no_warning(tokens, tmp_path):
     assert code == 0, text[-2000:]
     assert "epoch 1/1" in text and "loss=" in text, text[-2000:]  # the bar with its loss: a terminal
     assert "Warning" not in text and "warn" not in text.lower(), text[-2000:]
+
+
+def _adam_reference(params: list[torch.Tensor], grads: list[list[torch.Tensor]], lr: float, wd: float,
+                    eps: float, betas=(0.9, 0.999)) -> list[torch.Tensor]:
+    """Adam with L2 weight decay written out (Kingma & Ba, bias-corrected), float64."""
+    p = [x.clone() for x in params]
+    m = [torch.zeros_like(x) for x in p]
+    v = [torch.zeros_like(x) for x in p]
+    for t, step_grads in enumerate(grads, start=1):
+        for i, g in enumerate(step_grads):
+            g = g + wd * p[i]
+            m[i] = betas[0] * m[i] + (1 - betas[0]) * g
+            v[i] = betas[1] * v[i] + (1 - betas[1]) * g * g
+            m_hat, v_hat = m[i] / (1 - betas[0] ** t), v[i] / (1 - betas[1] ** t)
+            p[i] = p[i] - lr * m_hat / (v_hat.sqrt() + eps)
+    return p
+
+
+def test_adam_is_fused_for_real_models_and_equals_the_written_out_update():
+    """The trainer's Adam is fused where every parameter is real (a classical model), not for
+    Quixer (complex LCU coefficients); fused or not, it is Adam as written out, to rounding."""
+    from quixer.baselines import build_classical_model
+    from quixer.training import ADAM_EPS, _optimizer
+
+    train = TrainConfig(lr=0.01, weight_decay=1e-3)
+    lstm = build_classical_model("lstm", vocab_size=16, n_tokens=7, embedding_dim=8, hidden_dim=8, num_layers=1)
+    quixer = Quixer(n_qubits=2, n_tokens=7, qsvt_polynomial_degree=1, n_ansatz_layers=1, vocabulary_size=16,
+                    embedding_dimension=8)
+    assert _optimizer(train, lstm, 10, graphed=False)[0].param_groups[0]["fused"] is True
+    assert _optimizer(train, quixer, 10, graphed=False)[0].param_groups[0]["fused"] is None
+
+    lstm = lstm.double()
+    start = [p.detach().clone() for p in lstm.parameters()]
+    gen = torch.Generator().manual_seed(3)
+    grads = [[torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in start] for _ in range(25)]
+    optimizer, _ = _optimizer(train, lstm, 25, graphed=False)
+    for step_grads in grads:
+        for p, g in zip(lstm.parameters(), step_grads):
+            p.grad = g.clone()
+        optimizer.step()
+    expected = _adam_reference(start, grads, train.lr, train.weight_decay, ADAM_EPS)
+    for got, want in zip(lstm.parameters(), expected):
+        torch.testing.assert_close(got.detach(), want, rtol=0, atol=1e-12)
+
+
+def test_a_run_begun_unfused_resumes_unfused_bit_exactly():
+    """A checkpoint of an optimizer from before fused Adam: loaded into the trainer's optimizer it
+    keeps the loop implementation, so the resumed steps are the ones the old run would have made."""
+    from quixer.baselines import build_classical_model
+    from quixer.training import _optimizer
+
+    train = TrainConfig(lr=0.01)
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_classical_model("lstm", vocab_size=16, n_tokens=7, embedding_dim=8, hidden_dim=8, num_layers=1)
+
+    def grads(seed: int, m: torch.nn.Module) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        for p in m.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+
+    old = model()
+    old_opt = torch.optim.Adam(old.parameters(), lr=train.lr, weight_decay=train.weight_decay, eps=1e-10)
+    for s in range(3):
+        grads(s, old)
+        old_opt.step()
+    saved = copy.deepcopy(old_opt.state_dict())  # as from last.pt: not sharing the old run's tensors
+    resumed = model()
+    resumed.load_state_dict(old.state_dict())
+    opt, _ = _optimizer(train, resumed, 10, graphed=False)
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["fused"] is None
+    for s in range(3, 6):
+        grads(s, old)
+        old_opt.step()
+        grads(s, resumed)
+        opt.step()
+    for a, b in zip(old.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
