@@ -3,9 +3,10 @@
 Reads the campaign directory of ``bench/campaign_chrX.sh`` (its ``out/runs/``, ``heartbeat.log``)
 and the phase list; prints one line per run (epochs done, stop reason, converged, test top-1),
 the wall time the campaign has run so far, the training compute spent and an estimate of what
-is left from the measured epoch times. Standard library only.
+is left from the measured epoch times (and, with --costs, from projected ones for the models and
+tracks not yet begun). Standard library only.
 
-    python bench/campaign_status.py CAMPAIGN_DIR --phases bench/campaign_chrX.phases
+    python bench/campaign_status.py CAMPAIGN_DIR --phases bench/campaign_chrX.phases --costs bench/campaign_chrX.costs
 """
 from __future__ import annotations
 
@@ -78,9 +79,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("campaign_dir", type=Path)
     p.add_argument("--phases", type=Path, required=True)
+    p.add_argument("--costs", type=Path, default=None,
+                   help="JSON lines of bench/epoch_costs.py --track: projected seconds per epoch for the runs "
+                        "of a model and track that has no epoch of its own yet")
     args = p.parse_args(argv)
     procs = _running_paths()
-    runs, per_model, left = [], {}, 0.0
+    runs, per_model, left, projected = [], {}, 0.0, 0.0
+    costs = {}
+    if args.costs is not None and args.costs.is_file():
+        for line in args.costs.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                c = json.loads(line)
+                costs[(TRACK_DIRS[c["track"]][0], c["model"])] = c["epoch_seconds"]
     for phase, model, seed, epochs, folder in planned_runs(args.phases):
         st = run_state(args.campaign_dir / "out" / folder / model / f"seed_{seed}", procs)
         runs.append((phase, model, seed, epochs, st))
@@ -94,6 +104,8 @@ def main(argv=None) -> int:
                      f"test top-1 {100 * r['test_top1']:.2f} %")
         elif (folder, model) in per_model:
             left += (epochs - st["epochs"]) * per_model[(folder, model)]
+        elif (folder, model) in costs:
+            projected += (epochs - st["epochs"]) * costs[(folder, model)]
         print(line)
     states = [st["state"] for *_, st in runs]
     compute = sum(st["seconds"] for *_, st in runs)
@@ -101,7 +113,8 @@ def main(argv=None) -> int:
           f"{states.count('interrupted')} interrupted, {states.count('pending')} pending of {len(runs)} runs; "
           f"wall time so far {wall_seconds(args.campaign_dir / 'heartbeat.log') / 3600:.2f} h, "
           f"training compute {compute / 3600:.2f} core-hours; left (runs with a measured epoch time) "
-          f"about {left / 3600:.1f} core-hours")
+          f"about {left / 3600:.1f} core-hours" + (f", and {projected / 3600:.1f} projected for the runs not yet "
+                                                    f"measured (--costs)" if projected else ""))
     return 0
 
 

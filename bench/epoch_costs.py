@@ -11,6 +11,8 @@ that have no epoch of their own yet (e.g. the raw track: tokens from
 ``prepare_classical_benchmarks.py --data_dir OUT/autoregressive_data``).
 
     python bench/epoch_costs.py TOKENS_DIR --models quixer_ablation,quixer_ablation_matched
+    python bench/epoch_costs.py RAW_TOKENS_DIR --track raw >> bench/campaign_chrX.costs
+    python bench/epoch_costs.py TOKENS_DIR --code ../campaign_chrX/code-05e71ce --track quantized   # the pinned code
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ MODELS = "quixer,quixer_ablation,quixer_ablation_matched,lstm,transformer"
 def capped_run(model: str, tokens: Path, out: Path, args: argparse.Namespace) -> None:
     """One capped official-protocol epoch of ``model`` into ``out`` (the trainer's own CLI)."""
     script = ["train_quixer_hybrid.py"] if model == "quixer" else ["train_classical_baselines.py", "--model", model]
-    command = [sys.executable, str(REPO / script[0]), *script[1:], "--data_dir", str(tokens), "--output_dir", str(out),
+    command = [sys.executable, str(args.code / script[0]), *script[1:], "--data_dir", str(tokens), "--output_dir", str(out),
                "--protocol", "official", "--epochs", "1", "--max_train_batches", str(args.batches),
                "--eval_targets", str(args.eval_targets), "--selection_targets", str(args.selection_targets),
                "--device", "cpu", "--seed", "42"]
@@ -64,12 +66,17 @@ def main(argv=None) -> int:
     p.add_argument("--eval_targets", type=int, default=100000,
                    help="validation / test targets of the campaign's final scoring (default: 100000)")
     p.add_argument("--epochs", type=int, default=30, help="epochs of a campaign run (default: 30)")
+    p.add_argument("--code", type=Path, default=REPO,
+                   help="the checkout whose trainers run, e.g. a campaign phase's pinned worktree (default: this one)")
+    p.add_argument("--track", choices=("quantized", "raw"), default=None,
+                   help="label each line with the campaign track these tokens are (bench/campaign_status.py --costs)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             out = Path(tmp) / model
             capped_run(model, args.tokens, out, args)
-            print(json.dumps({"tokens": str(args.tokens), **projection(out, args.epochs)}), flush=True)
+            label = {"track": args.track} if args.track else {}
+            print(json.dumps({**label, "tokens": str(args.tokens), **projection(out, args.epochs)}), flush=True)
     return 0
 
 

@@ -77,3 +77,44 @@ def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
             _campaign("stop", dict(env, CAMPAIGN_DIR=str(tmp_path / c)))
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp_path / c / f"code-{commit}")],
                            capture_output=True)
+
+
+def test_epoch_costs_projects_an_epoch_from_a_capped_run(tmp_path):
+    """bench/epoch_costs.py trains each model a capped epoch with the real trainers and projects
+    the full epoch from the measured throughput: train windows / train seq/s + the rest of the epoch."""
+    from tests.token_fixtures import make_token_dir
+
+    tokens = make_token_dir(tmp_path / "tokens", sizes=(2000, 300, 300), max_records=300)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "epoch_costs.py"), str(tokens), "--models",
+                           "lstm,quixer_ablation", "--batches", "4", "--eval_targets", "200", "--selection_targets",
+                           "100", "--epochs", "7", "--track", "raw"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [x["model"] for x in lines] == ["lstm", "quixer_ablation"] and {x["track"] for x in lines} == {"raw"}
+    for x in lines:
+        assert x["train_windows"] == 2000 and x["epochs"] == 7
+        projected = x["train_windows"] / x["train_sequences_per_second"] + x["epoch_rest_seconds"]
+        assert abs(x["epoch_seconds"] - projected) < 0.2 and x["run_hours"] >= 7 * x["epoch_seconds"] / 3600 - 0.01
+
+
+def test_status_projects_unmeasured_runs_from_costs(tmp_path):
+    """campaign_status.py: runs with epochs of their model count at their measured epoch time,
+    runs of a model and track with none at the --costs projection, the rest not at all."""
+    phases = tmp_path / "phases"
+    phases.write_text("q abc --protocol official --seeds 2 --models lstm,transformer\n"
+                      "r def --protocol official --seeds 1 --tokens raw --models lstm\n")
+    run = tmp_path / "c" / "out" / "runs" / "lstm" / "seed_42"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "epoch_seconds": 100.0}) + "\n"
+                                               for e in (1, 2)))
+    costs = tmp_path / "costs"
+    costs.write_text("# measured by bench/epoch_costs.py\n" + json.dumps({"track": "raw", "model": "lstm",
+                                                                            "epoch_seconds": 60.0}) + "\n")
+    status = [sys.executable, str(REPO / "bench" / "campaign_status.py"), str(tmp_path / "c"), "--phases", str(phases)]
+    plain = subprocess.run(status, capture_output=True, text=True).stdout.splitlines()[-1]
+    with_costs = subprocess.run(status + ["--costs", str(costs)], capture_output=True, text=True).stdout.splitlines()[-1]
+    # measured: lstm 28 + 30 epochs left at 100 s = 1.6 h; projected: raw lstm 30 epochs at 60 s = 0.5 h;
+    # the transformer has neither
+    assert plain.endswith("left (runs with a measured epoch time) about 1.6 core-hours")
+    assert with_costs.endswith("about 1.6 core-hours, and 0.5 projected for the runs not yet measured (--costs)")
+    assert "0 finished, 0 running, 1 interrupted, 4 pending of 5 runs" in with_costs
