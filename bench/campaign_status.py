@@ -26,8 +26,9 @@ TRACK_DIRS = {"quantized": ("runs",), "raw": ("runs_raw",), "both": ("runs", "ru
 
 
 def planned_runs(phases: Path) -> list[tuple[str, str, int, int, str]]:
-    """(phase, model, seed, epochs, runs folder) of every trained run the phases ask for."""
-    runs = []
+    """(phase, model, seed, epochs, runs folder) of every trained run the phases ask for; a run that
+    an earlier phase already asks for (a later phase adding seeds to a model) is listed once."""
+    runs, seen = [], set()
     for line in phases.read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -37,7 +38,9 @@ def planned_runs(phases: Path) -> list[tuple[str, str, int, int, str]]:
         for folder in TRACK_DIRS[opts.get("--tokens", "quantized")]:
             for model in opts.get("--models", DEFAULT_MODELS).split(","):
                 for seed in range(42, 42 + int(opts.get("--seeds", 1))):
-                    runs.append((name, model, seed, epochs, folder))
+                    if (folder, model, seed) not in seen:
+                        seen.add((folder, model, seed))
+                        runs.append((name, model, seed, epochs, folder))
     return runs
 
 

@@ -102,6 +102,7 @@ def test_status_projects_unmeasured_runs_from_costs(tmp_path):
     runs of a model and track with none at the --costs projection, the rest not at all."""
     phases = tmp_path / "phases"
     phases.write_text("q abc --protocol official --seeds 2 --models lstm,transformer\n"
+                      "q4 abc --protocol official --seeds 3 --models transformer\n"  # one more seed, listed once
                       "r def --protocol official --seeds 1 --tokens raw --models lstm\n")
     run = tmp_path / "c" / "out" / "runs" / "lstm" / "seed_42"
     run.mkdir(parents=True)
@@ -117,4 +118,7 @@ def test_status_projects_unmeasured_runs_from_costs(tmp_path):
     # the transformer has neither
     assert plain.endswith("left (runs with a measured epoch time) about 1.6 core-hours")
     assert with_costs.endswith("about 1.6 core-hours, and 0.5 projected for the runs not yet measured (--costs)")
-    assert "0 finished, 0 running, 1 interrupted, 4 pending of 5 runs" in with_costs
+    assert "0 finished, 0 running, 1 interrupted, 5 pending of 6 runs" in with_costs
+    listed = subprocess.run(status, capture_output=True, text=True).stdout.splitlines()[:-1]
+    assert [line.split()[:4] for line in listed if "transformer" in line] == [
+        ["q", "transformer", "seed", "42"], ["q", "transformer", "seed", "43"], ["q4", "transformer", "seed", "44"]]
