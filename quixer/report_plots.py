@@ -266,6 +266,8 @@ def _curve_panels(ax_loss, ax_acc, curves: list[tuple[dict, list]], refs: list[d
     for ax, span, key, scale, fmt in ((ax_loss, loss_span, "val_loss", 1.0, "{:.3f}"),
                                       (ax_acc, acc_span, "val_top1", 100.0, "{:.1f} %")):
         levels = [scale * v for r in refs if (v := _finite(r.get(key))) is not None]
+        if ax is ax_loss and span:  # losses above every curve (uniform, unigram) are named off scale, like
+            levels = [v for v in levels if v <= max(span)]  # the floors of the top-1 panel
         limits = _axis_limits(span or levels or [0.0, 1.0], levels, False, 0.0, bounded=ax is ax_acc)
         ax.set_ylim(*limits)
         _reference_levels(ax, refs, key, scale, fmt, limits, vertical=False, suffix=" val")

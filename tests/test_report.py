@@ -517,3 +517,28 @@ def test_campaign_readme_table_between_markers(runs_dir, tmp_path):
     bad = subprocess.run([*script[:2], str(unmarked), str(published)], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "chrX table: start" in bad.stderr
     assert unmarked.read_text() == "no markers\n"
+
+
+def test_learning_curve_losses_name_the_floors_off_scale():
+    """The loss panel spans the curves and the references below their top (the ceilings); the
+    references above every curve (uniform, unigram) are named in the legend as off scale, as the
+    top-1 panel does with its floors, instead of squashing the curves."""
+    from quixer.report_plots import _curve_panels, _pyplot, row_styles
+
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2)
+    seeds = [[{"epoch": e, "train_loss": 3.0 / e, "val_loss": 1.3 + 1.0 / e, "val_top1": 0.3 + 0.01 * e}
+              for e in range(1, 6)]]
+    refs = [{"model": m, "run": m, "val_loss": loss, "val_top1": top1} for m, loss, top1 in (
+        ("uniform", 6.24, 0.002), ("unigram", 6.09, 0.006), ("ngram", 1.375, 0.365),
+        ("token_ceiling", 1.344, 0.375), ("raw_bases", 1.125, 0.433))]
+    curves = [({"model": "lstm", "run": "lstm"}, seeds)]
+    assert _curve_panels(ax_loss, ax_acc, curves, refs, row_styles([{"model": "lstm"}]))
+    lo, hi = ax_loss.get_ylim()
+    assert lo <= 1.125 and 3.0 <= hi < 6.0
+    labels = ax_loss.get_legend_handles_labels()[1]
+    assert sum("off scale" in x for x in labels) == 2 and all("off scale" in x for x in labels if "uniform" in x
+                                                               or "unigram" in x)
+    assert not any("off scale" in x for x in labels if "ceiling" in x or "raw_bases" in x or "ngram" in x)
+    assert ax_acc.get_ylim()[1] >= 43.3  # the top-1 panel keeps its ceilings in sight
+    plt.close(fig)
