@@ -567,18 +567,26 @@ def _load_data(train: TrainConfig, dist: DistContext, build: Callable[[TokenData
     return data
 
 
-def _optimizer(train: TrainConfig, model: nn.Module, steps: int, graphed: bool) -> tuple[torch.optim.Optimizer, Any]:
+def _optimizer(train: TrainConfig, model: nn.Module, steps: int, graphed: bool,
+               split: bool = True) -> tuple[torch.optim.Optimizer, Any]:
     """Adam as the official code, and the learning-rate schedule of --lr_schedule.
 
     Adam is fused (one kernel for every tensor's update: the same arithmetic, far fewer passes over
-    memory, which matters for the 4,096-row embeddings and heads of raw k-mers) where every parameter
-    is real and no CUDA graph captures the step; Quixer's complex LCU coefficients keep the loop. A
-    resumed run keeps the implementation it began with: ``load_state_dict`` restores the group's flag.
+    memory, which matters for the 4,096-row embeddings and heads of raw k-mers) unless a CUDA graph
+    captures the step. Fused Adam takes real tensors only, so with ``split`` Quixer's complex LCU
+    coefficients get a second parameter group that keeps the loop; ``split=False`` is the one group
+    of runs begun before (:func:`_optimizer_for`). A resumed run keeps the implementation it began
+    with: ``load_state_dict`` restores each group's flag.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = not graphed and all(p.is_floating_point() for p in params)
-    optimizer = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, eps=ADAM_EPS,
-                                 capturable=graphed, fused=fused or None)
+    real = [p for p in params if p.is_floating_point()]
+    if split and len(real) < len(params):
+        groups = [{"params": real, "fused": not graphed or None},
+                  {"params": [p for p in params if not p.is_floating_point()]}]
+    else:
+        groups = [{"params": params, "fused": (not graphed and len(real) == len(params)) or None}]
+    optimizer = torch.optim.Adam(groups, lr=train.lr, weight_decay=train.weight_decay, eps=ADAM_EPS,
+                                 capturable=graphed)
     if train.lr_schedule == "cosine":
         lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs * steps)
     else:
@@ -586,6 +594,15 @@ def _optimizer(train: TrainConfig, model: nn.Module, steps: int, graphed: bool) 
     if graphed:  # after the schedule is set up: its base rates stay floats
         capturable_optimizer(optimizer, True)
     return optimizer, lr_scheduler
+
+
+def _optimizer_for(run: Run, saved: dict) -> tuple[torch.optim.Optimizer, Any]:
+    """The run's optimizer and schedule, rebuilt as one parameter group where ``saved`` (a checkpoint's
+    optimizer state) has one and the run has two: a Quixer run begun before the complex coefficients
+    had their own group resumes with the layout, and so the arithmetic, it began with."""
+    if len(saved.get("param_groups", ())) == 1 < len(run.optimizer.param_groups):
+        return _optimizer(run.train, run.model, run.steps, run.graphed, split=False)
+    return run.optimizer, run.lr_scheduler
 
 
 def _captures_steps(train: TrainConfig, dist: DistContext) -> bool:
@@ -609,6 +626,7 @@ def _resume(run: Run, ckpt: dict) -> None:
         raise UserError(f"{run.out}/last.pt was trained on other data; choose another --output_dir or the run's "
                         "own --data_dir")
     run.model.load_state_dict(ckpt["model"])
+    run.optimizer, run.lr_scheduler = _optimizer_for(run, ckpt["optimizer"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     capturable_optimizer(run.optimizer, run.graphed)  # whichever way the checkpoint was written
     run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])

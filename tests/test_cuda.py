@@ -315,3 +315,44 @@ def test_a_step_drawing_from_the_cpu_generator_is_not_captured():
 
     with pytest.raises(RuntimeError, match="CPU generator"):
         capture_step(noisy_step, tokens(16, 7, 13).cuda(), tokens(16, 1, 13)[:, 0].cuda(), warmup=1)
+
+
+@pytest.mark.parametrize("model", ["lstm", "quixer"])
+def test_a_fused_adam_run_on_the_gpu_extends_eagerly_and_captured(tmp_path, model):
+    """A run begun eagerly on the GPU has fused Adam (Quixer: its real parameters; its complex LCU
+    coefficients in a loop group). Extended from last.pt eagerly it keeps fused Adam with its step
+    counts on the GPU; extended with --cuda_graph the captured step is the loop implementation's.
+    Both follow each other to float tolerance."""
+    import shutil
+
+    import train_classical_baselines
+    import train_quixer_hybrid
+    from tests.token_fixtures import make_token_dir
+
+    data = make_token_dir(tmp_path / "tokens", with_centers=True)
+    if model == "quixer":
+        main, sizes = train_quixer_hybrid.main, ["--qubits", "2", "--degree", "2", "--ansatz_layers", "2",
+                                                 "--embedding_dim", "16"]
+    else:
+        main, sizes = train_classical_baselines.main, ["--model", "lstm", "--embedding_dim", "16",
+                                                       "--hidden_dim", "16", "--num_layers", "1"]
+
+    def argv(out, epochs, *extra):
+        return ["--data_dir", str(data), "--output_dir", str(out), *sizes, "--device", "cuda", "--batch_size", "32",
+                "--lr", "0.01", "--seed", "7", "--epochs", str(epochs), "--dropout", "0.0", "--epoch_size", "64",
+                "--lr_schedule", "plateau", *extra]
+
+    main(argv(tmp_path / "eager", 1))
+    saved = torch.load(tmp_path / "eager" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["fused"] for g in saved] == ([True, None] if model == "quixer" else [True])
+    shutil.copytree(tmp_path / "eager", tmp_path / "graphed")
+    main(argv(tmp_path / "eager", 3, "--resume"))
+    main(argv(tmp_path / "graphed", 3, "--resume", "--cuda_graph"))
+    eager, graphed = (read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("eager", "graphed"))
+    assert [m["epoch"] for m in eager] == [m["epoch"] for m in graphed] == [1, 2, 3]
+    assert [m.get("replayed_steps") for m in graphed[1:]] == [2, 2]
+    for a, b in zip(eager, graphed):
+        for key in ("train_loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    last = torch.load(tmp_path / "eager" / "last.pt", weights_only=True)["optimizer"]
+    assert [g["fused"] for g in last["param_groups"]] == [g["fused"] for g in saved]

@@ -125,6 +125,9 @@ def test_a_run_written_before_the_move_extends_and_reports(tmp_path):
     assert epochs == [1, 2]
     results = json.loads((run / "results.json").read_text())
     assert results["extended_from"] == [1] and results["epochs_run"] == 2
+    # begun with one optimizer group (the loop Adam), it goes on with that layout, not today's two
+    groups = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["optimizer"]["param_groups"]
+    assert len(groups) == 1 and groups[0]["fused"] is None
     proc = run_script("report_results.py", tmp_path, "--output_dir", tmp_path / "report")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "report" / "results.json").read_text())["rows"]

@@ -700,8 +700,9 @@ def _adam_reference(params: list[torch.Tensor], grads: list[list[torch.Tensor]],
 
 
 def test_adam_is_fused_for_real_models_and_equals_the_written_out_update():
-    """The trainer's Adam is fused where every parameter is real (a classical model), not for
-    Quixer (complex LCU coefficients); fused or not, it is Adam as written out, to rounding."""
+    """The trainer's Adam is fused for every real parameter: a classical model's one group, Quixer's
+    first group (its complex LCU coefficients, which fused Adam refuses, in a second group that keeps
+    the loop); fused or not, it is Adam as written out, to rounding."""
     from quixer.baselines import build_classical_model
     from quixer.training import ADAM_EPS, _optimizer
 
@@ -709,8 +710,13 @@ def test_adam_is_fused_for_real_models_and_equals_the_written_out_update():
     lstm = build_classical_model("lstm", vocab_size=16, n_tokens=7, embedding_dim=8, hidden_dim=8, num_layers=1)
     quixer = Quixer(n_qubits=2, n_tokens=7, qsvt_polynomial_degree=1, n_ansatz_layers=1, vocabulary_size=16,
                     embedding_dimension=8)
-    assert _optimizer(train, lstm, 10, graphed=False)[0].param_groups[0]["fused"] is True
-    assert _optimizer(train, quixer, 10, graphed=False)[0].param_groups[0]["fused"] is None
+    assert [g["fused"] for g in _optimizer(train, lstm, 10, graphed=False)[0].param_groups] == [True]
+    groups = _optimizer(train, quixer, 10, graphed=False)[0].param_groups
+    assert [g["fused"] for g in groups] == [True, None]
+    assert groups[1]["params"] == [quixer.lcu_coefficients] and all(p.is_floating_point() for p in groups[0]["params"])
+    assert len(groups[0]["params"]) + 1 == len(list(quixer.parameters()))
+    old_layout = _optimizer(train, quixer, 10, graphed=False, split=False)[0].param_groups  # runs begun before
+    assert len(old_layout) == 1 and old_layout[0]["fused"] is None
 
     lstm = lstm.double()
     start = [p.detach().clone() for p in lstm.parameters()]

@@ -88,18 +88,24 @@ def capturable_optimizer(optimizer: torch.optim.Optimizer, on: bool) -> None:
     On: ``capturable=True``, each group's learning rate a float64 tensor on its parameters' device and
     each ``step`` count on its parameter's device. Why: a graph replays the values it captured, so a
     schedule reaches it only through a tensor updated in place (torch's schedulers ``fill_`` tensor
-    rates), and float64 keeps the schedules' arithmetic that of Python floats. Off: floats and CPU
-    step counts, as a fresh non-capturable optimizer has (a checkpoint of either kind loads into both).
+    rates), and float64 keeps the schedules' arithmetic that of Python floats; the loop
+    implementation, also for a group that was fused. Off: floats, and step counts on the CPU (on the
+    parameters' device for a fused group), as a fresh optimizer has (a checkpoint of either kind
+    loads into both).
     """
     for group in optimizer.param_groups:
         device = group["params"][0].device
         lr = float(group["lr"])
         group["lr"] = torch.tensor(lr, dtype=torch.float64, device=device) if on else lr
         group["capturable"] = on
+        if on:  # the captured step is the loop implementation's, also for a fused run resumed with graphs
+            group["fused"] = None
         for p in group["params"]:
             state = optimizer.state.get(p)
             if state and isinstance(state.get("step"), torch.Tensor):
-                state["step"] = state["step"].to(device=p.device if on else "cpu", dtype=torch.float32)
+                # fused Adam keeps its step counts on the parameters' device, as capturable does
+                on_device = on or bool(group.get("fused"))
+                state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
 
 
 class TrainingSnapshot:
