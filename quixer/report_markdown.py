@@ -256,7 +256,7 @@ def markdown_report(report: Report, title: str | None = None, links: list[str] |
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """The report's headline in one table (the README's results section): per row its seeds, test
     top-1 and perplexity with intervals, its paired difference from its track's ceiling, how many
-    seeds converged and its training compute summed over seeds."""
+    seeds converged and its training compute summed over seeds (in hours: one unit down the column)."""
     tracks = len({r.get("track", "quantized") for r in rows}) > 1
     lines = []
     for r in rows:
@@ -269,7 +269,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
             _num(r.get("test_perplexity")) + _ci(r.get("test_perplexity_ci95"), 1.0),
             _difference(r.get("ceiling_top1_difference"), 100),
             f"{r.get('converged', 0)} of {len(reasons)}" if reasons else "–",
-            _duration(compute) if reasons else "–"])
+            f"{compute / 3600:.2f} h" if reasons and compute is not None else "–"])
     header = ["Model"] + (["Track"] if tracks else []) + [
         "Seeds", "Test top-1 [95 % CI]", "Test perplexity [95 % CI]", "Δ top-1 vs ceiling, points [95 % CI]", "Converged",
         "Training compute"]

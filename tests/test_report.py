@@ -509,7 +509,7 @@ def test_campaign_readme_table_between_markers(runs_dir, tmp_path):
     assert (f"| quixer | 2 | {100 * quixer['test_top1']:.2f} % [{100 * lo:.2f}, {100 * hi:.2f}] | "
             f"{quixer['test_perplexity']:.2f} [{quixer['test_perplexity_ci95'][0]:.2f}, "
             f"{quixer['test_perplexity_ci95'][1]:.2f}] | {100 * d['mean']:.2f} [{100 * d['ci95'][0]:.2f}, "
-            f"{100 * d['ci95'][1]:.2f}] | 1 of 2 | 4.2 min |") in text  # 2 seeds x 125 s
+            f"{100 * d['ci95'][1]:.2f}] | 1 of 2 | 0.07 h |") in text  # 2 seeds x 125 s
     assert "| uniform (reference) | – | 0." in text and text.count(" | – | – |") == len(REFERENCE_MODELS)
 
     unmarked = tmp_path / "plain.md"
