@@ -32,6 +32,7 @@ readme="${CAMPAIGN_README:-$repo/README.md}"
 out="$root/out"
 
 phase_lines() { grep -v '^\s*#' "$phases" | grep -v '^\s*$'; }
+status_lines() { "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" --costs "$repo/bench/campaign_chrX.costs"; }
 
 worktree() {  # worktree COMMIT: a checkout of the pinned commit (made once)
   local dir="$root/code-$1"
@@ -85,7 +86,7 @@ case "${1:-}" in
     echo $! > "$root/driver.pid"
     echo "campaign started (pid $!): $root; progress: bash $0 status" >&2 ;;
   status)
-    "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" --costs "$repo/bench/campaign_chrX.costs" ;;
+    status_lines ;;
   references)
     # the references need no training: they follow this checkout's code, not the pinned commit,
     # on the campaign's own tokens (stage 3 only adds kmer_ids.pt, which the ceilings read; the
@@ -120,7 +121,7 @@ case "${1:-}" in
     fi
     cp "$out/autoregressive_data/metadata.json" "$published/stage1_metadata.json" 2>/dev/null || true
     cp "$root/wall.log" "$published/wall.log" 2>/dev/null || true
-    "$py" "$repo/bench/campaign_status.py" "$root" --phases "$phases" --costs "$repo/bench/campaign_chrX.costs" > "$published/status.txt"
+    status_lines > "$published/status.txt"
     raw=(); [ -d "$published/runs_raw" ] && raw=(--raw_runs "$published/runs_raw")
     "$py" "$repo/report_results.py" "$published/runs" "${raw[@]}" --output_dir "$published" \
       --title "chrX, official protocol (campaign in progress: see status.txt)" > /dev/null

@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from project_epochs import full_epoch_seconds  # bench/, this script's own folder
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = "quixer,quixer_ablation,quixer_ablation_matched,lstm,transformer"
 
@@ -49,7 +51,7 @@ def projection(out: Path, epochs: int) -> dict:
     capped = config["max_train_batches"] * config["batch_size"]
     train_sps = epoch["sequences_per_second"]
     rest = epoch["epoch_seconds"] - capped / train_sps
-    full_epoch = results["windows"]["train"] / train_sps + rest
+    full_epoch = full_epoch_seconds(epoch, capped, results["windows"]["train"])
     final = 2 * config["eval_targets"] / results["eval_sequences_per_second"]
     return {"model": config.get("model", "quixer"), "train_windows": results["windows"]["train"],
             "train_sequences_per_second": round(train_sps, 1), "epoch_rest_seconds": round(rest, 1),

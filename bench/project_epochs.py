@@ -21,6 +21,13 @@ from pathlib import Path
 from quixer.training import active_layers_at
 
 
+def full_epoch_seconds(record: dict, capped_windows: int, train_windows: int) -> float:
+    """A full epoch from a capped one's metrics record: all ``train_windows`` at its measured training
+    throughput, plus the rest of its epoch (validation, checkpoints), which the cap does not change."""
+    sps = record["sequences_per_second"]
+    return train_windows / sps + (record["epoch_seconds"] - capped_windows / sps)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="the short run's output directory")
@@ -33,8 +40,7 @@ def main(argv=None) -> int:
     layers, layerwise = config["ansatz_layers"], bool(config.get("use_layerwise_training"))
     per_layers = {}
     for r in records:  # a later epoch with the same active layers replaces an earlier one
-        train_s = capped / r["sequences_per_second"]
-        per_layers[r.get("active_layers", layers)] = n_train / r["sequences_per_second"] + (r["epoch_seconds"] - train_s)
+        per_layers[r.get("active_layers", layers)] = full_epoch_seconds(r, capped, n_train)
     schedule = [active_layers_at(e, args.epochs, layers) if layerwise else layers for e in range(args.epochs)]
     total = sum(per_layers[k] for k in schedule)
     last = records[-1]
