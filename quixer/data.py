@@ -101,12 +101,12 @@ class TokenData:
     vocab_source: str
     vocab: list[str] | None = None
     sources: dict[str, WindowSources | None] = field(default_factory=dict)
+    known_fingerprint: str | None = field(default=None, repr=False)  # handed in by a caller that just hashed
     window_size: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.window_size = int(next(iter(self.splits.values())).shape[1])
         self._streams: dict[str, TokenStreams] = {}
-        self._fingerprint: str | None = None
 
     @property
     def n_input_tokens(self) -> int:
@@ -115,9 +115,9 @@ class TokenData:
     @property
     def fingerprint(self) -> str:
         """:func:`data_fingerprint` of this directory (computed once)."""
-        if self._fingerprint is None:
-            self._fingerprint = data_fingerprint(self.data_dir, tuple(self.splits))
-        return self._fingerprint
+        if self.known_fingerprint is None:
+            self.known_fingerprint = data_fingerprint(self.data_dir, tuple(self.splits))
+        return self.known_fingerprint
 
     def streams(self, split: str) -> TokenStreams:
         """The split's windows chained into per-transcript token streams (cached)."""
@@ -181,8 +181,7 @@ def load_token_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS, *,
     if max_id >= vocab_size:
         raise UserError(f"{data_dir}: token id {max_id} out of range for a vocabulary of {vocab_size} ({source})")
     data = TokenData(data_dir=data_dir, splits=loaded, vocab_size=vocab_size, vocab_source=source, vocab=vocab,
-                     sources=sources)
-    data._fingerprint = fingerprint
+                     sources=sources, known_fingerprint=fingerprint)
     return data
 
 
