@@ -13,7 +13,10 @@
 #                                         README's table (bench/campaign_readme.py)
 #   bash bench/campaign_chrX.sh stop      stop the background campaign (resumable)
 #
-# Phases: bench/campaign_chrX.phases (name, commit, run_pipeline.sh flags), run in order. Work
+# Phases: bench/campaign_chrX.phases (name, commit, run_pipeline.sh flags), run in order; a phase
+# named &NAME starts together with the phase before it (the next plain phase waits for both), for a
+# phase that keeps only one core busy. Phases that run together share out/: the data stages they
+# share must be finished by an earlier phase. Work
 # goes to $CAMPAIGN_DIR (default: campaign_chrX beside this checkout): code-<commit>/ worktrees,
 # out/ (the pipeline's --out), logs/, wall.log (start and end of every invocation),
 # heartbeat.log (a time stamp a minute while it runs: the wall time so far). Published
@@ -57,18 +60,35 @@ restore() {  # published runs back into out/, so the pipeline finds them finishe
   done
 }
 
-drive() {  # every phase in order, each a run_pipeline.sh invocation from its worktree
-  local name commit flags code
+run_phase() {  # run_phase NAME CODE FLAGS: one run_pipeline.sh invocation from its worktree
+  echo "$(date -u +%FT%TZ) start $1 ${2##*/code-}" >> "$root/wall.log"
+  # shellcheck disable=SC2086
+  PYTHON="$py" nice -n 19 bash "$2/run_pipeline.sh" --fasta "$fasta" --out "$out" $3 \
+    >> "$root/logs/$1.log" 2>&1 || { echo "$(date -u +%FT%TZ) failed $1" >> "$root/wall.log"; return 1; }
+  echo "$(date -u +%FT%TZ) end $1" >> "$root/wall.log"
+}
+
+run_group() {  # the phases of "${group[@]}" at once; fails if any of them fails
+  local line name commit flags code pids=() failed=0 pid
+  for line in "${group[@]}"; do
+    read -r name commit flags <<< "$line"
+    code="$(worktree "$commit")" || return 1
+    run_phase "${name#&}" "$code" "$flags" &
+    pids+=("$!")
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  return "$failed"
+}
+
+drive() {  # the phases in order; a phase named &NAME starts together with the one before it
+  local name commit flags group=()
   (while sleep 60; do date +%s >> "$root/heartbeat.log"; done) &
   date +%s >> "$root/heartbeat.log"
   while read -r name commit flags; do
-    code="$(worktree "$commit")"
-    echo "$(date -u +%FT%TZ) start $name $commit" >> "$root/wall.log"
-    # shellcheck disable=SC2086
-    PYTHON="$py" nice -n 19 bash "$code/run_pipeline.sh" --fasta "$fasta" --out "$out" $flags \
-      >> "$root/logs/$name.log" 2>&1 || { echo "$(date -u +%FT%TZ) failed $name" >> "$root/wall.log"; return 1; }
-    echo "$(date -u +%FT%TZ) end $name" >> "$root/wall.log"
+    if [ "${name#&}" = "$name" ] && [ "${#group[@]}" -gt 0 ]; then run_group || return 1; group=(); fi
+    group+=("$name $commit $flags")
   done < <(phase_lines)
+  [ "${#group[@]}" -eq 0 ] || run_group
 }
 
 case "${1:-}" in
@@ -80,7 +100,7 @@ case "${1:-}" in
     fi
     mkdir -p "$root/logs" "$out"
     restore
-    export -f drive worktree phase_lines
+    export -f drive run_group run_phase worktree phase_lines
     export root repo py fasta phases out
     setsid bash -c drive > "$root/logs/driver.log" 2>&1 < /dev/null &
     echo $! > "$root/driver.pid"

@@ -33,6 +33,7 @@ def planned_runs(phases: Path) -> list[tuple[str, str, int, int, str]]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, _commit, *flags = shlex.split(line)
+        name = name.removeprefix("&")  # a phase that runs beside the one before it
         opts = dict(zip(flags[::2], flags[1::2]))
         epochs = int(opts.get("--epochs", OFFICIAL_EPOCHS if opts.get("--protocol") == "official" else 4))
         for folder in TRACK_DIRS[opts.get("--tokens", "quantized")]:

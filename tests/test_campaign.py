@@ -39,23 +39,33 @@ def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
     fasta = sample_slice(tmp_path / "slice.fa", 40)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     phases = tmp_path / "phases"
-    phases.write_text(f"# test\ntiny {commit} --protocol official --epochs 1 --seeds 1 --models lstm --eval_targets 2000\n")
+    tiny = f"{commit} --protocol official --epochs 1 --eval_targets 2000"
+    # after `tiny`, two phases at once: `more` adds a seed to the LSTM, `&beside` trains another model
+    phases.write_text(f"# test\ntiny {tiny} --seeds 1 --models lstm\nmore {tiny} --seeds 2 --models lstm\n"
+                      f"&beside {tiny} --seeds 1 --models quixer_ablation\n")
     env = dict(os.environ, CAMPAIGN_DIR=str(tmp_path / "c1"), CAMPAIGN_FASTA=str(fasta), CAMPAIGN_PHASES=str(phases),
                CAMPAIGN_PUBLISH=str(tmp_path / "published"), CAMPAIGN_README=str(tmp_path / "README.md"),
                OMP_NUM_THREADS="1", PYTHON=sys.executable)
     (tmp_path / "README.md").write_text("# x\n<!-- chrX table: start -->\n<!-- chrX table: end -->\n")
     try:
         assert _campaign("start", env).returncode == 0
-        _wait_for(tmp_path / "c1" / "wall.log", "end tiny")
+        wall = tmp_path / "c1" / "wall.log"
+        _wait_for(wall, "end more")
+        _wait_for(wall, "end beside")
+        events = [line.split()[1:3] for line in wall.read_text().splitlines()]
+        assert events.index(["end", "tiny"]) < events.index(["start", "more"])  # a plain phase waits
+        assert events.index(["start", "beside"]) < events.index(["end", "more"])  # &beside starts with more
         status = _campaign("status", env)
         assert "tiny       lstm                     seed 42  finished     1/1 epochs" in status.stdout, status.stdout
-        assert "1 finished, 0 running, 0 interrupted, 0 pending of 1 runs" in status.stdout
+        assert "more       lstm                     seed 43  finished     1/1 epochs" in status.stdout
+        assert "beside     quixer_ablation          seed 42  finished     1/1 epochs" in status.stdout
+        assert "3 finished, 0 running, 0 interrupted, 0 pending of 3 runs" in status.stdout
         refs = _campaign("references", env, timeout=600)
         assert refs.returncode == 0, refs.stderr[-2000:]
         assert _campaign("publish", env).returncode == 0
         published = tmp_path / "published"
-        assert {p.name for p in (published / "runs").iterdir()} == {"lstm", "uniform", "unigram", "ngram",
-                                                                    "token_ceiling", "raw_bases"}
+        assert {p.name for p in (published / "runs").iterdir()} == {"lstm", "quixer_ablation", "uniform", "unigram",
+                                                                    "ngram", "token_ceiling", "raw_bases"}
         assert "token_ceiling" in (published / "results.md").read_text()
         run = published / "runs" / "lstm" / "seed_42"
         assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "results.json",
@@ -64,14 +74,18 @@ def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
         assert results["protocol"] == "official" and results["provenance"]["git_commit"] == commit
         assert status.stdout.splitlines()[0] == (published / "status.txt").read_text().splitlines()[0]
         readme = (tmp_path / "README.md").read_text()  # publish wrote the table into the README
-        converged = int(results["converged"])
-        assert "| lstm | 1 | " in readme and f"| {converged} of 1 |" in readme and "1 finished, 0 running" in readme
+        converged = sum(json.loads((published / "runs" / "lstm" / f"seed_{s}" / "results.json").read_text())["converged"]
+                        for s in (42, 43))
+        assert "3 finished, 0 running" in readme
+        assert f"| {converged} of 2 |" in readme.split("| lstm | 2 | ")[1].splitlines()[0]
         # another machine: a fresh campaign directory restores the published run and skips it
         env2 = dict(env, CAMPAIGN_DIR=str(tmp_path / "c2"))
         assert _campaign("start", env2).returncode == 0
-        _wait_for(tmp_path / "c2" / "wall.log", "end tiny")
-        log = (tmp_path / "c2" / "logs" / "tiny.log").read_text()
-        assert "already finished" in log and "epoch 1/1" not in log
+        _wait_for(tmp_path / "c2" / "wall.log", "end more")
+        _wait_for(tmp_path / "c2" / "wall.log", "end beside")
+        for phase in ("tiny", "more", "beside"):
+            log = (tmp_path / "c2" / "logs" / f"{phase}.log").read_text()
+            assert "already finished" in log and "epoch 1/1" not in log
     finally:
         for c in ("c1", "c2"):
             _campaign("stop", dict(env, CAMPAIGN_DIR=str(tmp_path / c)))
@@ -103,7 +117,7 @@ def test_status_projects_unmeasured_runs_from_costs(tmp_path):
     phases = tmp_path / "phases"
     phases.write_text("q abc --protocol official --seeds 2 --models lstm,transformer\n"
                       "q4 abc --protocol official --seeds 3 --models transformer\n"  # one more seed, listed once
-                      "r def --protocol official --seeds 1 --tokens raw --models lstm\n")
+                      "&r def --protocol official --seeds 1 --tokens raw --models lstm\n")  # beside q4
     run = tmp_path / "c" / "out" / "runs" / "lstm" / "seed_42"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "epoch_seconds": 100.0}) + "\n"
@@ -122,3 +136,4 @@ def test_status_projects_unmeasured_runs_from_costs(tmp_path):
     listed = subprocess.run(status, capture_output=True, text=True).stdout.splitlines()[:-1]
     assert [line.split()[:4] for line in listed if "transformer" in line] == [
         ["q", "transformer", "seed", "42"], ["q", "transformer", "seed", "43"], ["q4", "transformer", "seed", "44"]]
+    assert [line.split()[:2] for line in listed][-1] == ["r", "lstm"]
