@@ -20,7 +20,8 @@
 # --eval_targets the scored val/test positions (default: the trainers' 100,000, 0 = all).
 # Rerunning reuses every stage and run whose input and parameters did not change.
 # --jobs 2 (default on 2+ cores) trains in two lanes of about equal work, one core each: one in
-# the background (log: train_lane1.log), the references and the other models in front.
+# the background (log: train_lane1.log), the references and the other runs in front; the seeds of one
+# model are shared between the lanes.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
@@ -90,17 +91,16 @@ if [ "$tokens" != quantized ]; then
 fi
 seed_list=$(seq 42 $((41 + seeds)))
 epoch_flag=(); [ -n "$epochs" ] && epoch_flag=(--epochs "$epochs")
-train() {  # train MODEL...: every seed of each, one after the other
-  local model s script
-  for model in "$@"; do
+train() {  # train MODEL:SEED...: each run, one after the other
+  local run model s script
+  for run in "$@"; do
+    model="${run%:*}"; s="${run#*:}"
     script="train_classical_baselines.py --model $model"
     [ "$model" = quixer ] && script="train_quixer_hybrid.py"
-    for s in $seed_list; do
-      step "stage 4: $model, seed $s ($protocol protocol, at most ${epochs:-its} epochs)"
-      # shellcheck disable=SC2086
-      "$py" "$here"/$script --data_dir "$tok" --protocol "$protocol" "${epoch_flag[@]}" --device "$device" \
-        --seed "$s" --eval_targets "$eval_targets" --output_dir "$runs/$model/seed_$s" --resume
-    done
+    step "stage 4: $model, seed $s ($protocol protocol, at most ${epochs:-its} epochs)"
+    # shellcheck disable=SC2086
+    "$py" "$here"/$script --data_dir "$tok" --protocol "$protocol" "${epoch_flag[@]}" --device "$device" \
+      --seed "$s" --eval_targets "$eval_targets" --output_dir "$runs/$model/seed_$s" --resume
   done
 }
 cost() {  # relative CPU time per epoch of a model (measured on chrX, one core): balances the lanes
@@ -114,12 +114,15 @@ references() {
       --output_dir "$runs/$ref"
   done
 }
-# Two lanes of about equal work: each model, costliest first, joins the lane with less work so far
-# (the references run first in lane 2).
+# Two lanes of about equal work: each run (a model and a seed), costliest first, seeds in order,
+# joins the lane with less work so far (the references run first in lane 2); the seeds of one model
+# share the lanes, so `--seeds 5 --models quixer` keeps both cores busy.
 lane1=(); lane2=(); work1=0; work2=30
-for m in $(for m in "${model_list[@]}"; do echo "$(cost "$m") $m"; done | sort -rn | cut -d' ' -f2); do
-  if [ "$jobs" -eq 2 ] && [ "$work1" -le "$work2" ]; then lane1+=("$m"); work1=$((work1 + $(cost "$m")))
-  else lane2+=("$m"); work2=$((work2 + $(cost "$m"))); fi
+for run in $(for m in "${model_list[@]}"; do for s in $seed_list; do echo "$(cost "$m") $m:$s"; done; done |
+             sort -s -k1,1rn | cut -d' ' -f2); do
+  c=$(cost "${run%:*}")
+  if [ "$jobs" -eq 2 ] && [ "$work1" -le "$work2" ]; then lane1+=("$run"); work1=$((work1 + c))
+  else lane2+=("$run"); work2=$((work2 + c)); fi
 done
 if [ "$jobs" -eq 2 ]; then
   # one core each: two processes with all threads each would fight over the cores
@@ -130,7 +133,7 @@ trap '[ -n "${bgpid:-}" ] && kill "$bgpid" 2>/dev/null' EXIT
 train_track() {  # the references and every model of one track, in one or two lanes
   if [ "$jobs" -eq 1 ]; then references; train "${lane2[@]}"; return; fi
   local log="$out/train_lane1.log" first
-  step "stage 4 ($track tokens): ${lane1[*]:-nothing} ($seeds seed(s) each) in the background, log in $log"
+  step "stage 4 ($track tokens): ${lane1[*]:-nothing} (model:seed) in the background, log in $log"
   echo "==> $(date -u +%FT%TZ) run_pipeline.sh: lane 1, $track tokens" >> "$log"
   train "${lane1[@]}" >> "$log" 2>&1 &
   bgpid=$!

@@ -67,12 +67,19 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     assert "ci95" in diffs["lstm"]["top1_difference"] and "ci95" in diffs["lstm"]["perplexity_difference"]
     assert "Tokenisation: raw 6-mers minus quantised tokens" in (out / "results.md").read_text()
 
-    # a larger --epochs extends the runs instead of refusing them; --models picks a subset
-    more = _run("--fasta", fasta, "--out", out, "--epochs", 2, "--seeds", 1, "--models", "lstm", "--eval_targets", 3000)
+    # a larger --epochs extends the runs instead of refusing them; --models picks a subset; the two
+    # seeds of one model train in the two lanes (seed 42 in the background lane, 43 in front)
+    lane_log = out / "train_lane1.log"
+    before = lane_log.read_text()
+    more = _run("--fasta", fasta, "--out", out, "--epochs", 2, "--seeds", 2, "--models", "lstm", "--eval_targets", 3000,
+                "--jobs", 2)
     assert more.returncode == 0, more.stderr[-3000:]
-    extended = json.loads((out / "runs" / "lstm" / "seed_42" / "results.json").read_text())
-    assert (extended["epochs_run"], extended["extended_from"]) == (2, [1])
-    assert json.loads((out / "runs" / "lstm" / "seed_43" / "results.json").read_text())["epochs_run"] == 1
+    for seed in (42, 43):
+        extended = json.loads((out / "runs" / "lstm" / f"seed_{seed}" / "results.json").read_text())
+        assert (extended["epochs_run"], extended["extended_from"]) == (2, [1])
+    background = lane_log.read_text()[len(before):]
+    assert "stage 4: lstm, seed 42" in background and "stage 4: lstm, seed 43" not in background
+    assert "stage 4: lstm, seed 43" in more.stderr
     assert "stage 4: quixer" not in more.stderr
 
 
