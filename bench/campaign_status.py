@@ -14,7 +14,6 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_MODELS = "quixer,quixer_ablation,quixer_ablation_matched,lstm,transformer"

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 from scipy import special
