@@ -3,7 +3,7 @@
 Reads the campaign directory of ``bench/campaign_chrX.sh`` (its ``out/runs/``, ``heartbeat.log``)
 and the phase list; prints one line per run (epochs done, stop reason, converged, test top-1),
 the wall time the campaign has run so far, the training compute spent and an estimate of what
-is left from the measured epoch times (and, with --costs, from projected ones for the models and
+is left from the measured epoch times (each run's last few epochs: the current rate; and, with --costs, from projected ones for the models and
 tracks not yet begun). Standard library only.
 
     python bench/campaign_status.py CAMPAIGN_DIR --phases bench/campaign_chrX.phases --costs bench/campaign_chrX.costs
@@ -21,6 +21,7 @@ OFFICIAL_EPOCHS = 30
 HEARTBEAT_GAP = 120  # seconds: a longer gap between heartbeats means the campaign was not running
 
 
+RECENT_EPOCHS = 3  # a run's seconds per epoch: the mean of its last few epochs
 TRACK_DIRS = {"quantized": ("runs",), "raw": ("runs_raw",), "both": ("runs", "runs_raw")}  # run_pipeline.sh --tokens
 
 
@@ -60,7 +61,8 @@ def run_state(run: Path, procs: str) -> dict:
     metrics = []
     if (run / "metrics.jsonl").is_file():
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    per_epoch = sum(m["epoch_seconds"] for m in metrics) / len(metrics) if metrics else None
+    recent = metrics[-RECENT_EPOCHS:]  # the current rate: runs share cores with other work, which comes and goes
+    per_epoch = sum(m["epoch_seconds"] for m in recent) / len(recent) if recent else None
     if (run / "results.json").is_file():
         r = json.loads((run / "results.json").read_text())
         return {"state": "finished", "epochs": r["epochs_run"], "per_epoch": per_epoch, "results": r,

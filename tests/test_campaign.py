@@ -120,18 +120,19 @@ def test_status_projects_unmeasured_runs_from_costs(tmp_path):
                       "&r def --protocol official --seeds 1 --tokens raw --models lstm\n")  # beside q4
     run = tmp_path / "c" / "out" / "runs" / "lstm" / "seed_42"
     run.mkdir(parents=True)
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "epoch_seconds": 100.0}) + "\n"
-                                               for e in (1, 2)))
+    # two slow epochs (the cores were shared), then three at the current rate: 100 s
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "epoch_seconds": 300.0 if e < 3 else 100.0})
+                                               + "\n" for e in (1, 2, 3, 4, 5)))
     costs = tmp_path / "costs"
     costs.write_text("# measured by bench/epoch_costs.py\n" + json.dumps({"track": "raw", "model": "lstm",
                                                                             "epoch_seconds": 60.0}) + "\n")
     status = [sys.executable, str(REPO / "bench" / "campaign_status.py"), str(tmp_path / "c"), "--phases", str(phases)]
     plain = subprocess.run(status, capture_output=True, text=True).stdout.splitlines()[-1]
     with_costs = subprocess.run(status + ["--costs", str(costs)], capture_output=True, text=True).stdout.splitlines()[-1]
-    # measured: lstm 28 + 30 epochs left at 100 s = 1.6 h; projected: raw lstm 30 epochs at 60 s = 0.5 h;
+    # measured: lstm 25 + 30 epochs left at 100 s = 1.5 h; projected: raw lstm 30 epochs at 60 s = 0.5 h;
     # the transformer has neither
-    assert plain.endswith("left (runs with a measured epoch time) about 1.6 core-hours")
-    assert with_costs.endswith("about 1.6 core-hours, and 0.5 projected for the runs not yet measured (--costs)")
+    assert plain.endswith("left (runs with a measured epoch time) about 1.5 core-hours")
+    assert with_costs.endswith("about 1.5 core-hours, and 0.5 projected for the runs not yet measured (--costs)")
     assert "0 finished, 0 running, 1 interrupted, 5 pending of 6 runs" in with_costs
     listed = subprocess.run(status, capture_output=True, text=True).stdout.splitlines()[:-1]
     assert [line.split()[:4] for line in listed if "transformer" in line] == [
