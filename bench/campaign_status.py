@@ -3,8 +3,8 @@
 Reads the campaign directory of ``bench/campaign_chrX.sh`` (its ``out/runs/``, ``heartbeat.log``)
 and the phase list; prints one line per run (epochs done, stop reason, converged, test top-1),
 the wall time the campaign has run so far, the training compute spent and an estimate of what
-is left from the measured epoch times (each run's last few epochs: the current rate; and, with --costs, from projected ones for the models and
-tracks not yet begun). Standard library only.
+is left from the measured epoch times (the mean of a run's last few epochs: the current rate) and,
+with --costs, from projected ones for the models and tracks not yet begun. Standard library only.
 
     python bench/campaign_status.py CAMPAIGN_DIR --phases bench/campaign_chrX.phases --costs bench/campaign_chrX.costs
 """
@@ -19,8 +19,6 @@ from pathlib import Path
 DEFAULT_MODELS = "quixer,quixer_ablation,quixer_ablation_matched,lstm,transformer"
 OFFICIAL_EPOCHS = 30
 HEARTBEAT_GAP = 120  # seconds: a longer gap between heartbeats means the campaign was not running
-
-
 RECENT_EPOCHS = 3  # a run's seconds per epoch: the mean of its last few epochs
 TRACK_DIRS = {"quantized": ("runs",), "raw": ("runs_raw",), "both": ("runs", "runs_raw")}  # run_pipeline.sh --tokens
 
