@@ -22,6 +22,7 @@ from pathlib import Path
 from scipy import special
 
 from quixer.common import UserError, run_cli
+from quixer.report_rows import load_metrics
 
 
 def _seed_runs(model_dir: Path) -> dict[int, Path]:
@@ -31,11 +32,6 @@ def _seed_runs(model_dir: Path) -> dict[int, Path]:
 
 def _results(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
-
-
-def _last_epoch(run: Path) -> dict:
-    lines = [line for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1])
 
 
 def t_interval(values: list[float], level: float = 0.95) -> list[float] | None:
@@ -59,6 +55,7 @@ def compare_model(old_dir: Path, new_dir: Path) -> dict | None:
         if before[s]["targets_sha256"] != after[s]["targets_sha256"]:
             raise UserError(f"{old[s]} and {new[s]} were scored on different test targets")
     change = [100 * (after[s]["test_top1"] - before[s]["test_top1"]) for s in seeds]
+    last_epochs = [load_metrics(new[s])[-1] for s in seeds]
     return {
         "seeds": seeds,
         "old_top1": 100 * statistics.fmean(before[s]["test_top1"] for s in seeds),
@@ -69,7 +66,7 @@ def compare_model(old_dir: Path, new_dir: Path) -> dict | None:
         "old_val_loss": statistics.fmean(before[s]["val_loss"] for s in seeds),
         "new_val_loss": statistics.fmean(after[s]["val_loss"] for s in seeds),
         "new_val_loss_range": [min(after[s]["val_loss"] for s in seeds), max(after[s]["val_loss"] for s in seeds)],
-        "train_minus_val": [_last_epoch(new[s])["train_loss"] - _last_epoch(new[s])["val_loss"] for s in seeds],
+        "train_minus_val": [e["train_loss"] - e["val_loss"] for e in last_epochs],
     }
 
 
