@@ -215,11 +215,95 @@ def _size_histogram(sizes: np.ndarray) -> dict:
     return {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max()), "buckets": hist}
 
 
+@dataclass
+class _Clusters:
+    """k-means fitted on the distinct train k-mers (weighted by their train occurrences) and the
+    token of every row of the table, seen in train or not."""
+    km: object  # sklearn.cluster.KMeans
+    tokens: np.ndarray
+    train_counts: np.ndarray
+    fit_rows: np.ndarray
+    distinct_embeddings: int
+    fit_seconds: float
+
+
+def _fit_clusters(inputs: _Inputs, cfg: QuantizeConfig) -> _Clusters:
+    from sklearn.cluster import KMeans
+
+    train_counts = np.bincount(inputs.ids["train"].reshape(-1), minlength=inputs.table.shape[0])
+    fit_rows = np.flatnonzero(train_counts)
+    x_fit = inputs.table[fit_rows].astype(np.float64)
+    n_distinct = len(np.unique(x_fit, axis=0))
+    if cfg.n_clusters > n_distinct:
+        raise UserError(
+            f"--n_clusters {cfg.n_clusters} is more than the {n_distinct} distinct embeddings of the "
+            f"{len(fit_rows)} k-mers seen in train: lower --n_clusters (or use more data / a larger --embedding_dim)"
+        )
+    t0 = time.perf_counter()
+    km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, max_iter=cfg.max_iter, random_state=cfg.seed)
+    km.fit(x_fit, sample_weight=train_counts[fit_rows].astype(np.float64))
+    fit_seconds = time.perf_counter() - t0
+    tokens = km.predict(inputs.table.astype(np.float64)).astype(np.int64)
+    log.info("k-means: %d clusters over %d train k-mers (%d occurrences) in %.1f s, inertia %.4g",
+             cfg.n_clusters, len(fit_rows), int(train_counts.sum()), fit_seconds, km.inertia_)
+    return _Clusters(km, tokens, train_counts, fit_rows, n_distinct, fit_seconds)
+
+
+def _write_token_splits(tmp: Path, inputs: _Inputs, clusters: _Clusters) -> dict:
+    """``{split}.pt`` (token windows, their last token as label, window sources); per-split counts."""
+    stats = {}
+    for split in SPLITS:
+        seq = torch.from_numpy(clusters.tokens[inputs.ids[split]])
+        out = {"sequences": seq, "labels": seq[:, -1].clone()}
+        if inputs.sources.get(split) is not None:
+            out["sources"] = inputs.sources[split].to_torch()
+        atomic_torch_save(tmp / f"{split}.pt", out)
+        unseen = int(np.sum(clusters.train_counts[inputs.ids[split]] == 0))
+        stats[split] = {"windows": int(seq.shape[0]), "window_size": int(seq.shape[1]),
+                        "positions_with_kmers_unseen_in_train": unseen}
+    return stats
+
+
+def _write_centers(tmp: Path, inputs: _Inputs, clusters: _Clusters) -> None:
+    """``cluster_centers.pt`` (centres and the k-mer -> token map) and, from the table format,
+    ``kmer_ids.pt`` for the ceilings."""
+    kmers, tokens = inputs.kmers, clusters.tokens
+    atomic_torch_save(tmp / "cluster_centers.pt", {
+        "cluster_centers": torch.from_numpy(clusters.km.cluster_centers_.astype(np.float32)),
+        "kmers": kmers or [],
+        "kmer_tokens": torch.from_numpy(tokens),
+        "kmer_to_token": dict(zip(kmers, tokens.tolist())) if kmers else {},
+    })
+    kmer_ids = kmer_ids_payload(inputs)
+    if kmer_ids is not None:
+        atomic_torch_save(tmp / KMER_IDS_FILE, kmer_ids)
+
+
+def _cluster_metadata(inputs: _Inputs, clusters: _Clusters, k: int) -> dict:
+    """What the clusters hold: their sizes, and how alike the k-mers inside one are (Hamming)."""
+    tokens, fit_rows, counts = clusters.tokens, clusters.fit_rows, clusters.train_counts
+    occ_sizes = np.bincount(tokens[fit_rows], weights=counts[fit_rows], minlength=k).astype(np.int64)
+    distinct_sizes = np.bincount(tokens[fit_rows], minlength=k)
+    fit_kmers = [inputs.kmers[i] for i in fit_rows] if inputs.kmers else []
+    return {
+        "vocab_size": int(inputs.table.shape[0]),
+        "embedding_dim": int(inputs.table.shape[1]),
+        "train_kmers_distinct": int(len(fit_rows)),
+        "train_embeddings_distinct": int(clusters.distinct_embeddings),
+        "train_occurrences": int(counts.sum()),
+        "inertia": float(clusters.km.inertia_),
+        "n_iter": int(clusters.km.n_iter_),
+        "cluster_sizes_train_occurrences": _size_histogram(occ_sizes) | {"sizes": occ_sizes.tolist()},
+        "cluster_sizes_distinct_kmers": _size_histogram(distinct_sizes) | {"sizes": distinct_sizes.tolist()},
+        "empty_clusters": int(np.sum(distinct_sizes == 0)),
+        "hamming_within_cluster": mean_hamming(fit_kmers, tokens[fit_rows]) if inputs.kmers else None,
+        "hamming_random_pairs": mean_hamming(fit_kmers) if inputs.kmers else None,
+    }
+
+
 def quantize_embeddings(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                         cfg: QuantizeConfig = QuantizeConfig(), force: bool = False) -> dict:
     """Run stage 3; returns the metadata written (or found up to date)."""
-    from sklearn.cluster import KMeans
-
     t_start = time.perf_counter()
     cfg.validate()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
@@ -232,54 +316,10 @@ def quantize_embeddings(input_dir: str | os.PathLike, output_dir: str | os.PathL
         log.info("%s is up to date (same input and parameters); nothing to do", output_dir)
         return read_json(output_dir / "metadata.json")
 
-    table, ids = inputs.table, inputs.ids
-    v, d = table.shape
-    train_counts = np.bincount(ids["train"].reshape(-1), minlength=v)
-    fit_rows = np.flatnonzero(train_counts)
-    x_fit = table[fit_rows].astype(np.float64)
-    n_distinct = len(np.unique(x_fit, axis=0))
-    if cfg.n_clusters > n_distinct:
-        raise UserError(
-            f"--n_clusters {cfg.n_clusters} is more than the {n_distinct} distinct embeddings of the "
-            f"{len(fit_rows)} k-mers seen in train: lower --n_clusters (or use more data / a larger --embedding_dim)"
-        )
-    t0 = time.perf_counter()
-    km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, max_iter=cfg.max_iter, random_state=cfg.seed)
-    km.fit(x_fit, sample_weight=train_counts[fit_rows].astype(np.float64))
-    fit_seconds = time.perf_counter() - t0
-    tokens = km.predict(table.astype(np.float64)).astype(np.int64)  # every row, seen in train or not
-    log.info("k-means: %d clusters over %d train k-mers (%d occurrences) in %.1f s, inertia %.4g",
-             cfg.n_clusters, len(fit_rows), int(train_counts.sum()), fit_seconds, km.inertia_)
-
-    k = cfg.n_clusters
-    occ_sizes = np.bincount(tokens[fit_rows], weights=train_counts[fit_rows], minlength=k).astype(np.int64)
-    distinct_sizes = np.bincount(tokens[fit_rows], minlength=k)
-    kmers = inputs.kmers
-    fit_kmers = [kmers[i] for i in fit_rows] if kmers else []
-    hamming_within = mean_hamming(fit_kmers, tokens[fit_rows]) if kmers else None
-    hamming_random = mean_hamming(fit_kmers) if kmers else None
-
-    split_stats = {}
+    clusters = _fit_clusters(inputs, cfg)
     with staged_output_dir(output_dir) as tmp:
-        for split in SPLITS:
-            seq = torch.from_numpy(tokens[ids[split]])
-            out = {"sequences": seq, "labels": seq[:, -1].clone()}
-            if inputs.sources.get(split) is not None:
-                out["sources"] = inputs.sources[split].to_torch()
-            atomic_torch_save(tmp / f"{split}.pt", out)
-            unseen = int(np.sum(train_counts[ids[split]] == 0))
-            split_stats[split] = {"windows": int(seq.shape[0]), "window_size": int(seq.shape[1]),
-                                  "positions_with_kmers_unseen_in_train": unseen}
-        centers = {
-            "cluster_centers": torch.from_numpy(km.cluster_centers_.astype(np.float32)),
-            "kmers": kmers or [],
-            "kmer_tokens": torch.from_numpy(tokens),
-            "kmer_to_token": dict(zip(kmers, tokens.tolist())) if kmers else {},
-        }
-        atomic_torch_save(tmp / "cluster_centers.pt", centers)
-        kmer_ids = kmer_ids_payload(inputs)
-        if kmer_ids is not None:
-            atomic_torch_save(tmp / KMER_IDS_FILE, kmer_ids)
+        splits = _write_token_splits(tmp, inputs, clusters)
+        _write_centers(tmp, inputs, clusters)
         metadata = {
             "stage": "quantize_lambeq_embeddings",
             "signature": signature,
@@ -288,26 +328,15 @@ def quantize_embeddings(input_dir: str | os.PathLike, output_dir: str | os.PathL
             "input_table_sha256": inputs.source["table_sha256"],
             "parameters": asdict(cfg),
             "fit": "k-means on distinct train k-mers weighted by train occurrences; every table row mapped to its nearest centre",
-            "vocab_size": int(v),
-            "embedding_dim": int(d),
-            "train_kmers_distinct": int(len(fit_rows)),
-            "train_embeddings_distinct": int(n_distinct),
-            "train_occurrences": int(train_counts.sum()),
-            "inertia": float(km.inertia_),
-            "n_iter": int(km.n_iter_),
-            "cluster_sizes_train_occurrences": _size_histogram(occ_sizes) | {"sizes": occ_sizes.tolist()},
-            "cluster_sizes_distinct_kmers": _size_histogram(distinct_sizes) | {"sizes": distinct_sizes.tolist()},
-            "empty_clusters": int(np.sum(distinct_sizes == 0)),
-            "hamming_within_cluster": hamming_within,
-            "hamming_random_pairs": hamming_random,
-            "splits": split_stats,
-            "timings": {"fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start},
+            **_cluster_metadata(inputs, clusters, cfg.n_clusters),
+            "splits": splits,
+            "timings": {"fit_seconds": clusters.fit_seconds, "total_seconds": time.perf_counter() - t_start},
             "peak_rss_mb": peak_rss_mb(),
         }
         atomic_write_json(tmp / "metadata.json", metadata)
-    if hamming_within is not None:
+    if metadata["hamming_within_cluster"] is not None:
         log.info("mean Hamming distance inside a cluster %.2f vs %.2f for random k-mer pairs",
-                 hamming_within, hamming_random)
+                 metadata["hamming_within_cluster"], metadata["hamming_random_pairs"])
     log.info("wrote %s in %.1f s (peak memory %.0f MiB)", output_dir, time.perf_counter() - t_start, peak_rss_mb())
     return metadata
 
