@@ -455,6 +455,46 @@ def _read_labels(data_dir: Path, split: str, n: int) -> np.ndarray:
     return labels
 
 
+def _stage1_shape(data_dir: Path) -> tuple[dict, int, int]:
+    """The stage-1 metadata with its k-mer length and window size, or one clear error."""
+    data_meta = load_metadata(data_dir)
+    try:
+        return data_meta, int(data_meta["k"]), int(data_meta["window_size"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{data_dir}/metadata.json has no k / window_size: not a stage-1 directory") from None
+
+
+def _signature(spec: EncoderSpec, options: RunOptions, data_meta: dict) -> dict:
+    """What decides the output (the device and the worker count do not)."""
+    return {
+        "spec": asdict(spec),
+        "backend": options.backend,
+        "shots": options.shots,
+        "noise": options.noise,
+        "materialize": options.materialize,
+        "data": {"signature": data_meta.get("signature"), "input_sha256": data_meta.get("input_sha256")},
+    }
+
+
+def _write_split_ids(tmp: Path, data_dir: Path, data_meta: dict, table: torch.Tensor, materialize: bool) -> tuple[dict, str]:
+    """``{split}.pt``: each window's k-mer ids (rows of the table), labels and sources, and with
+    ``materialize`` the full ``{split}_embeddings.pt``; returns the window counts and the ids' dtype."""
+    counts: dict[str, int] = {}
+    for split in SPLITS:
+        ids = split_kmer_ids(data_dir, split)  # int16 while 4^k <= 32768, else int32
+        labels = _read_labels(data_dir, split, len(ids))
+        counts[split] = int(len(ids))
+        sources = WindowSources.from_stage1(data_dir, split, data_meta).to_torch()
+        atomic_torch_save(tmp / f"{split}.pt", {"kmer_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+                                                "sources": sources})
+        if materialize:
+            full = WindowEmbeddings(table, torch.from_numpy(ids)).materialize()
+            atomic_torch_save(tmp / f"{split}_embeddings.pt", {"embeddings": full})
+            del full
+        log.info("%s: %d windows -> k-mer ids %s", split, len(ids), tuple(ids.shape))
+    return counts, str(ids.dtype)
+
+
 def encode_windows(data_dir: str | os.PathLike, output_dir: str | os.PathLike, spec_overrides: dict | None = None,
                    options: RunOptions = RunOptions(), force: bool = False) -> dict:
     """Run stage 2 on a stage-1 directory; returns the metadata written (or found up to date).
@@ -466,23 +506,12 @@ def encode_windows(data_dir: str | os.PathLike, output_dir: str | os.PathLike, s
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     if output_dir.resolve() == data_dir.resolve():
         raise UserError("--output_dir must differ from --data_dir")
-    data_meta = load_metadata(data_dir)
-    try:
-        k, window_size = int(data_meta["k"]), int(data_meta["window_size"])
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{data_dir}/metadata.json has no k / window_size: not a stage-1 directory") from None
+    data_meta, k, window_size = _stage1_shape(data_dir)
     spec = EncoderSpec(k=k, **(spec_overrides or {}))
     spec.validate()
     if options.workers < 1:
         raise UserError("--workers must be >= 1")
-    signature = {
-        "spec": asdict(spec),
-        "backend": options.backend,
-        "shots": options.shots,
-        "noise": options.noise,
-        "materialize": options.materialize,
-        "data": {"signature": data_meta.get("signature"), "input_sha256": data_meta.get("input_sha256")},
-    }
+    signature = _signature(spec, options, data_meta)
     if check_output_dir(output_dir, signature, force, stage="lambeq_encoder"):
         log.info("%s is up to date (same input and parameters); nothing to do", output_dir)
         return read_json(output_dir / "metadata.json")
@@ -499,26 +528,12 @@ def encode_windows(data_dir: str | os.PathLike, output_dir: str | os.PathLike, s
     log.info("%s backend: %d k-mers x %d probabilities in %.2f s", options.backend, len(kmers),
              spec.embedding_dim, timings["table_seconds"])
 
-    counts: dict[str, int] = {}
-    files: dict[str, str] = {}
     with staged_output_dir(output_dir) as tmp:
         atomic_torch_save(tmp / TABLE_FILE, {"kmers": kmers, "embeddings": table})
         t0 = time.perf_counter()
-        for split in SPLITS:
-            ids = split_kmer_ids(data_dir, split)  # int16 while 4^k <= 32768, else int32
-            labels = _read_labels(data_dir, split, len(ids))
-            counts[split] = int(len(ids))
-            sources = WindowSources.from_stage1(data_dir, split, data_meta).to_torch()
-            atomic_torch_save(tmp / f"{split}.pt", {"kmer_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-                                                    "sources": sources})
-            if options.materialize:
-                full = WindowEmbeddings(table, torch.from_numpy(ids)).materialize()
-                atomic_torch_save(tmp / f"{split}_embeddings.pt", {"embeddings": full})
-                del full
-            log.info("%s: %d windows -> k-mer ids %s", split, len(ids), tuple(ids.shape))
+        counts, ids_dtype = _write_split_ids(tmp, data_dir, data_meta, table, options.materialize)
         timings["windows_seconds"] = time.perf_counter() - t0
-        for path in sorted(tmp.glob("*.pt")):
-            files[path.name] = sha256_file(path)
+        files = {path.name: sha256_file(path) for path in sorted(tmp.glob("*.pt"))}
         timings["total_seconds"] = time.perf_counter() - t_start
         metadata = {
             "stage": "lambeq_encoder",
@@ -537,7 +552,7 @@ def encode_windows(data_dir: str | os.PathLike, output_dir: str | os.PathLike, s
             "embedding_dim": spec.embedding_dim,
             "window_size": window_size,
             "counts": counts,
-            "kmer_ids_dtype": str(ids.dtype),
+            "kmer_ids_dtype": ids_dtype,
             "table_sha256": table_sha256(kmers, table.numpy()),
             "files": files,
             "timings": timings,
