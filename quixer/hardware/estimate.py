@@ -221,15 +221,9 @@ def _signature(run: QuixerRun, shots, seed, max_windows, gate_sets) -> dict:
             "shots": list(shots), "seed": seed, "max_windows": max_windows, "gate_sets": list(gate_sets)}
 
 
-def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
-                      shots: Sequence[int] = DEFAULT_SHOTS, seed: int = 0, max_windows: int = DEFAULT_MAX_WINDOWS,
-                      gate_sets: Sequence[str] = DEFAULT_GATE_SETS, data_dir: str | os.PathLike | None = None,
-                      batch_size: int = 1024, force: bool = False, progress: bool = True,
-                      run_seed: int | None = None) -> dict:
-    """Circuit, resources and finite-shot accuracy of a Quixer run (or of seed ``run_seed`` of a
-    model folder); see the module docstring."""
-    from .resources import GATE_SET_NAMES, resource_counts
-    from .shots import INTERVAL_METHOD, exact_outcomes, shot_table
+def _checked_shots(shots: Sequence[int], batch_size: int, max_windows: int, gate_sets: Sequence[str]) -> list[int]:
+    """The flags checked (one clear error each); the shot budgets sorted, without repeats."""
+    from .resources import GATE_SET_NAMES
 
     if not shots or any(int(s) != s or s < 1 for s in shots):
         raise UserError(f"--shots must be positive integers, got {list(shots)}")
@@ -240,72 +234,122 @@ def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike 
     unknown = sorted(set(gate_sets) - set(GATE_SET_NAMES))
     if unknown:
         raise UserError(f"unknown gate set {unknown[0]!r}; choose from {', '.join(GATE_SET_NAMES)}")
-    shots = sorted({int(s) for s in shots})
+    return sorted({int(s) for s in shots})
+
+
+def _finished_estimate(out: Path, signature: dict, force: bool) -> dict | None:
+    """The estimate already in ``out`` for the same signature (None: none, or ``force``); an
+    estimate for other flags is refused rather than overwritten."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    old_path = out / HARDWARE_JSON
+    if not old_path.is_file() or force:
+        return None
+    old = read_json(old_path)
+    if not isinstance(old, dict) or old.get("signature") != signature:
+        raise UserError(f"{old_path}: holds an estimate with other flags or another checkpoint; "
+                        "pass --force to replace it")
+    if (out / HARDWARE_MD).is_file() and (out / HARDWARE_PNG).is_file():
+        return old
+    return None
+
+
+def _checked_circuit(model, x: torch.Tensor, window: int):
+    """The circuit of one test window, refused unless it reproduces the model."""
+    circuit, verification = verify_circuit(model, x)
+    log.info("circuit of test window %d vs the model: state error %.1e, features error %.1e, "
+             "postselection %.6f vs %.6f",
+             window, verification["state_max_abs_error"], verification["features_max_abs_error"],
+             verification["postselection_circuit"], verification["postselection_model"])
+    if max(verification["state_max_abs_error"], verification["features_max_abs_error"]) > 1e-6:
+        raise RuntimeError(f"the circuit does not reproduce the model: {verification}")
+    return circuit, verification
+
+
+def _compiled_resources(circuit, gate_sets: Sequence[str], progress: bool) -> dict:
+    """Gate counts per gate set, with the chance of a run free of two-qubit errors."""
+    from .resources import resource_counts
+
+    resources = resource_counts(circuit, gate_sets, progress=progress)
+    fewest = min((g["after"]["two_qubit_gates"] for g in resources["gate_sets"].values()),
+                 default=resources["decomposed"]["two_qubit_gates"])
+    resources["error_free_run_probability"] = {  # two-qubit errors only: a rough upper bound
+        "two_qubit_gates": fewest, **{f"{eps:g}": (1 - eps) ** fewest for eps in (1e-3, 1e-4)}}
+    return resources
+
+
+def _circuit_report(model, circuit, window: int, verification: dict) -> dict:
+    return {
+        "qubits": circuit.width, "token_qubits": model.n_qubits, "lcu_qubits": circuit.lcu_qubits,
+        "polynomial_qubits": model.degree,
+        "qubits_with_fresh_lcu_registers": model.n_qubits + model.degree * circuit.lcu_qubits + model.degree,
+        "construction": "PREPARE (binary tree of multiplexed RY, amplitudes sqrt|b_w|), SELECT (one "
+                        "multiplexed rotation per ansatz-14 gate, controlled by the polynomial qubit; LCU "
+                        "phases as a diagonal), PREPARE^dag, mid-circuit measurement of the LCU register "
+                        "kept on 0 (register reused); polynomial as an LCU over powers in unary code with "
+                        "sign Z gates; feed-forward; X/Y/Z basis",
+        "verification_window": window, "verification": verification,
+    }
+
+
+def _shots_report(rows: list[dict], postselection: np.ndarray, windows: int, total: int, seed: int) -> dict:
+    from .shots import INTERVAL_METHOD
+
+    return {"windows": windows, "test_windows": total, "seed": seed, "rows": rows,
+            "postselection_mean": float(postselection.mean()), "postselection_median": float(np.median(postselection)),
+            "postselection_min": float(postselection.min()),
+            "zero_success_fallback": "features of a basis with no kept shot are 0 (a fair +-1 coin)",
+            "intervals": INTERVAL_METHOD}
+
+
+def _write_estimate(out: Path, report: dict, title: str) -> None:
+    """The plot, the markdown and, last, ``hardware.json``: its signature marks a complete estimate."""
+    from .shots import INTERVAL_METHOD
+
+    out.mkdir(parents=True, exist_ok=True)
+    plot_shots(report["shots"]["rows"], out / HARDWARE_PNG, title, caption=INTERVAL_METHOD + ".")
+    atomic_write_text(out / HARDWARE_MD, hardware_markdown(report))
+    atomic_write_json(out / HARDWARE_JSON, report)
+    log.info("wrote %s, %s and %s in %s", HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG, out)
+
+
+def estimate_hardware(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
+                      shots: Sequence[int] = DEFAULT_SHOTS, seed: int = 0, max_windows: int = DEFAULT_MAX_WINDOWS,
+                      gate_sets: Sequence[str] = DEFAULT_GATE_SETS, data_dir: str | os.PathLike | None = None,
+                      batch_size: int = 1024, force: bool = False, progress: bool = True,
+                      run_seed: int | None = None) -> dict:
+    """Circuit, resources and finite-shot accuracy of a Quixer run (or of seed ``run_seed`` of a
+    model folder); see the module docstring."""
+    from .shots import exact_outcomes, shot_table
+
+    shots = _checked_shots(shots, batch_size, max_windows, gate_sets)
     logging.getLogger("qiskit").setLevel(logging.WARNING)  # its transpiler logs every pass at INFO
     run = load_quixer_run(run_dir, data_dir, run_seed)
     out = Path(output_dir) if output_dir is not None else run.run_dir
     signature = _signature(run, shots, seed, max_windows, gate_sets)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    old_path = out / HARDWARE_JSON
-    if old_path.is_file() and not force:
-        old = read_json(old_path)
-        if not isinstance(old, dict) or old.get("signature") != signature:
-            raise UserError(f"{old_path}: holds an estimate with other flags or another checkpoint; "
-                            "pass --force to replace it")
-        if (out / HARDWARE_MD).is_file() and (out / HARDWARE_PNG).is_file():
-            log.info("%s is up to date (same checkpoint, test data and flags); nothing to do", old_path)
-            return old
+    finished = _finished_estimate(out, signature, force)
+    if finished is not None:
+        log.info("%s is up to date (same checkpoint, test data and flags); nothing to do", out / HARDWARE_JSON)
+        return finished
     model = run.model
     x, y, indices, total, groups = _test_windows(run, max_windows, seed)
     log.info("%s: %d qubits, %d tokens, degree %d, %d layers; %d of %d test windows", run.run_dir, model.n_qubits,
              model.n_tokens, model.degree, model.active_layers, len(y), total)
 
-    circuit, verification = verify_circuit(model, x[0])
-    log.info("circuit of test window %d vs the model: state error %.1e, features error %.1e, "
-             "postselection %.6f vs %.6f",
-             indices[0], verification["state_max_abs_error"], verification["features_max_abs_error"],
-             verification["postselection_circuit"], verification["postselection_model"])
-    if max(verification["state_max_abs_error"], verification["features_max_abs_error"]) > 1e-6:
-        raise RuntimeError(f"the circuit does not reproduce the model: {verification}")
-    resources = resource_counts(circuit, gate_sets, progress=progress)
-
-    fewest = min((g["after"]["two_qubit_gates"] for g in resources["gate_sets"].values()),
-                 default=resources["decomposed"]["two_qubit_gates"])
-    resources["error_free_run_probability"] = {  # two-qubit errors only: a rough upper bound
-        "two_qubit_gates": fewest, **{f"{eps:g}": (1 - eps) ** fewest for eps in (1e-3, 1e-4)}}
+    circuit, verification = _checked_circuit(model, x[0], int(indices[0]))
+    resources = _compiled_resources(circuit, gate_sets, progress)
     exact = exact_outcomes(model, x, batch_size=batch_size, progress=progress)
     rows = shot_table(model, exact, y.numpy(), shots, seed, groups)
-    post = exact["postselection"]
     report = {
         "run_dir": str(run.run_dir), "data_dir": str(run.data_dir), "signature": signature,
         "model": {"qubits": model.n_qubits, "tokens": model.n_tokens, "degree": model.degree,
                   "ansatz_layers": model.active_layers, "vocabulary_size": model.vocabulary_size},
-        "circuit": {
-            "qubits": circuit.width, "token_qubits": model.n_qubits, "lcu_qubits": circuit.lcu_qubits,
-            "polynomial_qubits": model.degree,
-            "qubits_with_fresh_lcu_registers": model.n_qubits + model.degree * circuit.lcu_qubits + model.degree,
-            "construction": "PREPARE (binary tree of multiplexed RY, amplitudes sqrt|b_w|), SELECT (one "
-                            "multiplexed rotation per ansatz-14 gate, controlled by the polynomial qubit; LCU "
-                            "phases as a diagonal), PREPARE^dag, mid-circuit measurement of the LCU register "
-                            "kept on 0 (register reused); polynomial as an LCU over powers in unary code with "
-                            "sign Z gates; feed-forward; X/Y/Z basis",
-            "verification_window": int(indices[0]), "verification": verification,
-        },
+        "circuit": _circuit_report(model, circuit, int(indices[0]), verification),
         "resources": resources,
-        "shots": {"windows": len(y), "test_windows": total, "seed": seed, "rows": rows,
-                  "postselection_mean": float(post.mean()), "postselection_median": float(np.median(post)),
-                  "postselection_min": float(post.min()),
-                  "zero_success_fallback": "features of a basis with no kept shot are 0 (a fair +-1 coin)",
-                  "intervals": INTERVAL_METHOD},
+        "shots": _shots_report(rows, exact["postselection"], len(y), total, seed),
         "versions": _versions(),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    title = f"{run.run_dir.name}: {len(y):,} test windows, features from S shots per basis"
-    plot_shots(rows, out / HARDWARE_PNG, title, caption=INTERVAL_METHOD + ".")
-    atomic_write_text(out / HARDWARE_MD, hardware_markdown(report))
-    atomic_write_json(out / HARDWARE_JSON, report)  # last: its signature marks a complete estimate
-    log.info("wrote %s, %s and %s in %s", HARDWARE_JSON, HARDWARE_MD, HARDWARE_PNG, out)
+    _write_estimate(out, report, f"{run.run_dir.name}: {len(y):,} test windows, features from S shots per basis")
     return report
 
 
