@@ -89,23 +89,23 @@ def tune_quixer(args: argparse.Namespace) -> dict:
         return _tune_quixer(args)
 
 
-def _tune_quixer(args: argparse.Namespace) -> dict:
-    import optuna
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("run the tuner as one process (each trial trains on one device)")
-    for key in ("n_trials", "epochs_per_trial"):
-        if getattr(args, key) < 1:
-            raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
+def _search_space(args: argparse.Namespace) -> dict:
+    """The search space, checked against the data (fail early on bad data); 'centroid'
+    initialisation left out where the tokens have no cluster centres."""
     space = load_search_space(args.search_space)
-    started = now()
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_token_data(args.data_dir)  # fail early on bad data
+    data = load_token_data(args.data_dir)
     inits = space.get("init_strategy", {}).get("choices")  # absent when the search space sets it to null
     if inits and "centroid" in inits and not (data.data_dir / "cluster_centers.pt").is_file():
         space["init_strategy"] = {"choices": [c for c in inits if c != "centroid"] or ["small_gaussian"]}
         log.warning("%s has no cluster_centers.pt: init strategy 'centroid' left out of the search", data.data_dir)
+    return space
+
+
+def _open_study(args: argparse.Namespace, out: Path, space: dict):
+    """The study to run or resume, refused if it was begun with another search space or flags;
+    its sampler seeded by the trials already run, so a resumed study does not repeat them."""
+    import optuna
+
     storage_url = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     storage = optuna.storages.RDBStorage(  # heartbeats: a killed trial turns stale after 60 s and is retried
         storage_url, heartbeat_interval=20, grace_period=60,
@@ -128,18 +128,20 @@ def _tune_quixer(args: argparse.Namespace) -> dict:
         raise UserError(f"study {args.study_name!r} in {storage_url} was run with another search space or flags; "
                         "use another --study_name or --output_dir")
     optuna.storages.fail_stale_trials(study)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    remaining = max(0, args.n_trials - done)
-    log.info("study %s: %d trials finished, %d to run", args.study_name, done, remaining)
+    return study, storage_url
+
+
+def _objective(args: argparse.Namespace, space: dict, out: Path):
+    """One trial: train_quixer with the suggested values for --epochs_per_trial epochs, reporting
+    each epoch's validation loss to the pruner (tuning never scores test)."""
+    import optuna
 
     base = vars(args).copy()
     for key in ("n_trials", "epochs_per_trial", "storage", "study_name", "search_space"):
         base.pop(key)
 
     def objective(trial) -> float:
-        values = suggest(trial, space)
-        targs = argparse.Namespace(**{**base, **values})
+        targs = argparse.Namespace(**{**base, **suggest(trial, space)})
         targs.epochs = args.epochs_per_trial
         targs.output_dir = str(out / "trials" / f"trial_{trial.number:04d}")
         targs.resume, targs.config, targs.patience = False, None, 0
@@ -149,11 +151,15 @@ def _tune_quixer(args: argparse.Namespace) -> dict:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        results = train_quixer(targs, epoch_callback=report, score_test=False)  # tuning never sees test
-        return results["val_loss"]
+        return train_quixer(targs, epoch_callback=report, score_test=False)["val_loss"]
 
-    if remaining:
-        study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,), gc_after_trial=True)
+    return objective
+
+
+def _write_best(study, args: argparse.Namespace, out: Path, storage_url: str, started) -> dict:
+    """``best_config.json`` (a config train_quixer_hybrid.py reads) and ``study_summary.json``."""
+    import optuna
+
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise UserError(f"no trial of study {args.study_name!r} completed (all pruned or failed)")
@@ -172,3 +178,25 @@ def _tune_quixer(args: argparse.Namespace) -> dict:
     log.info("best trial %d: val loss %.4f with %s -> %s", best.number, best.value, best.params,
              out / "best_config.json")
     return summary
+
+
+def _tune_quixer(args: argparse.Namespace) -> dict:
+    import optuna
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("run the tuner as one process (each trial trains on one device)")
+    for key in ("n_trials", "epochs_per_trial"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
+    started = now()
+    space = _search_space(args)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    study, storage_url = _open_study(args, out, space)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    remaining = max(0, args.n_trials - done)
+    log.info("study %s: %d trials finished, %d to run", args.study_name, done, remaining)
+    if remaining:
+        study.optimize(_objective(args, space, out), n_trials=remaining, catch=(TrainingDiverged,), gc_after_trial=True)
+    return _write_best(study, args, out, storage_url, started)
