@@ -1,6 +1,7 @@
 """The hardware estimate of a trained Quixer run (``estimate_quixer_hardware.py``).
 
-- ``estimate``    load and check a run, verify its circuit, compile, sample shots, write hardware.{json,md,png}
+- ``estimate``    load and check a run, verify its circuit, compile, sample shots, write the estimate
+- ``report``      what an estimate shows: hardware.md, hardware_shots.png, the main report's line
 - ``circuit``     the Quixer circuit itself in pytket: PREPARE / SELECT, LCU of powers, feed-forward, bases
 - ``simulation``  qiskit-aer simulation of that circuit with mid-circuit postselection
 - ``resources``   pytket compilation to hardware gate sets and the resource counts
@@ -16,12 +17,14 @@ _EXPORTS = {
     "DEFAULT_GATE_SETS": "estimate",
     "DEFAULT_MAX_WINDOWS": "estimate",
     "DEFAULT_SHOTS": "estimate",
-    "HARDWARE_JSON": "estimate",
-    "HARDWARE_MD": "estimate",
-    "HARDWARE_PNG": "estimate",
+    "HARDWARE_JSON": "report",
+    "HARDWARE_MD": "report",
+    "HARDWARE_PNG": "report",
     "QuixerRun": "estimate",
     "estimate_hardware": "estimate",
-    "hardware_summary_markdown": "estimate",
+    "hardware_summary_markdown": "report",
+    "hardware_markdown": "report",
+    "plot_shots": "report",
     "load_quixer_run": "estimate",
     "resolve_run_dir": "estimate",
     "verify_circuit": "estimate",
