@@ -25,6 +25,7 @@ Modules (one obvious place for each idea):
 - ``reference``    the uniform / unigram / n-gram reference predictors and the ceilings, run as one stage
 - ``ceilings``     the task's ceiling from the bases behind the tokens: token_ceiling (exact inference), raw_bases
 - ``training``     the one training loop: its TrainConfig, metrics, checkpoints, resume, early stopping
+- ``run_dir``      a run directory's rules: fresh, resume, extend or finished; other flags or data refused
 - ``flags``        the trainers' flags (--config, --protocol) and the configurations built once from them
 - ``live_curves``  optional TensorBoard event files of a training run (``--tensorboard``)
 - ``distributed``  the DDP context (torchrun): process group, ranks, gathered metrics

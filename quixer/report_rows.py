@@ -39,6 +39,7 @@ import numpy as np
 from .common import UserError, read_json
 from .intervals import Estimate, GroupBootstrap, perplexity_interval
 from .reference import REFERENCE_MODELS
+from .run_dir import DIVERGED_FILE
 from .scoring import TargetScores, perplexity
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ TRACKS = ("quantized", "raw")
 GAIN_SHARE_FROM = "unigram"  # the lower end of the achievable gain; the upper end is the track's ceiling
 CEILING = {"quantized": "token_ceiling", "raw": "raw_bases"}
 GAIN_SHARE_TO = CEILING["quantized"]
-DIVERGED_FILE = "diverged.json"  # quixer.training writes it instead of results.json
 _SEED_DIR = re.compile(r"seed_(\d+)")
 
 

@@ -17,7 +17,6 @@ from the command line by :mod:`quixer.flags`; the checkpoints carry the model's 
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -35,10 +34,8 @@ from torch import nn
 
 from .common import (
     UserError,
-    describe_directory,
     atomic_torch_save,
     atomic_write_json,
-    atomic_write_text,
     load_torch_file,
     peak_rss_mb,
     read_json,
@@ -52,6 +49,7 @@ from .devices import fastest_device
 from .distributed import DistContext, init_distributed
 from .live_curves import STEP_EVERY, LiveCurves
 from .provenance import now, provenance
+from .run_dir import DIVERGED_FILE, prepare_run_dir, rewrite_metrics
 from .scoring import TargetScores, format_perplexity, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
 
@@ -69,12 +67,6 @@ LR_SCHEDULES = ("plateau", "cosine")
 CONVERGENCE_TOLERANCE = 1e-3
 CONVERGENCE_RULE = ("early stopping fired, or the run reached --epochs and each of its last two epochs lowered the "
                     "validation (selection) loss by less than 0.1 %")
-# Flags that do not change what a run computes: they may differ when resuming.
-_IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "resume", "config", "tensorboard",
-                                "cuda_graph"})
-DIVERGED_FILE = "diverged.json"  # written instead of results.json when the loss became non-finite
-# Flags added after runs were written: a config.json without them ran with these values.
-_LEGACY_VALUES = {"protocol": "project", "selection_targets": 0, "tensorboard": None, "cuda_graph": False}
 # TrainConfig fields that are not part of a run's config.json: what to do, and how it was asked for.
 _NOT_RECORDED = frozenset({"resume", "command"})
 
@@ -244,106 +236,6 @@ class FrozenEntries:
                 p[m] = v
 
 
-# ----------------------------------------------------------------------------------------------
-# Run directory
-
-
-def _describe_diff(old: dict, new: dict, ignore: frozenset = frozenset()) -> str:
-    old = {**_LEGACY_VALUES, **old}
-    keys = sorted(k for k in set(old) | set(new)
-                  if k not in _IGNORED_ON_RESUME | ignore and old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
-
-
-def prepare_run_dir(out: Path, config: dict, resume: bool, fingerprint: str | None = None) -> tuple[str, dict | None]:
-    """Decide, without writing, what to do with ``out``: 'fresh', 'resume', 'extend' or 'done';
-    for 'resume' and 'extend' also return last.pt's contents, read once for the checks and the resume.
-
-    A directory holding another run (other flags, or other data by ``fingerprint``) is refused.
-    The same run finished is 'done' (a rerun does nothing); unfinished, it continues only with
-    ``--resume``, so a typo cannot restart over it. A larger ``--epochs`` with ``--resume``
-    extends the run ('extend'); ``--resume`` with nothing to resume starts fresh.
-    """
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    cfg_path = out / "config.json"
-    if not cfg_path.exists():
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out}: holds {describe_directory(out)}, not a training run; choose another --output_dir")
-        if resume:
-            log.info("%s: no run to resume, starting a fresh one", out)
-        return "fresh", None
-    old, new = read_json(cfg_path), json.loads(json.dumps(config))
-    diff = _describe_diff(old, new, ignore=frozenset({"epochs"}))
-    if diff:
-        raise UserError(f"{out} holds a different run ({diff}); choose another --output_dir")
-    last = functools.cache(lambda: load_torch_file(out / "last.pt"))
-    _check_run_data(out, fingerprint, last)
-    if (out / DIVERGED_FILE).exists():
-        why = read_json(out / DIVERGED_FILE).get("message", "")
-        raise UserError(f"{out}: this run diverged ({why}); start another --output_dir with a lower --lr")
-    finished = _finished_epochs(out)
-    if new.get("epochs") != old.get("epochs"):
-        return _extension_mode(out, old.get("epochs"), new.get("epochs"), resume, last), last()
-    if finished is not None and finished == new.get("epochs"):
-        return "done", None
-    if not resume:
-        raise UserError(f"{out} holds this run, unfinished; pass --resume to continue it or choose another --output_dir")
-    return ("resume", last()) if (out / "last.pt").exists() else ("fresh", None)
-
-
-def _extension_mode(out: Path, old_epochs: int, new_epochs: int, resume: bool, last: Callable[[], dict]) -> str:
-    """A run asked for with another --epochs: only more epochs, with --resume, from last.pt."""
-    if new_epochs < old_epochs:
-        raise UserError(f"{out} holds this run with --epochs {old_epochs}; it cannot be shortened to {new_epochs} "
-                        "(choose another --output_dir)")
-    if not resume:
-        raise UserError(f"{out} holds this run with --epochs {old_epochs}; pass --resume to extend it to {new_epochs}")
-    if not (out / "last.pt").exists():
-        raise UserError(f"{out}: no last.pt to extend the run from (choose another --output_dir)")
-    state = last().get("state") or {}
-    if state.get("stop_reason") == "early_stop":
-        raise UserError(f"{out}: the run stopped early at epoch {state.get('epoch')} (no lower validation loss for "
-                        "--patience epochs); more epochs would not train it further")
-    return "extend"
-
-
-def _finished_epochs(out: Path) -> int | None:
-    """The --epochs a finished run (one with results.json) was finished for, else None."""
-    path = out / "results.json"
-    if not path.exists():
-        return None
-    results = read_json(path)
-    return int(results.get("max_epochs") or results.get("epochs_run") or 0) if isinstance(results, dict) else None
-
-
-def _check_run_data(out: Path, fingerprint: str | None, last: Callable[[], dict]) -> None:
-    """One line, and nothing touched, when ``out`` was trained on other data than ``fingerprint``
-    (``last()``: last.pt's contents)."""
-    if fingerprint is None:
-        return
-    recorded = None
-    if (out / "results.json").exists():
-        recorded = read_json(out / "results.json").get("data_fingerprint")
-    elif (out / "last.pt").exists():
-        recorded = (last().get("data") or {}).get("fingerprint")
-    if recorded is not None and recorded != fingerprint:
-        raise UserError(f"{out} was trained on other data (data fingerprint {recorded[:12]}, --data_dir has "
-                        f"{fingerprint[:12]}); choose another --output_dir or the run's own --data_dir")
-
-
-def _rewrite_metrics(path: Path, keep_through_epoch: int, new: dict | None = None) -> None:
-    """metrics.jsonl without lines past ``keep_through_epoch`` (plus ``new``), written atomically."""
-    lines = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip() and json.loads(line).get("epoch", 0) <= keep_through_epoch:
-                lines.append(line)
-    if new is not None:
-        lines.append(json.dumps(new))
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-
-
 def _data_summary(data: TokenData) -> dict:
     return {"fingerprint": data.fingerprint, "vocab_size": data.vocab_size, "window_size": data.window_size,
             "windows": {s: int(t.shape[0]) for s, t in data.splits.items()},
@@ -492,7 +384,7 @@ def _run_to_end(run: Run, mode: str, score_test: bool, last: dict | None) -> dic
             _extend(run)  # also an extension that was interrupted before its first new epoch
     run.state.started = run.state.started or now()
     if dist.is_main:
-        _rewrite_metrics(out / "metrics.jsonl", run.state.epoch)
+        rewrite_metrics(out / "metrics.jsonl", run.state.epoch)
     while not run.state.stop_reason:
         _run_epoch(run)
     return _finish(run, score_test)
@@ -719,7 +611,7 @@ def _checkpoint(run: Run, record: dict, improved: bool, val: dict, val_scores: T
     ranks_rng = run.dist.gather_object(rng_state())
     if not run.dist.is_main:
         return
-    _rewrite_metrics(run.out / "metrics.jsonl", run.state.epoch - 1, record)
+    rewrite_metrics(run.out / "metrics.jsonl", run.state.epoch - 1, record)
     if improved:
         val_scores.save(run.out / "val_scores.npz")
         atomic_torch_save(run.out / "best.pt", {
