@@ -10,6 +10,8 @@ not scored. The seeds of a row must share their data fingerprint. Writes to --ou
   results.json           {"rows": one per row: model, run, track (quantized or raw), data,
                          data_label, seeds, test metrics (means over seeds) with 95 % intervals,
                          epochs_run, best_epochs, stop_reasons, converged (seeds that converged),
+                         not_converged (each seed that did not: why it stopped, last_drops: what
+                         its last two epochs took off the validation loss, as fractions),
                          protocol, a reference's chosen order / add-alpha, gain shares, Quixer's
                          paired differences; "diverged": the diverged runs;
                          "tokenisation_differences": raw minus quantised per run in both
@@ -17,7 +19,8 @@ not scored. The seeds of a row must share their data fingerprint. Writes to --ou
   results.md             the same as Markdown tables (also printed to stdout): references first
                          (with their chosen order), then models by test top-1, per track; a
                          Stopped column (e.g. "30/30 epochs, best 28/30/30, converged 3 of 3
-                         seeds (official, cosine)"); the ceiling and each row's share of the
+                         seeds (official, cosine)") and the seeds that did not converge, named
+                         with their last two drops; the ceiling and each row's share of the
                          achievable gain; Quixer minus each model, paired; "Tokenisation: raw
                          6-mers minus quantised tokens", paired on the same scored positions;
                          parameters and cost

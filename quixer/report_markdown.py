@@ -141,6 +141,23 @@ def _diverged_lines(report: Report) -> list[str]:
             + "; ".join(items) + "."]
 
 
+def _unconverged_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The seeds that did not meet the convergence rule, each with the two drops the rule tests."""
+    lines = []
+    for r in rows:
+        for u in r.get("not_converged") or []:
+            drops = (u.get("last_drops") or [])[-2:]
+            lines.append([r["run"], str(u.get("seed")), str(u.get("stop_reason")), str(u.get("epochs_run"))]
+                         + ["–"] * (2 - len(drops)) + [f"{100 * d:.3f} %" for d in drops])
+    if not lines:
+        return []
+    return ["", "Seeds that did not converge by the rule (results.json's converged_rule): what each of their last two "
+            "epochs took off the validation (selection) loss, as a share of the epoch before (the rule asks for "
+            "less than 0.1 % each):", ""] + _table(
+        ["Run", "Seed", "Stopped", "Epochs", "Second-last epoch", "Last epoch"],
+        ["---", "---:", "---", "---:", "---:", "---:"], lines)
+
+
 def _anatomy_line(row: dict[str, Any]) -> str:
     """The task's anatomy a ceiling reference measured, in one sentence ("" where it has none)."""
     a, k = row.get("anatomy") or {}, row.get("k")
@@ -246,7 +263,7 @@ def markdown_report(report: Report, title: str | None = None, links: list[str] |
     costs, the method."""
     rows = report.rows
     lines = [f"## {title}", ""] if title else []
-    lines += (_main_table(rows) + _diverged_lines(report) + _ngram_lines(rows) + _ceiling_table(rows) + _paired_table(rows)
+    lines += (_main_table(rows) + _diverged_lines(report) + _unconverged_lines(rows) + _ngram_lines(rows) + _ceiling_table(rows) + _paired_table(rows)
               + _tokenisation_table(report) + _cost_table(rows) + ["", METHOD_NOTE])
     if links:
         lines += [""] + links

@@ -239,13 +239,32 @@ def _common(values: list[Any]) -> Any:
     return known[0] if all(v == known[0] for v in known) and len(known) == len(values) else values
 
 
+def last_drops(run_dir: str | os.PathLike, epochs: int = 2) -> list[float]:
+    """How much each of the run's last ``epochs`` epochs lowered its validation (selection) loss,
+    as a fraction of the loss before: what the convergence rule tests ([] without the records)."""
+    losses = [_finite(r.get("val_loss")) for r in sorted(load_metrics(run_dir), key=lambda r: r.get("epoch", 0))]
+    if len(losses) < epochs + 1 or any(v is None for v in losses[-epochs - 1:]):
+        return []
+    last = losses[-epochs - 1:]
+    return [(prev - cur) / abs(prev) for prev, cur in zip(last, last[1:])]
+
+
+def _unconverged(entry: Entry) -> list[dict[str, Any]]:
+    """The seeds that did not meet the convergence rule: why they stopped and their last two drops."""
+    return [{"seed": r.get("seed"), "stop_reason": r.get("stop_reason"), "epochs_run": r.get("epochs_run"),
+             "last_drops": last_drops(d)}
+            for d, r in zip(entry.run_dirs, entry.results) if r.get("converged") is False]
+
+
 def _training(entry: Entry) -> dict[str, Any]:
     """How each seed's training went, from its results.json: epochs, best epoch, why it stopped,
-    whether it converged (counted over seeds), the protocol and schedule."""
+    whether it converged (counted over seeds, and the seeds that did not named), the protocol and
+    schedule."""
     rs = entry.results
     return {"epochs_run": [r.get("epochs_run") for r in rs], "max_epochs": _common([r.get("max_epochs") for r in rs]),
             "best_epochs": [r.get("best_epoch") for r in rs], "stop_reasons": [r.get("stop_reason") for r in rs],
             "converged": sum(1 for r in rs if r.get("converged") is True),
+            "not_converged": _unconverged(entry),
             "protocol": _common([r.get("protocol") for r in rs]),
             "lr_schedule": _common([r.get("lr_schedule") for r in rs])}
 

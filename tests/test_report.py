@@ -214,6 +214,13 @@ def test_report_files_and_numbers(runs_dir, tmp_path, capsys):
             f"(D1, D2, D3+ per level, lowest first) chosen on validation: {format_discounts(ng['discounts'])}.") in md
     assert "| quixer | quixer | 2 |" in md and "| 25.00 % |" in md
     assert "| 4/4 epochs, best 3/4, early stop 1 of 2, converged 1 of 2 seeds (project, plateau) |" in md
+    # the seed that did not converge, named with what its last two epochs took off the validation
+    # loss (5.6 - 0.7 e: 4.2 -> 3.5 -> 2.8, so 1/6 and 1/5; the cut-off fifth line is not an epoch)
+    (unconverged,) = q["not_converged"]
+    assert unconverged["last_drops"] == pytest.approx([0.7 / 4.2, 0.7 / 3.5])
+    assert {k: unconverged[k] for k in ("seed", "stop_reason", "epochs_run")} == {
+        "seed": 2, "stop_reason": "max_epochs", "epochs_run": 4}
+    assert "| quixer | 2 | max_epochs | 4 | 16.667 % | 20.000 % |" in md and "Seeds that did not converge" in md
     assert "| quixer | quixer | 4,321 | embedding 4,000, quantum 321 | 2.1 min | 988 |" in md
     assert "Quixer minus each model, paired" in md and "gene groups" in md
 
@@ -233,6 +240,15 @@ def test_report_references_only_default_output(runs_dir, tmp_path):
     assert "| Data" not in report["markdown"] and "Postselection" not in report["markdown"]
     # a second report over the same directory ignores its own output files
     assert len(write_report(only)["rows"]) == len(REFERENCE_MODELS)
+
+
+def test_last_drops_need_three_recorded_epochs(tmp_path):
+    from quixer.report_rows import last_drops
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_loss": v}) + "\n"
+                                                    for e, v in ((2, 1.5), (1, 2.0))))
+    assert last_drops(tmp_path) == [] and last_drops(tmp_path, epochs=1) == [0.25]  # read in epoch order
+    assert last_drops(tmp_path / "absent") == []
 
 
 def test_no_results_is_one_line_error(tmp_path):
