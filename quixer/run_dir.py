@@ -2,17 +2,23 @@
 
 :func:`prepare_run_dir` decides, before anything is written, what a training command may do with
 its ``--output_dir``: start fresh, resume, extend to more epochs, or nothing (finished); a folder
-holding other flags, other data, a diverged run or anything else is refused in one line. Kept
-apart from the training loop so that the rules read in one place, and light (no torch at import)
-so that the report can share its file names.
+holding other flags, other data, a diverged run or anything else is refused in one line.
+:func:`run_lock` keeps two processes from training into one directory at once. Kept apart from
+the training loop so that the rules read in one place, and light (no torch at import) so that the
+report can share its file names.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import hashlib
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .common import UserError, atomic_write_text, describe_directory, load_torch_file, read_json
 
@@ -120,3 +126,49 @@ def rewrite_metrics(path: Path, keep_through_epoch: int, new: dict | None = None
     if new is not None:
         lines.append(json.dumps(new))
     atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def _lock_path(out: Path) -> Path:
+    """Where ``out``'s lock lives: outside the user's tree (nothing to clean up there, no folder made
+    before the checks), one file per resolved run directory, in a folder of this user's own."""
+    key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32]
+    folder = Path(tempfile.gettempdir()) / f"quixer-run-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{key}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock while one process trains into it.
+
+    Why: the same command in two terminals, or two pipelines on one ``--out``, would otherwise write
+    their checkpoints and metrics over each other's; the second now stops in one line, naming the
+    first's pid. The lock is the kernel's (``flock``): it goes with its process however that ends,
+    so a killed run leaves nothing that blocks the next. The file is removed on release; a lock taken
+    on a file removed meanwhile is dropped and taken again on the new one.
+    """
+    path = _lock_path(out)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{out}: another process (pid {holder}) is training this run; wait for it to end or "
+                            "choose another --output_dir") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)

@@ -17,6 +17,7 @@ from the command line by :mod:`quixer.flags`; the checkpoints carry the model's 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -49,7 +50,7 @@ from .devices import fastest_device
 from .distributed import DistContext, init_distributed
 from .live_curves import STEP_EVERY, LiveCurves
 from .provenance import now, provenance
-from .run_dir import DIVERGED_FILE, prepare_run_dir, rewrite_metrics
+from .run_dir import DIVERGED_FILE, prepare_run_dir, rewrite_metrics, run_lock
 from .scoring import TargetScores, format_perplexity, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
 
@@ -340,27 +341,36 @@ def train_model(
     dist = init_distributed(train.device)
     try:
         out = Path(train.output_dir)
-        config = run_config(train, model_config)
-        fingerprint = data_fingerprint(train.data_dir) if Path(train.data_dir).is_dir() else None
-        mode, last = prepare_run_dir(out, config, train.resume, fingerprint)
-        if mode == "done":
-            log.info("%s: run already finished; results.json kept", out)
-            return read_json(out / "results.json")
-        created = not out.exists()
-        try:
-            run = _setup(train, model_config, build_model, dist, out, config, model_name, layerwise, fingerprint)
-            run.epoch_callback = epoch_callback
-            return _train(run, mode, score_test, last)
-        except TrainingDiverged as exc:
-            if dist.is_main:
-                atomic_write_json(out / DIVERGED_FILE, {"message": str(exc), "stop_reason": "diverged"})
-            raise
-        except BaseException:
-            if created and dist.is_main and not (out / "last.pt").exists():
-                shutil.rmtree(out, ignore_errors=True)  # a run that never finished an epoch leaves nothing
-            raise
+        with run_lock(out) if dist.is_main else contextlib.nullcontext():  # one process trains a run at a time
+            return _train_locked(train, model_config, build_model, dist, out, model_name, layerwise, epoch_callback,
+                                 score_test)
     finally:
         dist.close()
+
+
+def _train_locked(train: TrainConfig, model_config: Any, build_model: ModelBuilder, dist: DistContext, out: Path,
+                  model_name: str, layerwise: bool, epoch_callback: EpochCallback | None, score_test: bool) -> dict:
+    """:func:`train_model` once ``out`` is this process's: decide, set up, train, and on failure leave
+    a diverged marker or nothing."""
+    config = run_config(train, model_config)
+    fingerprint = data_fingerprint(train.data_dir) if Path(train.data_dir).is_dir() else None
+    mode, last = prepare_run_dir(out, config, train.resume, fingerprint)
+    if mode == "done":
+        log.info("%s: run already finished; results.json kept", out)
+        return read_json(out / "results.json")
+    created = not out.exists()
+    try:
+        run = _setup(train, model_config, build_model, dist, out, config, model_name, layerwise, fingerprint)
+        run.epoch_callback = epoch_callback
+        return _train(run, mode, score_test, last)
+    except TrainingDiverged as exc:
+        if dist.is_main:
+            atomic_write_json(out / DIVERGED_FILE, {"message": str(exc), "stop_reason": "diverged"})
+        raise
+    except BaseException:
+        if created and dist.is_main and not (out / "last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)  # a run that never finished an epoch leaves nothing
+        raise
 
 
 def _train(run: Run, mode: str, score_test: bool, last: dict | None) -> dict:

@@ -767,3 +767,27 @@ def test_a_run_begun_unfused_resumes_unfused_bit_exactly():
         opt.step()
     for a, b in zip(old.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_one_process_at_a_time_trains_a_run(tokens, tmp_path):
+    """The same command twice at once: the second stops in one line naming the first's pid and writes
+    nothing; a lock left by a killed process blocks nothing, and a finished run leaves no lock."""
+    from quixer.run_dir import _lock_path, run_lock
+
+    out = tmp_path / "run"
+    argv = [sys.executable, str(REPO / "train_quixer_hybrid.py"), *tiny(tokens, out, "--epochs", 1)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with run_lock(out):  # as a first training process holds it
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {out}: another process (pid {os.getpid()}) is training this run; wait for it to end or choose "
+        "another --output_dir"]
+    assert not out.exists() and not _lock_path(out).exists()
+
+    killed = subprocess.run([sys.executable, "-c", "import os, sys; from pathlib import Path; from quixer.run_dir import "
+                             "run_lock\nwith run_lock(Path(sys.argv[1])): os.kill(os.getpid(), 9)", str(out)],
+                            cwd=REPO, timeout=120)
+    assert killed.returncode == -9 and _lock_path(out).exists()  # its file stays, unlocked
+    assert train_quixer_hybrid.main(tiny(tokens, out, "--epochs", 1)) == 0
+    assert (out / "results.json").is_file() and not _lock_path(out).exists()
