@@ -9,8 +9,9 @@
 #   bash bench/campaign_chrX.sh references  the references (ceilings included) with this checkout's
 #                                         code on the campaign's own tokens (a minute or two)
 #   bash bench/campaign_chrX.sh publish   copy finished runs' results into docs/benchmark_chrX/, write
-#                                         its report (results.md, results.json, plots) and the
-#                                         README's table (bench/campaign_readme.py)
+#                                         its report (results.md, results.json, plots), the
+#                                         README's table (bench/campaign_readme.py) and the Quixer
+#                                         runs' LCU weights (bench/lcu_weights.py, lcu_weights.md)
 #   bash bench/campaign_chrX.sh stop      stop the background campaign (resumable)
 #
 # Phases: bench/campaign_chrX.phases (name, commit, run_pipeline.sh flags), run in order; a phase
@@ -146,6 +147,14 @@ case "${1:-}" in
     "$py" "$repo/report_results.py" "$published/runs" "${raw[@]}" --output_dir "$published" \
       --title "chrX, official protocol (campaign in progress: see status.txt)" > /dev/null
     "$py" "$repo/bench/campaign_readme.py" "$readme" "$published"
+    quixer=(); for d in out/runs/quixer out/runs_raw/quixer; do [ -d "$root/$d" ] && quixer+=("$d"); done
+    if [ ${#quixer[@]} -gt 0 ]; then  # where the finished Quixers put their LCU and polynomial weight
+      { printf '# Quixer: LCU and polynomial weight beside postselection\n\n`python bench/lcu_weights.py'
+        printf ' %s' "${quixer[@]}"; printf ' --finished`, in the campaign folder (it reads the best checkpoints,'
+        printf ' which are not published).\n\n'
+        (cd "$root" && "$py" "$repo/bench/lcu_weights.py" "${quixer[@]}" --finished --json "$published/lcu_weights.json")
+      } > "$published/lcu_weights.md.tmp" && mv "$published/lcu_weights.md.tmp" "$published/lcu_weights.md"
+    fi
     echo "published $(find "$published/runs" -name results.json | wc -l) finished runs to $published" >&2 ;;
   stop)
     if [ -f "$root/driver.pid" ]; then kill -- -"$(cat "$root/driver.pid")" 2>/dev/null || true; rm -f "$root/driver.pid"; fi

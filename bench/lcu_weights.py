@@ -22,15 +22,17 @@ from pathlib import Path
 from quixer.common import UserError, atomic_write_json, load_torch_file, run_cli
 
 
-def _runs(path: Path) -> list[Path]:
-    """``path`` itself when it is a run, else its ``seed_*`` runs, in seed order."""
+def _runs(path: Path, finished: bool) -> list[Path]:
+    """``path`` itself when it is a run, else its ``seed_*`` runs, in seed order; with ``finished``
+    only those with results.json."""
     if (path / "best.pt").is_file():
-        return [path]
-    runs = sorted((p for p in path.glob("seed_*") if (p / "best.pt").is_file()),
-                  key=lambda p: int(p.name.removeprefix("seed_")))
+        runs = [path]
+    else:
+        runs = sorted((p for p in path.glob("seed_*") if (p / "best.pt").is_file()),
+                      key=lambda p: int(p.name.removeprefix("seed_")))
     if not runs:
         raise UserError(f"{path}: no best.pt, and no seed_*/best.pt under it")
-    return runs
+    return [r for r in runs if (r / "results.json").is_file()] if finished else runs
 
 
 def lcu_weights(run: Path) -> dict:
@@ -45,7 +47,7 @@ def lcu_weights(run: Path) -> dict:
         held += ordered[positions]
         positions += 1
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
-    return {"run": str(run), "seed": results.get("seed"), "val_loss": results.get("val_loss"),
+    return {"run": str(run), "name": "/".join(run.parts[-3:]), "seed": results.get("seed"), "val_loss": results.get("val_loss"),
             "test_top1": results.get("test_top1"), "postselection": results.get("postselection"),
             "last_position_share": shares[-1], "last_position_share_squared": shares[-1] ** 2,
             "positions_for_90_percent": positions, "position_shares": shares,
@@ -62,8 +64,7 @@ def markdown(rows: list[dict]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         top1 = None if r["test_top1"] is None else f"{100 * r['test_top1']:.2f} %"
-        name = "/".join(Path(r["run"]).parts[-3:])
-        lines.append(f"| {name} | {r['seed'] if r['seed'] is not None else '–'} | {_cell(r['val_loss'], '.4f')} | "
+        lines.append(f"| {r['name']} | {r['seed'] if r['seed'] is not None else '–'} | {_cell(r['val_loss'], '.4f')} | "
                      f"{top1 or '–'} | {_cell(r['postselection'], '.3f')} | "
                      f"{r['last_position_share']:.3f} | {r['last_position_share_squared']:.3f} | "
                      f"{r['positions_for_90_percent']} | {', '.join(f'{s:.2f}' for s in r['polynomial_shares'])} |")
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="Quixer runs, or model folders of seed_<s>/ runs")
     parser.add_argument("--json", type=Path, help="also write the figures here (JSON)")
+    parser.add_argument("--finished", action="store_true", help="only finished runs (with results.json)")
     args = parser.parse_args(argv)
-    rows = [lcu_weights(run) for path in args.runs for run in _runs(path)]
+    rows = [lcu_weights(run) for path in args.runs for run in _runs(path, args.finished)]
     print(markdown(rows))
     if args.json is not None:
         atomic_write_json(args.json, {"runs": rows})

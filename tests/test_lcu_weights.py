@@ -42,6 +42,15 @@ def test_shares_from_a_real_run_agree_with_its_checkpoint(tmp_path):
         results = json.loads((REPO / r["run"] / "results.json").read_text())
         assert r["postselection"] == results["postselection"] and 0 < r["postselection"] <= 1
 
+    # a run still training (best.pt, no results.json yet) is shown, except with --finished
+    unfinished = runs / "seed_9"
+    unfinished.mkdir()
+    (unfinished / "best.pt").write_bytes((runs / "seed_8" / "best.pt").read_bytes())
+    for flags, seeds in (((), [7, 8, None]), (("--finished",), [7, 8])):
+        done = subprocess.run([sys.executable, str(SCRIPT), str(runs), "--json", str(out), *flags], capture_output=True,
+                              text=True, cwd=REPO, timeout=300)
+        assert done.returncode == 0 and [r["seed"] for r in json.loads(out.read_text())["runs"]] == seeds
+
 
 def test_a_folder_without_runs_is_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, cwd=REPO)
