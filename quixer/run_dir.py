@@ -130,7 +130,8 @@ def rewrite_metrics(path: Path, keep_through_epoch: int, new: dict | None = None
 
 def _lock_path(out: Path) -> Path:
     """Where ``out``'s lock lives: outside the user's tree (nothing to clean up there, no folder made
-    before the checks), one file per resolved run directory, in a folder of this user's own."""
+    before the checks), one file per resolved run directory, in a folder of this user's own under
+    the temp folder (so processes with different ``$TMPDIR`` do not see each other's locks)."""
     key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32]
     folder = Path(tempfile.gettempdir()) / f"quixer-run-locks-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
