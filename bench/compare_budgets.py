@@ -22,12 +22,13 @@ from pathlib import Path
 from scipy import special
 
 from quixer.common import UserError, run_cli
-from quixer.report_rows import load_metrics
+from quixer.report_rows import load_metrics, seed_dirs
 
 
 def _seed_runs(model_dir: Path) -> dict[int, Path]:
-    return {int(p.name.removeprefix("seed_")): p for p in sorted(model_dir.glob("seed_*"))
-            if (p / "results.json").is_file()}
+    if not model_dir.is_dir():
+        return {}
+    return {int(p.name.removeprefix("seed_")): p for p in seed_dirs(model_dir) if (p / "results.json").is_file()}
 
 
 def _results(run: Path) -> dict:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from quixer.common import UserError, atomic_write_json, load_torch_file, run_cli
+from quixer.report_rows import seed_dirs
 
 
 def _runs(path: Path, finished: bool) -> list[Path]:
@@ -28,8 +29,7 @@ def _runs(path: Path, finished: bool) -> list[Path]:
     if (path / "best.pt").is_file():
         runs = [path]
     else:
-        runs = sorted((p for p in path.glob("seed_*") if (p / "best.pt").is_file()),
-                      key=lambda p: int(p.name.removeprefix("seed_")))
+        runs = [p for p in seed_dirs(path) if (p / "best.pt").is_file()] if path.is_dir() else []
     if not runs:
         raise UserError(f"{path}: no best.pt, and no seed_*/best.pt under it")
     return [r for r in runs if (r / "results.json").is_file()] if finished else runs

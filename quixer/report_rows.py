@@ -146,7 +146,8 @@ def _is_diverged(path: Path) -> bool:
     return (path / DIVERGED_FILE).is_file() and not (path / "results.json").is_file()
 
 
-def _seed_dirs(path: Path) -> list[Path]:
+def seed_dirs(path: Path) -> list[Path]:
+    """The ``seed_<s>`` folders of a model folder, in seed order."""
     found = [d for d in path.iterdir() if d.is_dir() and _SEED_DIR.fullmatch(d.name)]
     return sorted(found, key=lambda d: int(_SEED_DIR.fullmatch(d.name).group(1)))
 
@@ -158,7 +159,7 @@ def _entry(path: Path, track: str) -> tuple[Entry | None, str]:
         return Entry(path.name, [path], [results], track=track), ""
     if _is_diverged(path):
         return Entry(path.name, [], diverged=[path], track=track), ""
-    runs = [(d, _run_results(d)) for d in _seed_dirs(path)]
+    runs = [(d, _run_results(d)) for d in seed_dirs(path)]
     entry = Entry(path.name, [d for d, r in runs if r], [r for _, r in runs if r],
                   [d for d, r in runs if r is None and _is_diverged(d)], track)
     for d, r in runs:
