@@ -39,7 +39,7 @@ import numpy as np
 from .common import UserError, read_json
 from .intervals import Estimate, GroupBootstrap, perplexity_interval
 from .reference import REFERENCE_MODELS
-from .run_dir import DIVERGED_FILE
+from .run_dir import DIVERGED_FILE, loss_drops
 from .scoring import TargetScores, perplexity
 
 log = logging.getLogger(__name__)
@@ -244,10 +244,9 @@ def last_drops(run_dir: str | os.PathLike, epochs: int = 2) -> list[float]:
     """How much each of the run's last ``epochs`` epochs lowered its validation (selection) loss,
     as a fraction of the loss before: what the convergence rule tests ([] without the records)."""
     losses = [_finite(r.get("val_loss")) for r in sorted(load_metrics(run_dir), key=lambda r: r.get("epoch", 0))]
-    if len(losses) < epochs + 1 or any(v is None for v in losses[-epochs - 1:]):
+    if any(v is None for v in losses[-epochs - 1:]):
         return []
-    last = losses[-epochs - 1:]
-    return [(prev - cur) / abs(prev) for prev, cur in zip(last, last[1:])]
+    return loss_drops(losses, epochs)
 
 
 def _unconverged(entry: Entry) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from .common import UserError, atomic_write_text, describe_directory, load_torch_file, read_json
 
@@ -30,6 +30,29 @@ _IGNORED_ON_RESUME = frozenset({"output_dir", "data_dir", "device", "verbose", "
                                 "cuda_graph"})
 # Flags added after runs were written: a config.json without them ran with these values.
 _LEGACY_VALUES = {"protocol": "project", "selection_targets": 0, "tensorboard": None, "cuda_graph": False}
+# A run has converged when early stopping fired, or when it ran its whole budget and each of its
+# last two epochs lowered the selection validation loss by less than this fraction.
+CONVERGENCE_TOLERANCE = 1e-3
+CONVERGENCE_RULE = ("early stopping fired, or the run reached --epochs and each of its last two epochs lowered the "
+                    "validation (selection) loss by less than 0.1 %")
+
+
+def loss_drops(losses: Sequence[float], epochs: int = 2) -> list[float]:
+    """How much each of the last ``epochs`` epochs lowered the loss, as a fraction of the loss before
+    (negative for a rise); [] when fewer than ``epochs + 1`` losses are recorded. What the convergence
+    rule tests, shared by the trainer and the torch-free report."""
+    if len(losses) < epochs + 1:
+        return []
+    last = list(losses[-epochs - 1:])
+    return [(prev - cur) / abs(prev) if prev else 0.0 for prev, cur in zip(last, last[1:])]
+
+
+def is_converged(stop_reason: str, val_losses: Sequence[float], tolerance: float = CONVERGENCE_TOLERANCE) -> bool:
+    """:data:`CONVERGENCE_RULE` for a run's stop reason and its per-epoch validation losses."""
+    if stop_reason == "early_stop":
+        return True
+    drops = loss_drops(val_losses)
+    return stop_reason == "max_epochs" and bool(drops) and all(d < tolerance for d in drops)
 
 
 def _describe_diff(old: dict, new: dict, ignore: frozenset = frozenset()) -> str:

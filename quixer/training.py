@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from .devices import fastest_device
 from .distributed import DistContext, init_distributed
 from .live_curves import STEP_EVERY, LiveCurves
 from .provenance import now, provenance
-from .run_dir import DIVERGED_FILE, prepare_run_dir, rewrite_metrics, run_lock
+from .run_dir import CONVERGENCE_RULE, DIVERGED_FILE, is_converged, prepare_run_dir, rewrite_metrics, run_lock
 from .scoring import TargetScores, format_perplexity, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
 
@@ -63,11 +63,6 @@ log = logging.getLogger("quixer")
 ADAM_EPS = 1e-10  # as the official Quixer code
 DEFAULT_QUIXER_DATA_DIR = "quantized_embeddings_autoregressive"
 LR_SCHEDULES = ("plateau", "cosine")
-# A run has converged when early stopping fired, or when it ran its whole budget and each of its
-# last two epochs lowered the selection validation loss by less than this fraction.
-CONVERGENCE_TOLERANCE = 1e-3
-CONVERGENCE_RULE = ("early stopping fired, or the run reached --epochs and each of its last two epochs lowered the "
-                    "validation (selection) loss by less than 0.1 %")
 # TrainConfig fields that are not part of a run's config.json: what to do, and how it was asked for.
 _NOT_RECORDED = frozenset({"resume", "command"})
 
@@ -726,16 +721,6 @@ def _simulator_name(model: nn.Module) -> str | None:
     """The circuit simulator a Quixer-like model used on its device (None for classical models)."""
     simulator = getattr(model, "simulator", None)
     return simulator().name if callable(simulator) else None
-
-
-def is_converged(stop_reason: str, val_losses: Sequence[float], tolerance: float = CONVERGENCE_TOLERANCE) -> bool:
-    """:data:`CONVERGENCE_RULE` for a run's stop reason and its per-epoch validation losses."""
-    if stop_reason == "early_stop":
-        return True
-    if stop_reason != "max_epochs" or len(val_losses) < 3:
-        return False
-    last = val_losses[-3:]
-    return all(prev - cur < tolerance * abs(prev) for prev, cur in zip(last, last[1:]))
 
 
 def _selection_losses(path: Path) -> list[float]:

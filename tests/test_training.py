@@ -450,6 +450,15 @@ def test_convergence_rule():
     assert not is_converged("", [1.5, 1.5, 1.5])
 
 
+def test_loss_drops_are_what_the_rule_tests():
+    from quixer.run_dir import CONVERGENCE_TOLERANCE, loss_drops
+
+    drops = loss_drops([2.0, 1.5, 1.35, 1.377])
+    assert drops == pytest.approx([0.1, -0.02])  # relative to the epoch before; a rise is negative
+    assert loss_drops([1.5, 1.4]) == []  # two losses give one drop, not the rule's two
+    assert loss_drops([1.0, 1.0, 1.0 - CONVERGENCE_TOLERANCE], epochs=1) == pytest.approx([CONVERGENCE_TOLERANCE])
+
+
 def test_selection_sample_is_fixed_subset(tokens):
     from quixer.streams import eval_targets
 
