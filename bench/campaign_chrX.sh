@@ -144,8 +144,11 @@ case "${1:-}" in
     cp "$root/wall.log" "$published/wall.log" 2>/dev/null || true
     status_lines > "$published/status.txt"
     raw=(); [ -d "$published/runs_raw" ] && raw=(--raw_runs "$published/runs_raw")
+    state="campaign in progress"  # complete once status counts every planned run finished
+    tail -n 1 "$published/status.txt" | grep -Eq '^([0-9]+) finished, 0 running, 0 interrupted, 0 pending of \1 runs' \
+      && state="campaign complete"
     "$py" "$repo/report_results.py" "$published/runs" "${raw[@]}" --output_dir "$published" \
-      --title "chrX, official protocol (campaign in progress: see status.txt)" > /dev/null
+      --title "chrX, official protocol ($state: see status.txt)" > /dev/null
     "$py" "$repo/bench/campaign_readme.py" "$readme" "$published"
     quixer=(); for d in out/runs/quixer out/runs_raw/quixer; do [ -d "$root/$d" ] && quixer+=("$d"); done
     if [ ${#quixer[@]} -gt 0 ]; then  # where the finished Quixers put their LCU and polynomial weight
@@ -155,7 +158,7 @@ case "${1:-}" in
         (cd "$root" && "$py" "$repo/bench/lcu_weights.py" "${quixer[@]}" --finished --json "$published/lcu_weights.json")
       } > "$published/lcu_weights.md.tmp" && mv "$published/lcu_weights.md.tmp" "$published/lcu_weights.md"
     fi
-    echo "published $(find "$published/runs" -name results.json | wc -l) finished runs to $published" >&2 ;;
+    echo "published $(find "$published"/runs* -name results.json | wc -l) finished runs to $published ($state)" >&2 ;;
   stop)
     if [ -f "$root/driver.pid" ]; then kill -- -"$(cat "$root/driver.pid")" 2>/dev/null || true; rm -f "$root/driver.pid"; fi
     echo "campaign stopped; resume with: bash $0 start" >&2 ;;

@@ -67,6 +67,7 @@ def test_tiny_campaign_runs_publishes_and_restores(tmp_path):
         assert {p.name for p in (published / "runs").iterdir()} == {"lstm", "quixer_ablation", "uniform", "unigram",
                                                                     "ngram", "token_ceiling", "raw_bases"}
         assert "token_ceiling" in (published / "results.md").read_text()
+        assert "(campaign complete: see status.txt)" in (published / "results.md").read_text().splitlines()[0]
         run = published / "runs" / "lstm" / "seed_42"
         assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "results.json",
                                                          "test_scores.npz"]
