@@ -22,12 +22,11 @@ from pathlib import Path
 from scipy import special
 
 from quixer.common import UserError, run_cli
-from quixer.report_rows import load_metrics, seed_dirs
+from quixer.report_rows import seed_dirs
+from quixer.run_dir import load_metrics
 
 
 def _seed_runs(model_dir: Path) -> dict[int, Path]:
-    if not model_dir.is_dir():
-        return {}
     return {int(p.name.removeprefix("seed_")): p for p in seed_dirs(model_dir) if (p / "results.json").is_file()}
 
 

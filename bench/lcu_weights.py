@@ -29,7 +29,7 @@ def _runs(path: Path, finished: bool) -> list[Path]:
     if (path / "best.pt").is_file():
         runs = [path]
     else:
-        runs = [p for p in seed_dirs(path) if (p / "best.pt").is_file()] if path.is_dir() else []
+        runs = [p for p in seed_dirs(path) if (p / "best.pt").is_file()]
     if not runs:
         raise UserError(f"{path}: no best.pt, and no seed_*/best.pt under it")
     return [r for r in runs if (r / "results.json").is_file()] if finished else runs

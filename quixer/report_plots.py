@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .common import atomic_path
-from .report_rows import Report, _finite, _mean, is_reference, load_metrics, raw_tokens_name
+from .report_rows import Report, _finite, _mean, is_reference, raw_tokens_name
+from .run_dir import load_metrics
 
 DPI = 120
 MODEL_COLOURS = {

@@ -25,7 +25,6 @@ plots: :mod:`quixer.report_plots`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,7 +38,7 @@ import numpy as np
 from .common import UserError, read_json
 from .intervals import Estimate, GroupBootstrap, perplexity_interval
 from .reference import REFERENCE_MODELS
-from .run_dir import DIVERGED_FILE, loss_drops
+from .run_dir import DIVERGED_FILE, loss_drops, selection_losses
 from .scoring import TargetScores, perplexity
 
 log = logging.getLogger(__name__)
@@ -61,27 +60,6 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def load_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Per-epoch records of ``run_dir/metrics.jsonl`` ([] if absent); bad lines are skipped with a
-    warning (a run still writing may leave a partial last line)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d: not valid JSON, line skipped", path, lineno)
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,7 +125,9 @@ def _is_diverged(path: Path) -> bool:
 
 
 def seed_dirs(path: Path) -> list[Path]:
-    """The ``seed_<s>`` folders of a model folder, in seed order."""
+    """The ``seed_<s>`` folders of a model folder, in seed order ([] where there is no folder)."""
+    if not path.is_dir():
+        return []
     found = [d for d in path.iterdir() if d.is_dir() and _SEED_DIR.fullmatch(d.name)]
     return sorted(found, key=lambda d: int(_SEED_DIR.fullmatch(d.name).group(1)))
 
@@ -243,8 +223,8 @@ def _common(values: list[Any]) -> Any:
 def last_drops(run_dir: str | os.PathLike, epochs: int = 2) -> list[float]:
     """How much each of the run's last ``epochs`` epochs lowered its validation (selection) loss,
     as a fraction of the loss before: what the convergence rule tests ([] without the records)."""
-    losses = [_finite(r.get("val_loss")) for r in sorted(load_metrics(run_dir), key=lambda r: r.get("epoch", 0))]
-    if any(v is None for v in losses[-epochs - 1:]):
+    losses = selection_losses(run_dir)
+    if not all(math.isfinite(v) for v in losses[-epochs - 1:]):
         return []
     return loss_drops(losses, epochs)
 

@@ -15,10 +15,11 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .common import UserError, atomic_write_text, describe_directory, load_torch_file, read_json
 
@@ -45,6 +46,34 @@ def loss_drops(losses: Sequence[float], epochs: int = 2) -> list[float]:
         return []
     last = list(losses[-epochs - 1:])
     return [(prev - cur) / abs(prev) if prev else 0.0 for prev, cur in zip(last, last[1:])]
+
+
+def load_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Per-epoch records of ``run_dir/metrics.jsonl`` ([] if absent); bad lines are skipped with a
+    warning (a run still writing may leave a partial last line)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: not valid JSON, line skipped", path, lineno)
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def selection_losses(run_dir: str | os.PathLike) -> list[float]:
+    """The per-epoch validation (selection) losses of ``run_dir/metrics.jsonl``, in epoch order
+    (NaN where a record has none): what :func:`is_converged` reads, for the trainer and the report."""
+    values = [r.get("val_loss") for r in sorted(load_metrics(run_dir), key=lambda r: r.get("epoch", 0))]
+    return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in values]
 
 
 def is_converged(stop_reason: str, val_losses: Sequence[float], tolerance: float = CONVERGENCE_TOLERANCE) -> bool:

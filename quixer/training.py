@@ -18,7 +18,6 @@ from the command line by :mod:`quixer.flags`; the checkpoints carry the model's 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -50,7 +49,8 @@ from .devices import fastest_device
 from .distributed import DistContext, init_distributed
 from .live_curves import STEP_EVERY, LiveCurves
 from .provenance import now, provenance
-from .run_dir import CONVERGENCE_RULE, DIVERGED_FILE, is_converged, prepare_run_dir, rewrite_metrics, run_lock
+from .run_dir import (CONVERGENCE_RULE, DIVERGED_FILE, is_converged, prepare_run_dir, rewrite_metrics, run_lock,
+                      selection_losses)
 from .scoring import TargetScores, format_perplexity, prefixed, score_logits
 from .streams import DEFAULT_EVAL_TARGETS, EvalTargets, TrainSchedule, eval_targets
 
@@ -723,14 +723,6 @@ def _simulator_name(model: nn.Module) -> str | None:
     return simulator().name if callable(simulator) else None
 
 
-def _selection_losses(path: Path) -> list[float]:
-    """The per-epoch validation losses of metrics.jsonl, in epoch order."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [float(r["val_loss"]) for r in sorted(rows, key=lambda r: r["epoch"])]
-
-
 def _best_val_scores(run: Run, best: dict) -> TargetScores:
     """The best epoch's validation scores as saved beside best.pt; scored again only when that file
     is missing or belongs to other targets or another checkpoint."""
@@ -796,7 +788,7 @@ def _results(run: Run, best: dict, scores: dict[str, TargetScores], eval_seconds
         train_seconds=state.train_seconds,
         train_sequences_per_second=state.train_sequences / max(state.step_seconds, 1e-9),
         epochs_run=state.epoch, best_epoch=best["epoch"], stop_reason=state.stop_reason,
-        converged=is_converged(state.stop_reason, _selection_losses(run.out / "metrics.jsonl")),
+        converged=is_converged(state.stop_reason, selection_losses(run.out)),
         converged_rule=CONVERGENCE_RULE, extended_from=state.extended_from,
         protocol=run.train.protocol, lr_schedule=run.train.lr_schedule,
         selection_targets=len(run.targets["selection"]), max_epochs=run.train.epochs,
